@@ -1,0 +1,49 @@
+"""The names RT-DRA shares with Kubernetes: annotation keys, API groups,
+resource names, environment variables.
+
+Every component reads these from here so that the wire contract between the
+webhook, the extender and the node agent is written down exactly once.
+"""
+
+from typing import Final
+
+DOMAIN: Final = "rt.resource.example.com"
+PREFIX: Final = f"{DOMAIN}/"
+
+# User-facing request annotations.
+CONTAINER_PREFIX: Final = f"{PREFIX}container."
+CLAIM_PARAMETERS_PREFIX: Final = f"{PREFIX}claim-parameters."
+PLACEMENT: Final = f"{PREFIX}placement"
+
+# Written by RT-DRA only (a user-supplied value is replaced or refused).
+SPEC: Final = f"{PREFIX}spec"
+ALLOCATION: Final = f"{PREFIX}allocation"
+
+# CDI: the NRI device-injector's per-container annotation and our device.
+CDI_ANNOTATION_PREFIX: Final = "cdi-devices.noderesource.dev/container."
+CDI_KIND: Final = f"{DOMAIN}/cpu"
+CDI_DEVICE: Final = "deadline"
+CDI_DEVICE_NAME: Final = f"{CDI_KIND}={CDI_DEVICE}"
+
+# The opt-in extended resource that routes a pod to the extender.
+DL_RESOURCE: Final = f"{DOMAIN}/dl"
+# Namespace label that opts a namespace in.
+NAMESPACE_OPT_IN_LABEL: Final = f"{DOMAIN}/enabled"
+
+# Environment injected into real-time containers.
+ENV_RUNTIME: Final = "RT_RUNTIME_NS"
+ENV_DEADLINE: Final = "RT_DEADLINE_NS"
+ENV_PERIOD: Final = "RT_PERIOD_NS"
+ENV_CPUS: Final = "RT_CPUS"
+
+# The ledger (the seed driver's NodeAllocationState) and claim parameters.
+NAS_GROUP: Final = f"nas.{DOMAIN}"
+NAS_VERSION: Final = "v1alpha1"
+NAS_PLURAL: Final = "nodeallocationstates"
+NAS_KIND: Final = "NodeAllocationState"
+CLAIM_PARAMETERS_GROUP: Final = DOMAIN
+CLAIM_PARAMETERS_VERSION: Final = "v1alpha1"
+CLAIM_PARAMETERS_PLURAL: Final = "rtclaimparameters"
+CLAIM_PARAMETERS_KIND: Final = "RtClaimParameters"
+
+DEFAULT_NAMESPACE: Final = "rt-dra"

@@ -1,0 +1,300 @@
+"""Placement on one node: which CPUs a pod's containers get, and how good a node is.
+
+A container asking for ``cpus=k`` needs k *distinct* CPUs, each giving it the
+full runtime every period. Containers of one pod are placed one after the
+other, the largest bandwidth first, on the node's ledger; CPUs are chosen by
+
+- ``best-fit`` (default): the CPUs with the least room that still fit, which
+  keeps large holes for large requests (online bin packing's best bound);
+- ``worst-fit``: the emptiest CPUs (the seed driver's choice);
+- ``first-fit``: the lowest-numbered CPUs that fit.
+
+The node score (0..10, what kube-scheduler's extender protocol takes) follows
+the pod's ``placement``: ``pack`` prefers the node left fullest, ``spread``
+the emptiest. The seed driver's exact policy (per-mille utilisation, 950‰ per
+CPU, worst-fit, deadlines ignored) is :func:`legacy_choose`, kept so the
+simulator can compare against it; it is not used to admit anything.
+
+The same :func:`place_pod` decides in the extender's filter and at bind, so a
+node that passes the filter is a node bind can use.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from rtdra.bandwidth import BW_UNIT, percent
+from rtdra.fit import DEFAULT_TEST, DeadlineTest, fits_root_domain
+from rtdra.ledger import NodeLedger, PodAllocation, Slot
+from rtdra.request import Placement, PodRequest, Reservation
+
+CpuChoice = Literal["best-fit", "worst-fit", "first-fit"]
+CPU_CHOICES: Final[tuple[CpuChoice, ...]] = ("best-fit", "worst-fit", "first-fit")
+MAX_SCORE: Final = 10
+
+#: The seed driver's accounting: per-mille utilisation, at most 950‰ per CPU.
+LEGACY_CAP_PERMILLE: Final = 950
+
+
+@dataclass(frozen=True, slots=True)
+class NoFit:
+    """Why a pod does not fit a node, in words a person can act on."""
+
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+@dataclass(frozen=True, slots=True)
+class Fit:
+    """The CPUs chosen for each container and the bandwidth the pod adds."""
+
+    cpus: Mapping[str, tuple[int, ...]]
+    bandwidth: int
+
+    def allocation(
+        self, request: PodRequest, uid: str, namespace: str, name: str, reserved_at: str = ""
+    ) -> PodAllocation:
+        containers = {
+            c: tuple(
+                Slot(
+                    cpu,
+                    request.containers[c].runtime_ns,
+                    request.containers[c].deadline_ns,
+                    request.containers[c].period_ns,
+                )
+                for cpu in cpus
+            )
+            for c, cpus in self.cpus.items()
+        }
+        return PodAllocation(uid=uid, namespace=namespace, name=name, containers=containers, reserved_at=reserved_at)
+
+
+def _order(request: PodRequest) -> list[tuple[str, Reservation]]:
+    return sorted(request.containers.items(), key=lambda kv: (-kv[1].bandwidth, -kv[1].cpus, kv[0]))
+
+
+def _quick_fit(ledger: NodeLedger, order: Sequence[tuple[str, Reservation]], choice: CpuChoice) -> Fit | None:
+    """Implicit deadlines and enough CPUs with room for the largest: no search needed.
+
+    Every container can then take CPUs of its own among those with room for
+    the largest request, so the pod fits; the full search finds a placement
+    too (it only has more choice). For one container the CPUs chosen here are
+    exactly the full search's; for several, only the verdict is used.
+    """
+    largest = order[0][1].bandwidth
+    need = sum(r.cpus for _, r in order)
+    if ledger.count_with_residual(largest) < need:
+        return None
+    residuals = ledger.residuals
+    start = bisect.bisect_left(residuals, (largest, -1))
+    candidates = [cpu for _, cpu in residuals[start:]]
+    if choice == "worst-fit":
+        candidates.reverse()
+    elif choice == "first-fit":
+        candidates.sort()
+    if any(ledger.has_constrained(cpu) for cpu in candidates[:need]):
+        return None
+    chosen: dict[str, tuple[int, ...]] = {}
+    taken = 0
+    for name, r in order:
+        chosen[name] = tuple(sorted(candidates[taken : taken + r.cpus]))
+        taken += r.cpus
+    return Fit(cpus=chosen, bandwidth=sum(r.bandwidth * r.cpus for _, r in order))
+
+
+def place_pod(
+    ledger: NodeLedger,
+    request: PodRequest,
+    *,
+    choice: CpuChoice = "best-fit",
+    test: DeadlineTest = DEFAULT_TEST,
+) -> Fit | NoFit:
+    """Choose CPUs for every container of ``request`` on ``ledger``, or say why not."""
+    if not ledger.ready:
+        return NoFit(f"node {ledger.node} is not ready for real-time pods")
+    if not ledger.capacities:
+        return NoFit(f"node {ledger.node} has no real-time CPUs")
+    order = _order(request)
+    if not order:
+        return Fit(cpus={}, bandwidth=0)
+    total = pod_bandwidth(request)
+    if not fits_root_domain(ledger.total_used, total, ledger.root_capacity):
+        return NoFit(
+            f"insufficient deadline bandwidth: the pod needs {percent(total)} of a CPU in all, "
+            f"node has {percent(ledger.root_capacity - ledger.total_used)} left"
+        )
+    if len(order) == 1 and not order[0][1].constrained:
+        quick = _quick_fit(ledger, order, choice)
+        if quick is not None:
+            return quick
+    placed: list[Slot] = []
+    chosen: dict[str, tuple[int, ...]] = {}
+    for name, r in order:
+        slot = Slot(-1, r.runtime_ns, r.deadline_ns, r.period_ns)
+        extra_used: dict[int, int] = {}
+        for s in placed:
+            extra_used[s.cpu] = extra_used.get(s.cpu, 0) + s.bandwidth
+        candidates = [
+            (ledger.residual(cpu) - extra_used.get(cpu, 0), cpu)
+            for cpu in ledger.cpus
+            if ledger.fits(cpu, slot, extra=placed, test=test)
+        ]
+        if len(candidates) < r.cpus:
+            return NoFit(
+                f"insufficient deadline bandwidth: container {name} needs {r.cpus} "
+                f"CPU{'s' if r.cpus != 1 else ''} with {percent(r.bandwidth)} free, node has {len(candidates)}"
+            )
+        if choice == "best-fit":
+            candidates.sort()
+        elif choice == "worst-fit":
+            candidates.sort(key=lambda rc: (-rc[0], rc[1]))
+        else:
+            candidates.sort(key=lambda rc: rc[1])
+        cpus = tuple(sorted(cpu for _, cpu in candidates[: r.cpus]))
+        chosen[name] = cpus
+        placed += [Slot(cpu, r.runtime_ns, r.deadline_ns, r.period_ns) for cpu in cpus]
+    return Fit(cpus=chosen, bandwidth=total)
+
+
+def check_pod(
+    ledger: NodeLedger,
+    request: PodRequest,
+    *,
+    test: DeadlineTest = DEFAULT_TEST,
+) -> NoFit | None:
+    """Whether :func:`place_pod` would succeed (``None``) or why not, as cheaply as possible.
+
+    This is the extender's filter: most nodes are decided by a bisection over
+    the ledger's sorted residuals; only close calls run the full search.
+    """
+    order = _order(request)
+    if ledger.ready and ledger.capacities and order and not any(r.constrained for _, r in order):
+        total = sum(r.bandwidth * r.cpus for _, r in order)
+        if fits_root_domain(ledger.total_used, total, ledger.root_capacity) and _quick_fit(ledger, order, "best-fit"):
+            return None
+    result = place_pod(ledger, request, test=test)
+    return result if isinstance(result, NoFit) else None
+
+
+def pod_bandwidth(request: PodRequest) -> int:
+    """Σ over containers of bandwidth × CPUs: what the pod adds to a node."""
+    return sum(r.bandwidth * r.cpus for r in request.containers.values())
+
+
+def score(ledger: NodeLedger, added_bw: int, placement: Placement) -> int:
+    """0..10: for ``pack`` the node's fill after adding ``added_bw``; for ``spread`` the room left."""
+    return _score(ledger.total_used, ledger.total_capacity, added_bw, placement)
+
+
+def _score(used: int, capacity: int, added_bw: int, placement: Placement) -> int:
+    if capacity <= 0:
+        return 0
+    fill = min(used + added_bw, capacity)
+    packed = fill * MAX_SCORE // capacity
+    return packed if placement == "pack" else MAX_SCORE - -(-fill * MAX_SCORE // capacity)
+
+
+# ---------------------------------------------------------------------------
+# The same decisions, prepared for many nodes (the extender's filter/prioritize)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PodDemand:
+    """What :func:`check_pod` derives from a request, derived once for a whole node list."""
+
+    request: PodRequest
+    order: tuple[tuple[str, Reservation], ...]
+    bandwidth: int
+    largest: int
+    need: int
+    #: The quick test may decide: some container, none with a constrained deadline.
+    quick: bool
+
+    @classmethod
+    def of(cls, request: PodRequest) -> PodDemand:
+        order = tuple(_order(request))
+        return cls(
+            request=request,
+            order=order,
+            bandwidth=pod_bandwidth(request),
+            largest=order[0][1].bandwidth if order else 0,
+            need=sum(r.cpus for _, r in order),
+            quick=bool(order) and not any(r.constrained for _, r in order),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeDigest:
+    """A ledger's totals, computed once per ledger value (the extender keeps one per node)."""
+
+    ledger: NodeLedger
+    total_used: int
+    total_capacity: int
+    root_capacity: int
+    #: Some slot on the node has a constrained deadline (then only the full search decides).
+    constrained: bool
+
+    @classmethod
+    def of(cls, ledger: NodeLedger) -> NodeDigest:
+        return cls(
+            ledger=ledger,
+            total_used=ledger.total_used,
+            total_capacity=ledger.total_capacity,
+            root_capacity=ledger.root_capacity,
+            constrained=any(ledger.has_constrained(cpu) for cpu in ledger.capacities),
+        )
+
+
+def check_demand(digest: NodeDigest, demand: PodDemand, *, test: DeadlineTest = DEFAULT_TEST) -> NoFit | None:
+    """Exactly :func:`check_pod`'s verdict, decided in O(log CPUs) for the common case.
+
+    Implicit deadlines everywhere, the root domain has room and at least
+    ``need`` CPUs each have room for the largest container: every container
+    then gets CPUs of its own, so the pod fits. Anything else goes to
+    :func:`check_pod`.
+    """
+    ledger = digest.ledger
+    if (
+        demand.quick
+        and ledger.ready
+        and not digest.constrained
+        and fits_root_domain(digest.total_used, demand.bandwidth, digest.root_capacity)
+        and ledger.count_with_residual(demand.largest) >= demand.need
+    ):
+        return None
+    return check_pod(ledger, demand.request, test=test)
+
+
+def score_demand(digest: NodeDigest, demand: PodDemand) -> int:
+    """:func:`score` of the pod on the node, from the digest's totals."""
+    return _score(digest.total_used, digest.total_capacity, demand.bandwidth, demand.request.placement)
+
+
+# ---------------------------------------------------------------------------
+# The seed driver's policy, for comparison only
+# ---------------------------------------------------------------------------
+
+
+def legacy_utilisation(r: Reservation | Slot) -> int:
+    """The seed's per-mille utilisation, ``runtime * 1000 // period`` (deadline ignored)."""
+    return r.runtime_ns * 1000 // r.period_ns
+
+
+def legacy_choose(used_permille: Mapping[int, int], r: Reservation) -> tuple[int, ...] | None:
+    """The seed's choice: the ``count`` least-used CPUs that stay within 950‰, or nothing."""
+    u = legacy_utilisation(r)
+    candidates = sorted((used, cpu) for cpu, used in used_permille.items() if used + u <= LEGACY_CAP_PERMILLE)
+    if len(candidates) < r.cpus:
+        return None
+    return tuple(sorted(cpu for _, cpu in candidates[: r.cpus]))
+
+
+def legacy_capacity_share() -> int:
+    """The seed's per-CPU limit in the kernel's fixed point (950‰ of a CPU)."""
+    return LEGACY_CAP_PERMILLE * BW_UNIT // 1000
