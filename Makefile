@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: install test test-fast lint bench demo cluster-up cluster-down e2e clean
+.PHONY: install test test-fast lint bench demo cluster-up cluster-down controlplane e2e clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +25,37 @@ test-fast: $(PY)
 lint: $(PY)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy rtdra
+	$(BIN)/mypy rtdra webhook
 	$(BIN)/lint-imports
 
+# Benchmarks print tables with ratios to a floor measured in the same run.
 bench: $(PY)
 	$(BIN)/rtdra simulate --nodes 10 --cpus 8 --load 0.6 --load 0.8 --load 1.0
+	$(PY) bench/bench_webhook.py
+
+# The main job: the whole chain on a local control plane, the four demo apps,
+# a report of placements and kernel reservations; then everything is torn down.
+# Needs root (real SCHED_DEADLINE reservations on this machine) and Go.
+demo: install
+	$(PY) demo/run.py
+
+# Build (or reuse from ~/.cache/rt-dra) the upstream kube-apiserver,
+# kube-scheduler, kube-controller-manager and etcd. The first build compiles
+# Kubernetes from source: about 10 minutes on 2 cores.
+controlplane: $(PY)
+	$(PY) hack/cluster.py build
+
+# A local control plane in the background; the last line printed is the
+# admin kubeconfig (.cluster/kubeconfig).
+cluster-up: $(PY)
+	$(PY) hack/cluster.py up --dir .cluster
+
+cluster-down: $(PY)
+	$(PY) hack/cluster.py down --dir .cluster
+
+# Only the end-to-end tests (real control plane).
+e2e: $(PY)
+	$(BIN)/pytest -m e2e
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

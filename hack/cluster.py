@@ -1,0 +1,1013 @@
+#!/usr/bin/env python3
+"""A real, local Kubernetes control plane for the e2e tests and the demo.
+
+Runs the upstream programs - etcd, kube-apiserver and kube-scheduler, built from
+source by hack/controlplane/build.sh and cached under ~/.cache/rt-dra/ - on
+127.0.0.1 with free ports, fresh certificates and RBAC on. There is no kubelet
+and no kube-controller-manager: ``create_node`` writes Ready Node objects
+itself, and pods stay Pending after kube-scheduler binds them.
+
+Library use::
+
+    from hack.cluster import ControlPlane
+    with ControlPlane(Path("/tmp/cp")) as cp:
+        api = cp.api_client()
+        cp.create_node("n1")
+
+CLI (``make cluster-up`` / ``make cluster-down``)::
+
+    python hack/cluster.py up --dir .cluster     # last line: .cluster/kubeconfig
+    python hack/cluster.py down --dir .cluster
+
+Consequences of running without kube-controller-manager (deliberate):
+- The ServiceAccount admission plugin is disabled: it rejects every pod whose
+  ServiceAccount does not exist, and the "default" ServiceAccount of each
+  namespace is created by kube-controller-manager's serviceaccount controller.
+  (Service-account *tokens* still work: the TokenRequest API is served by
+  kube-apiserver itself - see ``service_account_kubeconfig``.)
+- TaintNodesByCondition is disabled: it taints every new Node
+  ``node.kubernetes.io/not-ready:NoSchedule`` and only the node-lifecycle
+  controller removes that taint. ``create_node`` also strips it if present.
+- Namespaces stay Terminating after deletion (namespace controller) and
+  ownerReferences are not garbage-collected: tests use unique names and delete
+  their objects explicitly.
+- The built-in *aggregated* ClusterRoles admin/edit/view have no rules (the
+  clusterrole-aggregation controller fills them): bind explicit roles instead.
+- ``--endpoint-reconciler-type=none``: kube-apiserver v1.37 refuses a loopback
+  ``--advertise-address`` with the lease reconciler; the "kubernetes" Service
+  has no Endpoints (nothing here routes to it).
+
+Environment: ``RTDRA_K8S_BIN_DIR`` (use these binaries, no build),
+``RTDRA_CACHE`` (cache root, default ~/.cache/rt-dra), ``K8S_VERSION``,
+``RTDRA_KEEP_CLUSTER=1`` (keep the workdir with logs after stop()).
+Processes started by a ControlPlane (not ``up``) get SIGKILL if the Python
+process that started them dies (PR_SET_PDEATHSIG), so a crashed test run
+leaves nothing behind.
+
+Only stdlib + cryptography + PyYAML + kubernetes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import ctypes
+import datetime as _dt
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from kubernetes import client
+from kubernetes import config as kconfig
+from kubernetes.client.rest import ApiException
+
+HACK = Path(__file__).resolve().parent
+BUILD_SCRIPT = HACK / "controlplane" / "build.sh"
+K8S_VERSION = os.environ.get("K8S_VERSION", "v1.37.2")
+CACHE_ROOT = Path(os.environ.get("RTDRA_CACHE", Path.home() / ".cache" / "rt-dra"))
+
+STATE_FILE = "state.json"
+SCHEDULER_API = "kubescheduler.config.k8s.io/v1"
+
+# Admission: the defaults of kube-apiserver v1.37 (which include
+# MutatingAdmissionWebhook and ValidatingAdmissionWebhook) plus NodeRestriction,
+# minus the two plugins that need kube-controller-manager (see module docstring).
+ENABLE_ADMISSION = "NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook"
+DISABLE_ADMISSION = "ServiceAccount,TaintNodesByCondition"
+
+SERVICE_CIDR = "10.96.0.0/16"  # only allocated from, never routed: no traffic leaves 127.0.0.1
+SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+
+class ControlPlaneError(RuntimeError):
+    """Starting/stopping the control plane failed; the message has the log tail."""
+
+
+class BuildError(ControlPlaneError):
+    """The upstream binaries could not be built."""
+
+
+# --------------------------------------------------------------------------- binaries
+@dataclass(frozen=True)
+class Binaries:
+    etcd: Path
+    kube_apiserver: Path
+    kube_scheduler: Path
+    versions: Mapping[str, str]
+    #: Optional: only controller_manager=True control planes (the demo) need it.
+    kube_controller_manager: Path | None = None
+
+    @classmethod
+    def from_dir(cls, d: Path) -> Binaries:
+        versions: dict[str, str] = {}
+        vf = d / "VERSIONS"
+        if vf.exists():
+            for line in vf.read_text().splitlines():
+                if "=" in line:
+                    k, v = line.split("=", 1)
+                    versions[k] = v
+        kcm = d / "kube-controller-manager"
+        return cls(d / "etcd", d / "kube-apiserver", d / "kube-scheduler", versions, kcm if kcm.exists() else None)
+
+    def exist(self) -> bool:
+        programs = (self.etcd, self.kube_apiserver, self.kube_scheduler, self.kube_controller_manager)
+        return all(p is not None and os.access(p, os.X_OK) for p in programs)
+
+
+def ensure_binaries(version: str = K8S_VERSION, quiet: bool = False) -> Binaries:
+    """Return the cached etcd/kube-apiserver/kube-scheduler, building them first if needed.
+
+    ``RTDRA_K8S_BIN_DIR`` points at a directory with the three programs and skips the build.
+    The first build compiles Kubernetes from source (tens of minutes on 2 cores);
+    progress goes to stderr.
+    """
+    override = os.environ.get("RTDRA_K8S_BIN_DIR")
+    if override:
+        b = Binaries.from_dir(Path(override))
+        if not b.exist():
+            raise BuildError(
+                f"RTDRA_K8S_BIN_DIR={override} lacks etcd/kube-apiserver/kube-scheduler/kube-controller-manager"
+            )
+        return b
+    cached = CACHE_ROOT / f"k8s-{version}"
+    if (cached / ".complete").exists():
+        b = Binaries.from_dir(cached)
+        if b.exist():
+            return b
+    env = dict(os.environ, K8S_VERSION=version, RTDRA_CACHE=str(CACHE_ROOT))
+    env.setdefault("PYTHON", sys.executable)
+    if not quiet:
+        print(
+            f"[cluster] building Kubernetes {version} control plane (cached afterwards in {cached})",
+            file=sys.stderr,
+            flush=True,
+        )
+    try:
+        proc = subprocess.run(
+            ["bash", str(BUILD_SCRIPT)],
+            check=False,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL if quiet else None,
+            text=True,
+        )
+    except OSError as e:
+        raise BuildError(f"cannot run {BUILD_SCRIPT}: {e}") from e
+    if proc.returncode != 0:
+        raise BuildError(
+            f"{BUILD_SCRIPT} failed with exit code {proc.returncode} (log: {CACHE_ROOT / f'build-{version}.log'})"
+        )
+    out_dir = Path(proc.stdout.strip().splitlines()[-1])
+    b = Binaries.from_dir(out_dir)
+    if not b.exist():
+        raise BuildError(f"{BUILD_SCRIPT} reported {out_dir} but the binaries are missing")
+    return b
+
+
+# --------------------------------------------------------------------------- PKI
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.UTC)
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+class CertificateAuthority:
+    """A throw-away CA; ``issue`` signs serving and client certificates."""
+
+    def __init__(self, common_name: str = "rt-dra-e2e-ca", key=None, cert: x509.Certificate | None = None):
+        if key is not None and cert is not None:
+            self.key, self.cert = key, cert
+            return
+        self.key = _new_key()
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(_now() - _dt.timedelta(minutes=5))
+            .not_valid_after(_now() + _dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+
+    @classmethod
+    def load(cls, cert_file: Path, key_file: Path) -> CertificateAuthority:
+        cert = x509.load_pem_x509_certificate(Path(cert_file).read_bytes())
+        key = serialization.load_pem_private_key(Path(key_file).read_bytes(), password=None)
+        return cls(key=key, cert=cert)
+
+    @property
+    def cert_pem(self) -> bytes:
+        return _cert_pem(self.cert)
+
+    def issue(
+        self,
+        common_name: str,
+        organizations: Sequence[str] = (),
+        *,
+        server: bool = False,
+        client: bool = False,
+        dns: Sequence[str] = (),
+        ips: Sequence[str] = (),
+        days: int = 30,
+    ) -> tuple[bytes, bytes]:
+        """Return (cert_pem, key_pem)."""
+        key = _new_key()
+        attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+        usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
+            [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
+        )
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name(attrs))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(_now() - _dt.timedelta(minutes=5))
+            .not_valid_after(_now() + _dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_encipherment=False,
+                    content_commitment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
+        )
+        if usages:
+            b = b.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+        sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+        if sans:
+            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        cert = b.sign(self.key, hashes.SHA256())
+        return _cert_pem(cert), _key_pem(key)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def write_kubeconfig(
+    path: Path,
+    server: str,
+    ca_pem: bytes,
+    user: str,
+    *,
+    cert_pem: bytes | None = None,
+    key_pem: bytes | None = None,
+    token: str | None = None,
+) -> Path:
+    user_entry: dict[str, Any] = {}
+    if cert_pem is not None:
+        user_entry["client-certificate-data"] = _b64(cert_pem)
+        user_entry["client-key-data"] = _b64(key_pem or b"")
+    if token is not None:
+        user_entry["token"] = token
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "rt-dra", "cluster": {"server": server, "certificate-authority-data": _b64(ca_pem)}}],
+        "users": [{"name": user, "user": user_entry}],
+        "contexts": [{"name": "rt-dra", "context": {"cluster": "rt-dra", "user": user}}],
+        "current-context": "rt-dra",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)
+    return path
+
+
+# --------------------------------------------------------------------------- helpers
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        data = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(data[-lines:])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is as good as dead
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _pid_cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL when the Python process that started us dies,
+    so a crashed test run leaves no etcd/kube-apiserver behind (Linux prctl PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: best effort only
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
+def _kill(pid: int, proc: subprocess.Popen | None, grace: float = 10.0) -> None:
+    if not _pid_alive(pid):
+        if proc is not None:
+            proc.poll()
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if proc is not None:
+                if proc.poll() is not None:
+                    return
+            elif not _pid_alive(pid):
+                return
+            time.sleep(0.05)
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+
+
+# --------------------------------------------------------------------------- control plane
+class ControlPlane:
+    """etcd + kube-apiserver + kube-scheduler on 127.0.0.1, with RBAC.
+
+    ``ControlPlane(workdir).start()`` ... ``.stop()`` (or ``with ControlPlane(d) as cp``).
+    ``ControlPlane.attach(workdir)`` re-opens one started by another process (the CLI).
+    """
+
+    def __init__(
+        self,
+        workdir: Path | str,
+        binaries: Binaries | None = None,
+        *,
+        start_timeout: float = 120.0,
+        keep_workdir: bool = False,
+        controller_manager: bool = False,
+    ):
+        self.workdir = Path(workdir).resolve()
+        self.binaries = binaries
+        self.start_timeout = start_timeout
+        # RTDRA_KEEP_CLUSTER=1 keeps the workdir (logs!) after stop() for debugging
+        self.keep_workdir = keep_workdir or os.environ.get("RTDRA_KEEP_CLUSTER", "") not in ("", "0")
+        self.pki = self.workdir / "pki"
+        self.logs = self.workdir / "logs"
+        self.kubeconfig = self.workdir / "kubeconfig"
+        self.scheduler_kubeconfig = self.workdir / "scheduler.kubeconfig"
+        self.controller_manager_kubeconfig = self.workdir / "controller-manager.kubeconfig"
+        # kube-controller-manager runs the workload controllers (Deployment ->
+        # ReplicaSet -> Pod), garbage collection and namespace deletion; off by
+        # default so the smoke tests keep their minimal, deterministic cluster.
+        self.controller_manager = controller_manager
+        self.scheduler_config_file = self.workdir / "scheduler-config.yaml"
+        self.ca_file = self.pki / "ca.crt"
+        self.server = ""
+        self.ports: dict[str, int] = {}
+        self.pids: dict[str, int] = {}
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._ca: CertificateAuthority | None = None
+        self._detached = False
+        self._started = False
+
+    # ----------------------------------------------------------------- lifecycle
+    def __enter__(self) -> ControlPlane:
+        if not self._started:
+            self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self, *, detach: bool = False) -> ControlPlane:
+        """Generate PKI and kubeconfigs, start etcd, kube-apiserver and kube-scheduler
+        and wait until all are healthy. ``detach`` puts them in their own session so
+        they outlive this Python process (the CLI ``up``)."""
+        if self._started:
+            raise ControlPlaneError("already started")
+        self._detached = detach
+        if self.binaries is None:
+            self.binaries = ensure_binaries()
+        if self.workdir.exists() and any(self.workdir.iterdir()):
+            raise ControlPlaneError(
+                f"{self.workdir} is not empty (a cluster may be running there; "
+                f"use `hack/cluster.py down --dir {self.workdir}`)"
+            )
+        for d in (self.workdir, self.pki, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        self._started = True
+        try:
+            t0 = time.monotonic()
+            self._choose_ports()
+            self._write_pki()
+            self._start_etcd()
+            self._start_apiserver()
+            self._write_state()
+            if self.controller_manager:
+                self._start_controller_manager()
+            self.configure_scheduler(None)
+            self.start_seconds = time.monotonic() - t0
+            self._write_state()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Kill kube-scheduler, kube-apiserver and etcd; remove the workdir."""
+        for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
+            pid = self.pids.pop(name, None)
+            if pid is not None:
+                _kill(pid, self._procs.pop(name, None))
+        self._started = False
+        if not self.keep_workdir and self.workdir.exists():
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    @classmethod
+    def attach(cls, workdir: Path | str) -> ControlPlane:
+        """Open a control plane started (e.g. by ``hack/cluster.py up``) in ``workdir``."""
+        cp = cls(workdir)
+        state_path = cp.workdir / STATE_FILE
+        if not state_path.exists():
+            raise ControlPlaneError(f"no control plane state in {cp.workdir}")
+        st = json.loads(state_path.read_text())
+        cp.server, cp.ports, cp.pids = st["server"], st["ports"], {k: int(v) for k, v in st["pids"].items()}
+        cp.binaries = Binaries.from_dir(Path(st["bin_dir"])) if st.get("bin_dir") else None
+        cp._started, cp._detached = True, True
+        return cp
+
+    def all_pids(self) -> dict[str, int]:
+        return dict(self.pids)
+
+    # ----------------------------------------------------------------- internals
+    def _choose_ports(self) -> None:
+        ports: set[int] = set()
+        while len(ports) < 5:
+            ports.add(free_port())
+        it = iter(sorted(ports))
+        self.ports = {
+            "etcd-client": next(it),
+            "etcd-peer": next(it),
+            "apiserver": next(it),
+            "scheduler": next(it),
+            "controller-manager": next(it),
+        }
+        self.server = f"https://127.0.0.1:{self.ports['apiserver']}"
+
+    @property
+    def ca(self) -> CertificateAuthority:
+        if self._ca is None:
+            self._ca = CertificateAuthority.load(self.ca_file, self.pki / "ca.key")
+        return self._ca
+
+    def _write(self, name: str, data: bytes, mode: int = 0o600) -> Path:
+        p = self.pki / name
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return p
+
+    def _write_pki(self) -> None:
+        self._ca = ca = CertificateAuthority("rt-dra-e2e-ca")
+        self._write("ca.crt", ca.cert_pem, 0o644)
+        self._write("ca.key", _key_pem(ca.key))
+        svc_ip = str(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))  # 10.96.0.1
+        cert, key = ca.issue(
+            "kube-apiserver",
+            server=True,
+            dns=[
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ],
+            ips=["127.0.0.1", svc_ip],
+        )
+        self._write("apiserver.crt", cert, 0o644)
+        self._write("apiserver.key", key)
+        # kube-apiserver -> kubelet client identity (no kubelets, but keeps the flags honest)
+        cert, key = ca.issue("kube-apiserver-kubelet-client", ["kubeadm:cluster-admins"], client=True)
+        self._write("apiserver-kubelet-client.crt", cert, 0o644)
+        self._write("apiserver-kubelet-client.key", key)
+        # front-proxy (request-header) CA and client, as kubeadm does: lets aggregated
+        # API servers and kube-scheduler's delegated authn find a complete
+        # extension-apiserver-authentication ConfigMap.
+        fp = CertificateAuthority("rt-dra-e2e-front-proxy-ca")
+        self._write("front-proxy-ca.crt", fp.cert_pem, 0o644)
+        cert, key = fp.issue("front-proxy-client", client=True)
+        self._write("front-proxy-client.crt", cert, 0o644)
+        self._write("front-proxy-client.key", key)
+        # service-account token signing key pair
+        sa = _new_key()
+        self._write("sa.key", _key_pem(sa))
+        self._write(
+            "sa.pub",
+            sa.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
+            0o644,
+        )
+        cert, key = ca.issue("kubernetes-admin", ["system:masters"], client=True)
+        write_kubeconfig(self.kubeconfig, self.server, ca.cert_pem, "admin", cert_pem=cert, key_pem=key)
+        cert, key = ca.issue("system:kube-scheduler", client=True)
+        write_kubeconfig(
+            self.scheduler_kubeconfig, self.server, ca.cert_pem, "system:kube-scheduler", cert_pem=cert, key_pem=key
+        )
+        # kube-controller-manager: one identity for all its controllers (no
+        # --use-service-account-credentials), so it needs to be an admin here.
+        cert, key = ca.issue("system:kube-controller-manager", ["system:masters"], client=True)
+        write_kubeconfig(
+            self.controller_manager_kubeconfig,
+            self.server,
+            ca.cert_pem,
+            "system:kube-controller-manager",
+            cert_pem=cert,
+            key_pem=key,
+        )
+        # for health probes from Python
+        cert, key = ca.issue("kubernetes-admin", ["system:masters"], client=True)
+        self._write("admin.crt", cert, 0o644)
+        self._write("admin.key", key)
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        # Popen dup()s the log fd into the child; ours is closed when the block ends.
+        with open(self.logs / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                start_new_session=True,
+                close_fds=True,
+                # runs only prctl() between fork and exec; we start no threads of our own
+                preexec_fn=None if self._detached else _die_with_parent,  # noqa: PLW1509
+            )
+        self._procs[name] = proc
+        self.pids[name] = proc.pid
+        return proc
+
+    def _wait(self, name: str, url: str, timeout: float, ssl_ctx: ssl.SSLContext | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            proc = self._procs.get(name)
+            if proc is not None and proc.poll() is not None:
+                raise ControlPlaneError(
+                    f"{name} exited with code {proc.returncode} during start-up; "
+                    f"last lines of {self.logs / (name + '.log')}:\n{_tail(self.logs / (name + '.log'))}"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=3, context=ssl_ctx) as r:
+                    body = r.read().decode(errors="replace")
+                    if r.status == 200:
+                        return
+                    last = f"HTTP {r.status}: {body[:500]}"
+            except urllib.error.HTTPError as e:
+                last = f"HTTP {e.code}: {e.read().decode(errors='replace')[:1500]}"
+            except (OSError, ssl.SSLError) as e:
+                last = repr(e)
+            time.sleep(0.2)
+        raise ControlPlaneError(
+            f"{name} not healthy at {url} after {timeout:.0f}s (last answer: {last}); "
+            f"last lines of {self.logs / (name + '.log')}:\n{_tail(self.logs / (name + '.log'))}"
+        )
+
+    def admin_ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        ctx.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
+        return ctx
+
+    def _start_etcd(self) -> None:
+        client = f"http://127.0.0.1:{self.ports['etcd-client']}"
+        peer = f"http://127.0.0.1:{self.ports['etcd-peer']}"
+        assert self.binaries is not None
+        self._spawn(
+            "etcd",
+            [
+                str(self.binaries.etcd),
+                "--name=rtdra",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=rtdra={peer}",
+                "--initial-cluster-state=new",
+                "--unsafe-no-fsync=true",  # throw-away test data: durability not needed
+                "--quota-backend-bytes=1073741824",
+                "--log-level=warn",
+            ],
+        )
+        self._wait("etcd", f"{client}/health", self.start_timeout)
+
+    def _start_apiserver(self) -> None:
+        p = self.pki
+        assert self.binaries is not None
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(self.binaries.kube_apiserver),
+                f"--etcd-servers=http://127.0.0.1:{self.ports['etcd-client']}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                # The lease/master-count reconcilers reject a loopback advertise address
+                # (kubernetes PR 138102); nothing here needs the "kubernetes" Endpoints.
+                "--endpoint-reconciler-type=none",
+                f"--secure-port={self.ports['apiserver']}",
+                f"--tls-cert-file={p / 'apiserver.crt'}",
+                f"--tls-private-key-file={p / 'apiserver.key'}",
+                f"--client-ca-file={p / 'ca.crt'}",
+                f"--kubelet-client-certificate={p / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={p / 'apiserver-kubelet-client.key'}",
+                f"--requestheader-client-ca-file={p / 'front-proxy-ca.crt'}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={p / 'front-proxy-client.crt'}",
+                f"--proxy-client-key-file={p / 'front-proxy-client.key'}",
+                f"--service-account-issuer={SA_ISSUER}",
+                f"--service-account-key-file={p / 'sa.pub'}",
+                f"--service-account-signing-key-file={p / 'sa.key'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--authorization-mode=Node,RBAC",
+                "--anonymous-auth=false",
+                f"--enable-admission-plugins={ENABLE_ADMISSION}",
+                f"--disable-admission-plugins={DISABLE_ADMISSION}",
+                "--allow-privileged=true",
+                "--profiling=false",
+                f"--cert-dir={p}",
+                "--v=1",
+            ],
+        )
+        self._wait("kube-apiserver", f"{self.server}/readyz", self.start_timeout, self.admin_ssl_context())
+
+    def _start_controller_manager(self) -> None:
+        assert self.binaries is not None
+        if self.binaries.kube_controller_manager is None:
+            raise ControlPlaneError("kube-controller-manager was not built (rerun hack/controlplane/build.sh)")
+        kc, p, port = self.controller_manager_kubeconfig, self.pki, self.ports["controller-manager"]
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(self.binaries.kube_controller_manager),
+                f"--kubeconfig={kc}",
+                f"--authentication-kubeconfig={kc}",
+                f"--authorization-kubeconfig={kc}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--cert-dir={self.workdir / 'controller-manager-certs'}",
+                f"--root-ca-file={p / 'ca.crt'}",
+                f"--service-account-private-key-file={p / 'sa.key'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                # No kubelets renew node leases here: the node lifecycle controllers
+                # would mark every node unreachable and evict its pods.
+                "--controllers=*,-node-lifecycle-controller,-taint-eviction-controller,-device-taint-eviction-controller",
+                "--v=1",
+            ],
+        )
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # self-signed serving cert generated by the program
+        self._wait("kube-controller-manager", f"https://127.0.0.1:{port}/healthz", self.start_timeout, ctx)
+
+    def _write_state(self) -> None:
+        st = {
+            "server": self.server,
+            "ports": self.ports,
+            "pids": self.pids,
+            "kubeconfig": str(self.kubeconfig),
+            "ca_file": str(self.ca_file),
+            "bin_dir": str(self.binaries.kube_apiserver.parent) if self.binaries else None,
+            "versions": dict(self.binaries.versions) if self.binaries else {},
+        }
+        (self.workdir / STATE_FILE).write_text(json.dumps(st, indent=2) + "\n")
+
+    # ----------------------------------------------------------------- scheduler
+    def default_scheduler_config(self) -> dict[str, Any]:
+        return {
+            "apiVersion": SCHEDULER_API,
+            "kind": "KubeSchedulerConfiguration",
+            "clientConnection": {"kubeconfig": str(self.scheduler_kubeconfig)},
+            "leaderElection": {"leaderElect": False},
+        }
+
+    def configure_scheduler(self, config: str | Mapping[str, Any] | None) -> Path:
+        """(Re)start kube-scheduler with this KubeSchedulerConfiguration (YAML text or dict;
+        None = default). clientConnection.kubeconfig and leaderElection.leaderElect=false are
+        filled in when absent, so a test only writes e.g. ``extenders:``. Returns the file."""
+        cfg: dict[str, Any] = self.default_scheduler_config()
+        if config is not None:
+            user = yaml.safe_load(config) if isinstance(config, str) else dict(config)
+            for k, v in (user or {}).items():
+                if k in ("clientConnection", "leaderElection") and isinstance(v, Mapping):
+                    cfg[k] = {**cfg[k], **v}
+                else:
+                    cfg[k] = v
+        self.scheduler_config_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        old = self.pids.pop("kube-scheduler", None)
+        if old is not None:
+            _kill(old, self._procs.pop("kube-scheduler", None))
+        assert self.binaries is not None
+        port = self.ports["scheduler"]
+        proc = self._spawn(
+            "kube-scheduler",
+            [
+                str(self.binaries.kube_scheduler),
+                f"--config={self.scheduler_config_file}",
+                f"--authentication-kubeconfig={self.scheduler_kubeconfig}",
+                f"--authorization-kubeconfig={self.scheduler_kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--cert-dir={self.workdir / 'scheduler-certs'}",
+                "--v=2",
+            ],
+        )
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # self-signed serving cert generated by kube-scheduler
+        try:
+            self._wait("kube-scheduler", f"https://127.0.0.1:{port}/readyz", self.start_timeout, ctx)
+        except ControlPlaneError:
+            _kill(proc.pid, proc)
+            self.pids.pop("kube-scheduler", None)
+            self._procs.pop("kube-scheduler", None)
+            raise
+        if (self.workdir / STATE_FILE).exists():
+            self._write_state()
+        return self.scheduler_config_file
+
+    # ----------------------------------------------------------------- clients & identities
+    def api_client(self, kubeconfig: Path | str | None = None):
+        """A kubernetes.client.ApiClient for admin (or for the given kubeconfig)."""
+        return kconfig.new_client_from_config(config_file=str(kubeconfig or self.kubeconfig))
+
+    def make_user_kubeconfig(self, username: str, groups: Sequence[str] = (), path: Path | str | None = None) -> Path:
+        """A kubeconfig authenticating by client certificate as ``username`` in ``groups``."""
+        cert, key = self.ca.issue(username, list(groups), client=True)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in username)
+        dest = Path(path) if path else self.workdir / "users" / f"{safe}.kubeconfig"
+        return write_kubeconfig(dest, self.server, self.ca.cert_pem, username, cert_pem=cert, key_pem=key)
+
+    def service_account_kubeconfig(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        create: bool = True,
+        expiration_seconds: int = 86400,
+        path: Path | str | None = None,
+    ) -> Path:
+        """A kubeconfig with a real ServiceAccount token (TokenRequest API, signed by
+        kube-apiserver), so components run with exactly that ServiceAccount's RBAC.
+        ``create`` creates the namespace and ServiceAccount if missing."""
+        with self.api_client() as api:
+            core = client.CoreV1Api(api)
+            if create:
+                for create_call in (
+                    lambda: core.create_namespace({"metadata": {"name": namespace}}),
+                    lambda: core.create_namespaced_service_account(namespace, {"metadata": {"name": name}}),
+                ):
+                    try:
+                        create_call()
+                    except ApiException as e:
+                        if e.status != 409:  # already exists
+                            raise
+            tr = core.create_namespaced_service_account_token(
+                name, namespace, {"spec": {"expirationSeconds": expiration_seconds}}
+            )
+        dest = Path(path) if path else self.workdir / "users" / f"sa-{namespace}-{name}.kubeconfig"
+        return write_kubeconfig(
+            dest, self.server, self.ca.cert_pem, f"system:serviceaccount:{namespace}:{name}", token=tr.status.token
+        )
+
+    # ----------------------------------------------------------------- nodes
+    def create_node(
+        self,
+        name: str,
+        cpu: str = "8",
+        memory: str = "16Gi",
+        labels: Mapping[str, str] | None = None,
+        extended: Mapping[str, str] | None = None,
+        pods: str = "110",
+        taints: Sequence[Mapping[str, str]] | None = None,
+    ) -> dict:
+        """Create a Node that looks Ready to kube-scheduler (there is no kubelet):
+        status.capacity/allocatable and a Ready condition are written through the
+        status subresource. ``extended`` adds extended resources, e.g.
+        ``{"example.com/dev": "4"}``. Returns the Node as a dict."""
+
+        with self.api_client() as api:
+            core = client.CoreV1Api(api)
+            lbl = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}
+            lbl.update(labels or {})
+            spec: dict[str, Any] = {}
+            if taints:
+                spec["taints"] = [dict(t) for t in taints]
+            core.create_node(
+                {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": lbl}, "spec": spec}
+            )
+            resources = {"cpu": cpu, "memory": memory, "pods": pods, "ephemeral-storage": "100Gi"}
+            resources.update(extended or {})
+            now = _now().strftime("%Y-%m-%dT%H:%M:%SZ")
+
+            def cond(kind: str, value: str, reason: str) -> dict[str, str]:
+                return {
+                    "type": kind,
+                    "status": value,
+                    "reason": reason,
+                    "message": reason,
+                    "lastHeartbeatTime": now,
+                    "lastTransitionTime": now,
+                }
+
+            status = {
+                "capacity": resources,
+                "allocatable": resources,
+                "conditions": [
+                    cond("Ready", "True", "KubeletReady"),
+                    cond("MemoryPressure", "False", "KubeletHasSufficientMemory"),
+                    cond("DiskPressure", "False", "KubeletHasNoDiskPressure"),
+                    cond("PIDPressure", "False", "KubeletHasSufficientPID"),
+                ],
+                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}],
+                "nodeInfo": {
+                    "architecture": "amd64",
+                    "operatingSystem": "linux",
+                    "kubeletVersion": K8S_VERSION,
+                    "kubeProxyVersion": "",
+                    "containerRuntimeVersion": "none://0",
+                    "kernelVersion": os.uname().release,
+                    "osImage": "rt-dra e2e",
+                    "machineID": "",
+                    "systemUUID": "",
+                    "bootID": "",
+                },
+            }
+            core.patch_node_status(name, {"status": status})
+            node = core.read_node(name)
+            stale = [t for t in (node.spec.taints or []) if t.key.startswith("node.kubernetes.io/")]
+            if stale:  # TaintNodesByCondition re-enabled by someone: drop not-ready & co.
+                keep = [api.sanitize_for_serialization(t) for t in (node.spec.taints or []) if t not in stale]
+                core.patch_node(name, {"spec": {"taints": keep or None}})
+                node = core.read_node(name)
+            return api.sanitize_for_serialization(node)
+
+    def delete_node(self, name: str) -> None:
+        with self.api_client() as api:
+            try:
+                client.CoreV1Api(api).delete_node(name)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+
+
+# --------------------------------------------------------------------------- CLI
+def _cmd_up(args: argparse.Namespace) -> int:
+    workdir = Path(args.dir)
+    if (workdir / STATE_FILE).exists():
+        cp = ControlPlane.attach(workdir)
+        if all(_pid_alive(p) for p in cp.pids.values()):
+            print(f"control plane already running at {cp.server}", file=sys.stderr)
+            print(workdir / "kubeconfig")
+            return 0
+        print(f"stale state in {workdir}; cleaning up", file=sys.stderr)
+        _down(workdir)
+    bins = ensure_binaries()
+    cp = ControlPlane(workdir, bins, controller_manager=bins.kube_controller_manager is not None)
+    t0 = time.monotonic()
+    cp.start(detach=True)
+    print(
+        f"control plane up in {time.monotonic() - t0:.1f}s: {cp.server} "
+        f"(kubernetes {bins.versions.get('kubernetes', '?')}, etcd {bins.versions.get('etcd', '?')}); "
+        f"pids {cp.pids}; logs in {cp.logs}",
+        file=sys.stderr,
+    )
+    print(f"export KUBECONFIG={cp.kubeconfig}", file=sys.stderr)
+    # Relative path as given, so `make` output is short; LAST line = kubeconfig.
+    print(workdir / "kubeconfig")
+    return 0
+
+
+def _down(workdir: Path) -> None:
+    if (workdir / STATE_FILE).exists():
+        cp = ControlPlane.attach(workdir)
+        for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
+            pid = cp.pids.get(name)
+            # only kill what is really ours: its command line names this workdir
+            if pid and _pid_alive(pid) and str(cp.workdir) in _pid_cmdline(pid):
+                _kill(pid, None)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    workdir = Path(args.dir)
+    if not workdir.exists():
+        print(f"nothing at {workdir}", file=sys.stderr)
+        return 0
+    _down(workdir)
+    print(f"control plane in {workdir} stopped and removed", file=sys.stderr)
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    b = ensure_binaries()
+    print(b.kube_apiserver.parent)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="start etcd, kube-apiserver, kube-scheduler in the background")
+    up.add_argument("--dir", default=".cluster")
+    up.set_defaults(fn=_cmd_up)
+    down = sub.add_parser("down", help="stop the control plane and remove its directory")
+    down.add_argument("--dir", default=".cluster")
+    down.set_defaults(fn=_cmd_down)
+    b = sub.add_parser("build", help="build (or reuse) the binaries; print their directory")
+    b.set_defaults(fn=_cmd_build)
+    args = ap.parse_args(argv)
+    try:
+        return args.fn(args)
+    except ControlPlaneError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Fixtures for end-to-end tests against a real control plane.
+
+- ``control_plane`` (session): a started ``hack.cluster.ControlPlane`` (etcd,
+  kube-apiserver, kube-scheduler - the upstream programs) in a temp dir, always
+  torn down. No kubelet, no kube-controller-manager (see hack/cluster.py).
+- ``kube_api``: an admin ``kubernetes.client.ApiClient``.
+- ``make_node``: factory ``make_node(name=None, cpu="8", memory="16Gi", labels=None,
+  extended=None)`` creating Ready nodes, deleted after the test.
+- ``unique_name``: factory for names that do not collide across tests.
+
+The binaries are built (first time: long) or taken from the cache before the
+first e2e test runs, outside any per-test timeout. If they can't be had the e2e
+tests are skipped with the reason - or FAIL when RTDRA_REQUIRE_E2E=1 (CI).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from hack.cluster import BuildError, ControlPlane, ControlPlaneError, _pid_alive, ensure_binaries  # noqa: E402
+
+_BINARIES: dict = {}
+
+
+def _require() -> bool:
+    return os.environ.get("RTDRA_REQUIRE_E2E", "") not in ("", "0", "false", "no")
+
+
+def _e2e_items(items):
+    return [i for i in items if i.get_closest_marker("e2e") is not None]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, config, items):
+    """Build/reuse the binaries once, after deselection, only if e2e tests will run."""
+    if not _e2e_items(items) or config.option.collectonly:
+        return
+    try:
+        _BINARIES["ok"] = ensure_binaries()
+    except (BuildError, ControlPlaneError, OSError) as e:
+        _BINARIES["error"] = f"Kubernetes control-plane binaries unavailable: {e}"
+
+
+def _binaries():
+    if "ok" not in _BINARIES and "error" not in _BINARIES:  # hook did not run (e.g. -p no:...)
+        try:
+            _BINARIES["ok"] = ensure_binaries()
+        except (BuildError, ControlPlaneError, OSError) as e:
+            _BINARIES["error"] = f"Kubernetes control-plane binaries unavailable: {e}"
+    if "error" in _BINARIES:
+        if _require():
+            pytest.fail(_BINARIES["error"] + " (RTDRA_REQUIRE_E2E=1)", pytrace=False)
+        pytest.skip(_BINARIES["error"] + " (set RTDRA_REQUIRE_E2E=1 to make this a failure)")
+    return _BINARIES["ok"]
+
+
+@pytest.fixture(scope="session")
+def k8s_binaries():
+    return _binaries()
+
+
+@pytest.fixture(scope="session")
+def control_plane(k8s_binaries, tmp_path_factory):
+    # short path: keeps the unix-socket-free but long argv readable in logs
+    workdir = Path(tempfile.mkdtemp(prefix="rtdra-cp-")) / "cp"
+    cp = ControlPlane(workdir, k8s_binaries)
+    try:
+        cp.start()
+    except ControlPlaneError as e:
+        cp.stop()
+        pytest.fail(f"control plane failed to start: {e}", pytrace=False)
+    pids = cp.all_pids()
+    try:
+        yield cp
+    finally:
+        pids.update(cp.all_pids())  # kube-scheduler may have been restarted
+        cp.stop()
+        with contextlib.suppress(OSError):
+            workdir.parent.rmdir()
+        left = {n: p for n, p in pids.items() if _pid_alive(p)}
+        assert not left, f"control plane processes survived teardown: {left}"
+
+
+@pytest.fixture
+def kube_api(control_plane):
+    api = control_plane.api_client()
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+@pytest.fixture
+def unique_name():
+    def make(prefix: str = "t") -> str:
+        return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+    return make
+
+
+@pytest.fixture
+def make_node(control_plane, unique_name):
+    created: list[str] = []
+
+    def make(name: str | None = None, cpu: str = "8", memory: str = "16Gi", labels=None, extended=None, **kw) -> dict:
+        name = name or unique_name("node")
+        node = control_plane.create_node(name, cpu=cpu, memory=memory, labels=labels, extended=extended, **kw)
+        created.append(name)
+        return node
+
+    yield make
+    for name in created:
+        control_plane.delete_node(name)
