@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from rtdra import names, simulate
+from rtdra import certs, names, simulate
 from rtdra.bandwidth import bandwidth, cpu_capacity
 from rtdra.request import InvalidRequest, parse_pod
 
@@ -125,12 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--reserved-period-us", type=int, default=1_000_000, help="kernel server period")
     s.set_defaults(func=simulate_command)
 
-    try:
-        from rtdra import certs  # noqa: PLC0415 - optional: needs only cryptography, but keep startup lean
-    except ImportError:
-        pass
-    else:
-        certs.register(sub)
+    certs.register(sub)
     return parser
 
 

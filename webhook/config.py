@@ -1,0 +1,137 @@
+"""The webhook's configuration: one frozen value, read once from the environment.
+
+Every setting has an ``RTDRA_WEBHOOK_`` environment variable so the same
+container image is configured by the Deployment alone; the command line
+(:mod:`webhook.cli`) only chooses how the server listens. Nothing else in the
+package reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from rtdra.bandwidth import NSEC_PER_USEC, PERIOD_MAX_US_DEFAULT, PERIOD_MIN_US_DEFAULT
+from rtdra.request import KernelLimits
+
+ENV_PREFIX: Final = "RTDRA_WEBHOOK_"
+
+TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
+_EFFECTS: Final = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+#: kubectl's taint syntax: ``key[=value]:Effect``.
+_TAINT = re.compile(r"^(?P<key>[^=:\s]+)(?:=(?P<value>[^:\s]*))?:(?P<effect>\w+)$")
+#: Qualified resource names (``domain/name``).
+_RESOURCE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
+@dataclass(frozen=True, slots=True)
+class Toleration:
+    """A toleration for the taint that keeps ordinary pods off real-time nodes."""
+
+    key: str
+    effect: TaintEffect
+    value: str | None = None
+
+    def to_json(self) -> dict[str, str]:
+        out = {"key": self.key, "operator": "Equal" if self.value is not None else "Exists", "effect": self.effect}
+        if self.value is not None:
+            out["value"] = self.value
+        return out
+
+    @classmethod
+    def parse(cls, text: str) -> Toleration:
+        """``key[=value]:Effect``, as in ``kubectl taint``."""
+        match = _TAINT.match(text.strip())
+        if match is None or match["effect"] not in _EFFECTS:
+            raise ValueError(f"{text!r} is not a taint (write key[=value]:Effect, Effect one of {', '.join(_EFFECTS)})")
+        effect: TaintEffect = match["effect"]  # type: ignore[assignment]
+        return cls(key=match["key"], value=match["value"], effect=effect)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """What the webhook adds to real-time pods and what it checks."""
+
+    #: Add the opt-in extended resource ``rt.resource.example.com/dl: 1`` (routes the pod to the extender).
+    extended_resource: bool = True
+    #: Set ``spec.schedulerName`` to this profile (``None``: leave it).
+    scheduler_name: str | None = None
+    #: Tolerate the RT-node taint (``None``: add no toleration).
+    toleration: Toleration | None = None
+    #: Also request this extended resource, in milli-CPUs of deadline bandwidth, so a
+    #: ResourceQuota can cap a namespace's total reservation (``None``: off).
+    bandwidth_resource: str | None = None
+    #: Check the namespace's opt-in label in the webhook too (needs API access; cached).
+    verify_namespace: bool = False
+    namespace_cache_ttl_s: float = 30.0
+    #: Timeout for reading RtClaimParameters / Namespaces from the API.
+    api_timeout_s: float = 2.0
+    kubeconfig: str | None = None
+    #: The kernel's ``sched_deadline_period_{min,max}_us`` on the cluster's nodes.
+    limits: KernelLimits = field(default_factory=KernelLimits)
+    #: Serving certificate, for ``/readyz`` to report expiry (the server itself is configured by the CLI).
+    tls_cert: str | None = None
+    #: Serve ``POST /floor`` (decode, allow, no patch) - the benchmark's baseline.
+    floor_endpoint: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WebhookConfig:
+        """Read every ``RTDRA_WEBHOOK_*`` variable; a bad value raises ``ValueError`` naming it."""
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(ENV_PREFIX + name)
+            return value.strip() if value is not None and value.strip() else None
+
+        def flag(name: str, default: bool) -> bool:
+            value = get(name)
+            if value is None:
+                return default
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"{ENV_PREFIX}{name}={value!r} is not a boolean (use true or false)")
+
+        def number(name: str, default: float) -> float:
+            value = get(name)
+            if value is None:
+                return default
+            try:
+                parsed = float(value)
+            except ValueError:
+                raise ValueError(f"{ENV_PREFIX}{name}={value!r} is not a number") from None
+            if not parsed > 0:
+                raise ValueError(f"{ENV_PREFIX}{name}={value!r} must be positive")
+            return parsed
+
+        toleration_text = get("TOLERATION")
+        try:
+            toleration = Toleration.parse(toleration_text) if toleration_text else None
+        except ValueError as err:
+            raise ValueError(f"{ENV_PREFIX}TOLERATION: {err}") from None
+        bandwidth_resource = get("BANDWIDTH_RESOURCE")
+        if bandwidth_resource is not None and not _RESOURCE.match(bandwidth_resource):
+            raise ValueError(f"{ENV_PREFIX}BANDWIDTH_RESOURCE={bandwidth_resource!r} is not a domain/name resource")
+        period_min_us = int(number("PERIOD_MIN_US", PERIOD_MIN_US_DEFAULT))
+        period_max_us = int(number("PERIOD_MAX_US", PERIOD_MAX_US_DEFAULT))
+        if period_min_us > period_max_us:
+            raise ValueError(f"{ENV_PREFIX}PERIOD_MIN_US must not exceed {ENV_PREFIX}PERIOD_MAX_US")
+        return cls(
+            extended_resource=flag("EXTENDED_RESOURCE", True),
+            scheduler_name=get("SCHEDULER_NAME"),
+            toleration=toleration,
+            bandwidth_resource=bandwidth_resource,
+            verify_namespace=flag("VERIFY_NAMESPACE", False),
+            namespace_cache_ttl_s=number("NAMESPACE_CACHE_TTL", 30.0),
+            api_timeout_s=number("API_TIMEOUT", 2.0),
+            kubeconfig=get("KUBECONFIG"),
+            limits=KernelLimits(
+                period_min_ns=period_min_us * NSEC_PER_USEC, period_max_ns=period_max_us * NSEC_PER_USEC
+            ),
+            tls_cert=get("TLS_CERT"),
+            floor_endpoint=flag("FLOOR_ENDPOINT", False),
+        )

@@ -1,0 +1,228 @@
+"""The JSON Patch that turns a validated real-time pod into one the rest of RT-DRA can run.
+
+:func:`build_patch` is a pure function: the pod as the apiserver sent it, the
+request the core parsed from it, and the configuration go in; a list of RFC
+6902 operations and a list of warnings come out. It computes the pod's desired
+state and emits an operation only where the pod differs from it, so the patch
+of a pod that already went through the webhook is empty - which is what makes
+``reinvocationPolicy: IfNeeded`` safe and a copied, already-mutated pod
+harmless.
+
+What it writes (see ARCHITECTURE.md, "What the webhook writes"):
+
+- ``rt.resource.example.com/spec``: the canonical request (ours alone);
+- ``cdi-devices.noderesource.dev/container.<name>``: the CDI device, merged into
+  any devices the user already lists for that container;
+- ``RT_RUNTIME_NS``/``RT_DEADLINE_NS``/``RT_PERIOD_NS``/``RT_CPUS`` in each RT
+  container's environment;
+- the routing: the opt-in extended resource and/or ``schedulerName``, an
+  optional toleration, an optional bandwidth resource for ResourceQuota.
+
+It assumes the pod's shape was checked (:func:`webhook.admission.check_pod_shape`)
+and does no validation of the reservations themselves: that is the core's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import yaml
+
+from rtdra import names
+from rtdra.bandwidth import BW_UNIT, format_ns, percent
+from rtdra.request import InvalidRequest, PodRequest, Problem, Reservation
+from webhook.config import Toleration, WebhookConfig
+from webhook.reviews import PatchOperation
+
+DEFAULT_SCHEDULER: Final = "default-scheduler"
+#: The CDI annotation of a container that lists only our device (the common case: no YAML emitter needed).
+CDI_VALUE: Final = f"- {names.CDI_DEVICE_NAME}\n"
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+#: A deadline at most this fraction of the period earns a warning.
+_SHORT_DEADLINE_DIVISOR: Final = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Mutation:
+    """The operations to apply (empty: the pod is already as it should be) and the warnings."""
+
+    patch: tuple[PatchOperation, ...]
+    warnings: tuple[str, ...]
+
+
+def escape(token: str) -> str:
+    """One JSON Pointer reference token (RFC 6901): ``~`` is ``~0``, ``/`` is ``~1``."""
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+def container_env(reservation: Reservation) -> dict[str, str]:
+    """The environment an RT container is given (values are strings, as in a pod)."""
+    return {
+        names.ENV_RUNTIME: str(reservation.runtime_ns),
+        names.ENV_DEADLINE: str(reservation.deadline_ns),
+        names.ENV_PERIOD: str(reservation.period_ns),
+        names.ENV_CPUS: str(reservation.cpus),
+    }
+
+
+def bandwidth_millicpus(reservation: Reservation) -> int:
+    """The reservation's bandwidth over all its CPUs in thousandths of a CPU, rounded up (for quota)."""
+    return -(-reservation.bandwidth * reservation.cpus * 1000 // BW_UNIT)
+
+
+def cdi_devices(value: str | None, container: str) -> list[str]:
+    """The CDI device names of a ``cdi-devices.noderesource.dev`` annotation (a YAML list)."""
+    if value is None or not value.strip():
+        return []
+    try:
+        devices = yaml.load(value, Loader=_Loader)
+    except yaml.YAMLError:
+        devices = None
+    if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
+        raise InvalidRequest(
+            [
+                Problem(
+                    container,
+                    names.CDI_ANNOTATION_PREFIX + container,
+                    "must be a YAML list of CDI device names (e.g. '- vendor.com/class=name')",
+                )
+            ]
+        )
+    return devices
+
+
+def request_warnings(request: PodRequest) -> list[str]:
+    """Things that are valid but probably not what the author meant."""
+    warnings = []
+    for name in sorted(request.containers):
+        r = request.containers[name]
+        if r.deadline_ns * _SHORT_DEADLINE_DIVISOR <= r.period_ns:
+            on = f" on each of {r.cpus} CPUs" if r.cpus > 1 else ""
+            warnings.append(
+                f'container "{name}": deadline {format_ns(r.deadline_ns)} is much shorter than period '
+                f"{format_ns(r.period_ns)}: it needs {percent(r.density)} of a CPU{on}, not {percent(r.bandwidth)}"
+            )
+    return warnings
+
+
+def _tolerates(existing: Any, wanted: Toleration) -> bool:
+    """Whether an existing toleration already covers the RT-node taint (core/v1 semantics)."""
+    if not isinstance(existing, Mapping):
+        return False
+    key = existing.get("key") or ""
+    operator = existing.get("operator") or "Equal"
+    effect = existing.get("effect") or ""
+    if effect and effect != wanted.effect:
+        return False
+    if operator == "Exists":
+        return key in ("", wanted.key)
+    return key == wanted.key and (existing.get("value") or "") == (wanted.value or "")
+
+
+def _set_map_entries(ops: list[PatchOperation], path: str, current: Any, desired: Mapping[str, Any]) -> None:
+    """Make ``current`` (a JSON object at ``path``, or missing) contain ``desired``'s entries."""
+    if not isinstance(current, Mapping):
+        ops.append({"op": "add", "path": path, "value": dict(desired)})
+        return
+    for key, value in desired.items():
+        if key not in current:
+            ops.append({"op": "add", "path": f"{path}/{escape(key)}", "value": value})
+        elif current[key] != value:
+            ops.append({"op": "replace", "path": f"{path}/{escape(key)}", "value": value})
+
+
+def _set_env(ops: list[PatchOperation], path: str, env: Any, desired: Mapping[str, str]) -> None:
+    if not isinstance(env, Sequence) or not env:
+        ops.append({"op": "add", "path": path, "value": [{"name": k, "value": v} for k, v in desired.items()]})
+        return
+    for key, value in desired.items():
+        wanted = {"name": key, "value": value}
+        found = False
+        for index, entry in enumerate(env):
+            if isinstance(entry, Mapping) and entry.get("name") == key:
+                found = True
+                if dict(entry) != wanted:  # a different value, or a valueFrom: ours wins
+                    ops.append({"op": "replace", "path": f"{path}/{index}", "value": wanted})
+        if not found:
+            ops.append({"op": "add", "path": f"{path}/-", "value": wanted})
+
+
+def _set_resources(ops: list[PatchOperation], path: str, resources: Any, desired: Mapping[str, str]) -> None:
+    """Extended resources: requests must equal limits (they cannot be overcommitted)."""
+    if not desired:
+        return
+    if not isinstance(resources, Mapping):
+        ops.append({"op": "add", "path": path, "value": {"requests": dict(desired), "limits": dict(desired)}})
+        return
+    for part in ("requests", "limits"):
+        _set_map_entries(ops, f"{path}/{part}", resources.get(part), desired)
+
+
+def build_patch(pod: Mapping[str, Any], request: PodRequest, config: WebhookConfig) -> Mutation:
+    """The operations that make ``pod`` carry ``request`` the way RT-DRA reads it.
+
+    Raises :class:`InvalidRequest` only for an RT container's CDI annotation that
+    is not a YAML list (we must add to it and cannot).
+    """
+    ops: list[PatchOperation] = []
+    warnings: list[str] = []
+    metadata: Mapping[str, Any] = pod.get("metadata") or {}
+    annotations: Mapping[str, str] = metadata.get("annotations") or {}
+    spec: Mapping[str, Any] = pod.get("spec") or {}
+    containers: Sequence[Mapping[str, Any]] = spec.get("containers") or []
+
+    desired_annotations: dict[str, str] = {names.SPEC: request.spec_json()}
+    current_spec = annotations.get(names.SPEC)
+    if current_spec is not None and current_spec != desired_annotations[names.SPEC]:
+        warnings.append(f"{names.SPEC} was replaced: only RT-DRA writes it")
+    problems: list[Problem] = []
+    for container in containers:
+        name = container["name"]
+        if name not in request.containers:
+            continue
+        key = names.CDI_ANNOTATION_PREFIX + name
+        try:
+            devices = cdi_devices(annotations.get(key), name)
+        except InvalidRequest as err:
+            problems += err.problems
+            continue
+        if names.CDI_DEVICE_NAME not in devices:
+            merged = [*devices, names.CDI_DEVICE_NAME]
+            desired_annotations[key] = (
+                CDI_VALUE if len(merged) == 1 else yaml.dump(merged, Dumper=_Dumper, default_flow_style=False)
+            )
+    if problems:
+        raise InvalidRequest(problems)
+    _set_map_entries(ops, "/metadata/annotations", metadata.get("annotations"), desired_annotations)
+
+    routed = False
+    for index, container in enumerate(containers):
+        reservation = request.containers.get(container["name"])
+        if reservation is None:
+            continue
+        base = f"/spec/containers/{index}"
+        _set_env(ops, f"{base}/env", container.get("env"), container_env(reservation))
+        extended: dict[str, str] = {}
+        if config.extended_resource and not routed:
+            extended[names.DL_RESOURCE] = "1"
+        routed = True
+        if config.bandwidth_resource:
+            extended[config.bandwidth_resource] = str(bandwidth_millicpus(reservation))
+        _set_resources(ops, f"{base}/resources", container.get("resources"), extended)
+
+    if config.scheduler_name:
+        current = spec.get("schedulerName")
+        if current != config.scheduler_name:
+            if current not in (None, "", DEFAULT_SCHEDULER):
+                warnings.append(f"schedulerName {current!r} was replaced by {config.scheduler_name!r} (real-time pods)")
+            ops.append({"op": "add", "path": "/spec/schedulerName", "value": config.scheduler_name})
+    if config.toleration is not None:
+        tolerations = spec.get("tolerations")
+        if not isinstance(tolerations, Sequence) or not tolerations:
+            ops.append({"op": "add", "path": "/spec/tolerations", "value": [config.toleration.to_json()]})
+        elif not any(_tolerates(t, config.toleration) for t in tolerations):
+            ops.append({"op": "add", "path": "/spec/tolerations/-", "value": config.toleration.to_json()})
+    return Mutation(patch=tuple(ops), warnings=tuple(warnings))
