@@ -197,12 +197,15 @@ class NodeLedger:
         return replace(self, pods={**self.pods, allocation.uid: allocation})
 
     def release(self, uid: str) -> NodeLedger:
-        """The ledger without pod ``uid``'s reservation (unchanged if it has none)."""
-        if uid not in self.pods and uid not in self.prepared:
+        """The ledger without pod ``uid``'s reservation (unchanged if it has none).
+
+        The agent's ``prepared`` record of the pod stays: it says what is still
+        applied in the kernel, and only the agent, once it has undone that,
+        removes it. (The extender owns ``pods``, the agent ``prepared``.)
+        """
+        if uid not in self.pods:
             return self
-        pods = {k: v for k, v in self.pods.items() if k != uid}
-        prepared = {k: v for k, v in self.prepared.items() if k != uid}
-        return replace(self, pods=pods, prepared=prepared)
+        return replace(self, pods={k: v for k, v in self.pods.items() if k != uid})
 
     # -- the NodeAllocationState shape ---------------------------------------
 

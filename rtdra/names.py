@@ -18,6 +18,9 @@ PLACEMENT: Final = f"{PREFIX}placement"
 # Written by RT-DRA only (a user-supplied value is replaced or refused).
 SPEC: Final = f"{PREFIX}spec"
 ALLOCATION: Final = f"{PREFIX}allocation"
+#: Touched on pending RT pods after bandwidth is released, so kube-scheduler
+#: tries them again (it never sees a ledger change by itself).
+REQUEUE: Final = f"{PREFIX}requeue"
 
 # CDI: the NRI device-injector's per-container annotation and our device.
 CDI_ANNOTATION_PREFIX: Final = "cdi-devices.noderesource.dev/container."
