@@ -22,6 +22,7 @@ node that passes the filter is a node bind can use.
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -145,10 +146,7 @@ def place_pod(
             if ledger.fits(cpu, slot, extra=placed, test=test)
         ]
         if len(candidates) < r.cpus:
-            return NoFit(
-                f"insufficient deadline bandwidth: container {name} needs {r.cpus} "
-                f"CPU{'s' if r.cpus != 1 else ''} with {percent(r.bandwidth)} free, node has {len(candidates)}"
-            )
+            return _too_few_cpus(name, r, len(candidates))
         if choice == "best-fit":
             candidates.sort()
         elif choice == "worst-fit":
@@ -159,6 +157,14 @@ def place_pod(
         chosen[name] = cpus
         placed += [Slot(cpu, r.runtime_ns, r.deadline_ns, r.period_ns) for cpu in cpus]
     return Fit(cpus=chosen, bandwidth=total)
+
+
+@functools.lru_cache(maxsize=4096)  # the filter meets the same few messages on thousands of nodes
+def _too_few_cpus(container: str, r: Reservation, have: int) -> NoFit:
+    return NoFit(
+        f"insufficient deadline bandwidth: container {container} needs {r.cpus} "
+        f"CPU{'s' if r.cpus != 1 else ''} with {percent(r.bandwidth)} free, node has {have}"
+    )
 
 
 def check_pod(
@@ -234,41 +240,64 @@ class NodeDigest:
     """A ledger's totals, computed once per ledger value (the extender keeps one per node)."""
 
     ledger: NodeLedger
+    ready: bool
     total_used: int
     total_capacity: int
     root_capacity: int
     #: Some slot on the node has a constrained deadline (then only the full search decides).
     constrained: bool
+    #: Every CPU's residual bandwidth, ascending (``ledger.residuals`` without the CPU ids).
+    residuals: tuple[int, ...]
 
     @classmethod
     def of(cls, ledger: NodeLedger) -> NodeDigest:
         return cls(
             ledger=ledger,
+            ready=ledger.ready,
             total_used=ledger.total_used,
             total_capacity=ledger.total_capacity,
             root_capacity=ledger.root_capacity,
             constrained=any(ledger.has_constrained(cpu) for cpu in ledger.capacities),
+            residuals=tuple(residual for residual, _ in ledger.residuals),
         )
+
+    def has_cpus_with_residual(self, bw: int, need: int) -> bool:
+        """Whether at least ``need`` CPUs have ``bw`` left: the need-th largest residual decides, in O(1)."""
+        return 0 < need <= len(self.residuals) and self.residuals[-need] >= bw
+
+    def cpus_with_residual(self, bw: int) -> int:
+        """How many CPUs have at least ``bw`` left (``NodeLedger.count_with_residual``, on plain integers)."""
+        return len(self.residuals) - bisect.bisect_left(self.residuals, bw)
 
 
 def check_demand(digest: NodeDigest, demand: PodDemand, *, test: DeadlineTest = DEFAULT_TEST) -> NoFit | None:
-    """Exactly :func:`check_pod`'s verdict, decided in O(log CPUs) for the common case.
+    """Exactly :func:`check_pod`'s verdict (and reason), decided in O(log CPUs) for the common cases.
 
-    Implicit deadlines everywhere, the root domain has room and at least
-    ``need`` CPUs each have room for the largest container: every container
-    then gets CPUs of its own, so the pod fits. Anything else goes to
-    :func:`check_pod`.
+    With implicit deadlines everywhere a CPU fits a container iff its residual
+    is at least the container's bandwidth, so once the root domain has room:
+
+    - at least ``need`` CPUs with room for the largest container: every
+      container gets CPUs of its own, the pod fits;
+    - fewer CPUs with room for the largest container (placed first) than it
+      asks for: :func:`place_pod` stops at that container with that count.
+
+    Anything else (constrained deadlines, close calls between containers) goes
+    to :func:`check_pod`.
     """
-    ledger = digest.ledger
     if (
         demand.quick
-        and ledger.ready
+        and digest.ready
+        and digest.residuals
         and not digest.constrained
         and fits_root_domain(digest.total_used, demand.bandwidth, digest.root_capacity)
-        and ledger.count_with_residual(demand.largest) >= demand.need
     ):
-        return None
-    return check_pod(ledger, demand.request, test=test)
+        if digest.has_cpus_with_residual(demand.largest, demand.need):
+            return None
+        name, first = demand.order[0]
+        have = digest.cpus_with_residual(first.bandwidth)
+        if have < first.cpus:
+            return _too_few_cpus(name, first, have)
+    return check_pod(digest.ledger, demand.request, test=test)
 
 
 def score_demand(digest: NodeDigest, demand: PodDemand) -> int:

@@ -1,0 +1,213 @@
+"""The extender's HTTP face: a Flask app kube-scheduler calls (``create_app``).
+
+Views only translate: decode the body (``extender.wire``), call the decision
+(``extender.decide``) or the binder (``extender.bind``), encode the reply.
+Every decision is HTTP 200 - kube-scheduler treats any other status as an
+error - and a failed bind is a 200 whose ``Error`` says why. A body that is
+not what kube-scheduler sends gets a 400 with a message naming the problem;
+no request gets a traceback back.
+
+Routes (the verbs under the configured URL prefix)::
+
+    POST <prefix>/filter      ExtenderArgs -> ExtenderFilterResult
+    POST <prefix>/prioritize  ExtenderArgs -> HostPriorityList
+    POST <prefix>/bind        ExtenderBindingArgs -> ExtenderBindingResult
+    GET  /healthz             the process serves
+    GET  /readyz              the ledger cache has synced
+    GET  /metrics             Prometheus text format
+
+``create_app(config)`` wires the production parts (API client, watch-fed
+cache, binder, reconciler) from the configuration; tests and the benchmark pass
+their own ``cache`` (and ``binder``) instead and no thread is started.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from extender import wire
+from extender.bind import Binder, BindError
+from extender.cache import LedgerCache, WatchedLedgerCache
+from extender.config import ExtenderConfig
+from extender.decide import FitMemo, PodView, filter_nodes, prioritize_nodes
+from extender.metrics import CONTENT_TYPE, Metrics
+from extender.reconcile import Reconciler
+from rtdra import kube
+from rtdra.store import NasStore
+
+log = logging.getLogger("extender")
+
+JSON: Final = "application/json"
+#: The Flask ``app.extensions`` key holding the extender's parts.
+EXTENSION: Final = "rtdra-extender"
+
+
+class NotSynced(RuntimeError):
+    """The ledger cache has not completed its first list yet."""
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status=status, mimetype=JSON)
+
+
+def _body() -> Any:
+    data = request.get_data(cache=False)
+    if not data:
+        raise wire.BadRequest("the request has no body (expected JSON)")
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as err:
+        raise wire.BadRequest(f"the body is not valid JSON: {err}") from None
+
+
+class Extender:
+    """The parts one app works with (kept in ``app.extensions``)."""
+
+    def __init__(
+        self,
+        config: ExtenderConfig,
+        cache: LedgerCache,
+        binder: Binder | None,
+        metrics: Metrics,
+        reconciler: Reconciler | None = None,
+    ) -> None:
+        self.config = config
+        self.cache = cache
+        self.binder = binder
+        self.metrics = metrics
+        self.reconciler = reconciler
+        self.memo = FitMemo()
+
+    def view(self, pod: Any) -> PodView:
+        return PodView.of(pod, self.config.default_placement)
+
+
+def _production_parts(config: ExtenderConfig, metrics: Metrics) -> tuple[LedgerCache, Binder, Reconciler | None]:
+    api = kube.api_client(config.kubeconfig or None)
+    store = NasStore(api, config.namespace)
+    cache = WatchedLedgerCache(store, watch_timeout_seconds=config.watch_timeout_seconds).start()
+    binder = Binder(api, store, cache=cache, metrics=metrics, default_placement=config.default_placement)
+    reconciler = None
+    if config.reconcile_interval_seconds > 0:
+        reconciler = Reconciler(
+            api,
+            store,
+            grace_seconds=config.bind_grace_seconds,
+            interval_seconds=config.reconcile_interval_seconds,
+            metrics=metrics,
+        ).start()
+    return cache, binder, reconciler
+
+
+def create_app(
+    config: ExtenderConfig | None = None,
+    *,
+    cache: LedgerCache | None = None,
+    binder: Binder | None = None,
+    metrics: Metrics | None = None,
+) -> Flask:
+    """The extender app. Without ``cache`` it connects to the API and starts the watch and the reconciler."""
+    config = config or ExtenderConfig.from_env()
+    metrics = metrics or Metrics()
+    reconciler = None
+    if cache is None:
+        cache, binder, reconciler = _production_parts(config, metrics)
+    ext = Extender(config, cache, binder, metrics, reconciler)
+
+    app = Flask("extender")
+    app.extensions[EXTENSION] = ext
+    prefix = config.prefix
+
+    def verb(name: str, fn: Callable[[], Response]) -> None:
+        app.add_url_rule(f"{prefix}/{name}", endpoint=name, view_func=fn, methods=["POST"])
+
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _count(response: Response) -> Response:
+        endpoint = request.endpoint or "unknown"
+        ext.metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        started = g.get("started")
+        if started is not None:
+            ext.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        return response
+
+    def filter_() -> Response:
+        candidates = wire.parse_args(_body())
+        if not ext.cache.synced:
+            raise NotSynced("the extender's ledger cache has not synced yet; try again")
+        verdicts = filter_nodes(ext.view(candidates.pod), candidates.names, ext.cache, ext.memo)
+        for reason, count in verdicts.reasons.items():
+            ext.metrics.filter_rejections.labels(reason).inc(count)
+        return _json(wire.filter_result(candidates, verdicts.passed, verdicts.failed, verdicts.unresolvable))
+
+    def prioritize() -> Response:
+        candidates = wire.parse_args(_body())
+        return _json(prioritize_nodes(ext.view(candidates.pod), candidates.names, ext.cache, ext.memo))
+
+    def bind() -> Response:
+        args = wire.parse_binding_args(_body())
+        try:
+            if ext.binder is None:
+                raise BindError("this extender has no API access to bind with")
+            outcome = ext.binder.bind(args["PodNamespace"], args["PodName"], args["PodUID"], args["Node"])
+        except BindError as err:
+            ext.metrics.binds.labels("error").inc()
+            log.info("bind %s/%s to %s refused: %s", args["PodNamespace"], args["PodName"], args["Node"], err)
+            return _json({"Error": wire.reason_text(str(err))})
+        ext.metrics.binds.labels("already_bound" if outcome.already_bound else "bound").inc()
+        return _json({"Error": ""})
+
+    verb("filter", filter_)
+    verb("prioritize", prioritize)
+    verb("bind", bind)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return Response("ok\n", mimetype="text/plain")
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        if not ext.cache.synced:
+            return Response("ledger cache not synced\n", status=503, mimetype="text/plain")
+        return Response("ok\n", mimetype="text/plain")
+
+    @app.get("/metrics")
+    def metrics_() -> Response:
+        ext.metrics.cache_nodes.set(len(ext.cache))
+        return Response(ext.metrics.exposition(), mimetype=CONTENT_TYPE)
+
+    @app.errorhandler(wire.BadRequest)
+    def bad_request(err: wire.BadRequest) -> Response:
+        return _json({"Error": f"bad request: {err}"}, 400)
+
+    @app.errorhandler(NotSynced)
+    def not_synced(err: NotSynced) -> Response:
+        # 200 with Error: the scheduler fails this attempt and retries the pod later.
+        return _json({"Error": str(err)})
+
+    @app.errorhandler(HTTPException)
+    def http_error(err: HTTPException) -> Response:
+        return _json({"Error": f"{err.code} {err.name}: {err.description}"}, err.code or 500)
+
+    @app.errorhandler(Exception)
+    def internal_error(err: Exception) -> Response:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return _json({"Error": f"internal error in the rt-dra extender: {type(err).__name__}"}, 500)
+
+    return app
+
+
+def extender_of(app: Flask) -> Extender:
+    """The parts behind ``app`` (for tests and the gunicorn hooks)."""
+    ext: Extender = app.extensions[EXTENSION]
+    return ext

@@ -1,0 +1,100 @@
+"""The extender's configuration, read once from the environment (prefix ``RTDRA_EXTENDER_``) and flags.
+
+Every setting has an environment variable; ``rtdra-extender`` flags override
+them (see ``extender.cli``). The value is frozen: the app, the cache, the
+binder and the reconciler are all built from one :class:`ExtenderConfig`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Final
+
+from rtdra import names
+from rtdra.request import DEFAULT_PLACEMENT, PLACEMENTS, Placement
+
+ENV_PREFIX: Final = "RTDRA_EXTENDER_"
+
+
+class ConfigError(ValueError):
+    """A setting has a value the extender cannot use."""
+
+
+@dataclass(frozen=True)
+class ExtenderConfig:
+    """How the extender listens, talks to the API and decides."""
+
+    #: ``HOST:PORT`` gunicorn listens on.
+    bind: str = "0.0.0.0:8888"
+    #: Path prefix of the verbs: ``<prefix>/filter``, ``/prioritize``, ``/bind`` (match the scheduler's urlPrefix).
+    url_prefix: str = ""
+    #: Kubeconfig file; empty: in-cluster, then ``$KUBECONFIG``.
+    kubeconfig: str = ""
+    #: Namespace of the NodeAllocationState objects.
+    namespace: str = names.DEFAULT_NAMESPACE
+    #: Placement of pods that do not say (``pack`` or ``spread``).
+    default_placement: Placement = DEFAULT_PLACEMENT
+    #: TLS: serve HTTPS with this certificate and key (PEM files).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    #: TLS: require a client certificate signed by this CA (the scheduler's ``tlsConfig.certFile``).
+    client_ca_file: str = ""
+    #: gunicorn workers (processes) and threads per worker.
+    workers: int = 2
+    threads: int = 4
+    #: gunicorn worker timeout, seconds.
+    timeout: int = 30
+    #: Release reservations whose pod is still unbound this long after ``reservedAt``.
+    bind_grace_seconds: float = 60.0
+    #: How often the reconcile loop runs (0 disables it).
+    reconcile_interval_seconds: float = 30.0
+    #: Server-side timeout of one watch request (the cache re-watches after it).
+    watch_timeout_seconds: int = 300
+    #: Log level name for the extender's logger.
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.default_placement not in PLACEMENTS:
+            raise ConfigError(
+                f"default placement must be one of {', '.join(PLACEMENTS)}, got {self.default_placement!r}"
+            )
+        if (self.tls_cert_file == "") != (self.tls_key_file == ""):
+            raise ConfigError("TLS needs both a certificate and a key file")
+        if self.client_ca_file and not self.tls_cert_file:
+            raise ConfigError("checking client certificates needs HTTPS (a certificate and key)")
+        if self.url_prefix and not self.url_prefix.startswith("/"):
+            raise ConfigError(f"the URL prefix must start with '/', got {self.url_prefix!r}")
+        if self.workers < 1 or self.threads < 1 or self.timeout < 1:
+            raise ConfigError("workers, threads and timeout must be at least 1")
+        if ":" not in self.bind:
+            raise ConfigError(f"bind must be HOST:PORT, got {self.bind!r}")
+
+    @property
+    def https(self) -> bool:
+        return bool(self.tls_cert_file)
+
+    @property
+    def prefix(self) -> str:
+        """The URL prefix without a trailing slash."""
+        return self.url_prefix.rstrip("/")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ExtenderConfig:
+        """Settings from ``RTDRA_EXTENDER_<FIELD>`` variables, then ``overrides`` (flags) on top."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            default = getattr(cls, f.name)
+            try:
+                values[f.name] = type(default)(raw) if not isinstance(default, str) else raw
+            except ValueError:
+                raise ConfigError(
+                    f"{ENV_PREFIX + f.name.upper()}={raw!r} is not a valid {type(default).__name__}"
+                ) from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

@@ -1,0 +1,171 @@
+"""Filter and prioritize decisions: the pod's request against the cached ledgers.
+
+No arithmetic lives here: whether a pod fits a node is
+``rtdra.placement.check_pod``, the score is ``rtdra.placement.score`` - the
+same functions bind uses (``place_pod``), so a node that passes the filter is
+one bind can use, as long as nothing was reserved on it in between.
+
+Where a node goes when it fails:
+
+- ``FailedNodes`` - the pod does not fit the room left. Freeing reservations
+  (preemption) could change that.
+- ``FailedAndUnresolvableNodes`` - the node has no ledger, its ledger is not
+  Ready, or the pod's request is invalid. Preemption cannot help, so the
+  scheduler should not evict anyone for these.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from extender.cache import LedgerCache
+from extender.wire import MIN_PRIORITY, FailedNodesMap, HostPriority, reason_text
+from rtdra.placement import NodeDigest, PodDemand, check_demand, score_demand
+from rtdra.request import InvalidRequest, Placement, PodRequest, read_pod_request
+
+
+def no_ledger_reason(node: str) -> str:
+    return f"node {node} has no NodeAllocationState (is the rt-dra agent running there?)"
+
+
+def not_ready_reason(node: str) -> str:
+    return f"node {node} is not ready for real-time pods (its NodeAllocationState is NotReady)"
+
+
+def invalid_reason(err: InvalidRequest) -> str:
+    return reason_text(f"invalid real-time request: {err}")
+
+
+@dataclass(frozen=True, slots=True)
+class PodView:
+    """What the extender needs of a pod: its request (``None``: nothing real-time) or why it is invalid."""
+
+    request: PodRequest | None
+    invalid: str | None = None
+    #: Identifies the pod and its request, for :class:`FitMemo` (empty: do not memoise).
+    key: str = ""
+
+    @classmethod
+    def of(cls, pod: Mapping[str, Any], default_placement: Placement) -> PodView:
+        try:
+            request = read_pod_request(pod, None, default_placement=default_placement)
+        except InvalidRequest as err:
+            return cls(None, invalid_reason(err))
+        uid = str((pod.get("metadata") or {}).get("uid") or "")
+        key = f"{uid}/{request.placement}/{request.spec_json()}" if request is not None and uid else ""
+        return cls(request, key=key)
+
+
+class FitMemo:
+    """The filter's verdicts per pod, so that the prioritize call which follows need not decide again.
+
+    A verdict is reused only while the node's cached ledger is the very value
+    it was decided on; a bounded number of pods is remembered (oldest dropped).
+    """
+
+    def __init__(self, pods: int = 64) -> None:
+        self.pods = pods
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, dict[str, tuple[NodeDigest, bool]]] = OrderedDict()
+
+    def verdicts(self, key: str, *, create: bool) -> dict[str, tuple[NodeDigest, bool]] | None:
+        if not key:
+            return None
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            elif create:
+                entry = self._entries[key] = {}
+                while len(self._entries) > self.pods:
+                    self._entries.popitem(last=False)
+            return entry
+
+
+@dataclass(slots=True)
+class Verdicts:
+    """The filter's outcome, node by node, in the order the nodes were sent."""
+
+    passed: list[str] = field(default_factory=list)
+    failed: FailedNodesMap = field(default_factory=dict)
+    unresolvable: FailedNodesMap = field(default_factory=dict)
+    #: How many nodes failed, by reason class (for metrics).
+    reasons: Counter[str] = field(default_factory=Counter)
+
+
+@functools.lru_cache(maxsize=4096)  # thousands of nodes share a few distinct reasons
+def _wire_reason(reason: str) -> tuple[str, str]:
+    return reason_text(reason), reason_class(reason)
+
+
+def reason_class(reason: str) -> str:
+    """A short, bounded label for a rejection reason."""
+    if reason.startswith("insufficient deadline bandwidth"):
+        return "insufficient_bandwidth"
+    if "has no real-time CPUs" in reason:
+        return "no_rt_cpus"
+    return "other"
+
+
+def filter_nodes(view: PodView, nodes: Sequence[str], cache: LedgerCache, memo: FitMemo | None = None) -> Verdicts:
+    """Which of ``nodes`` have room for the pod, and why the others do not."""
+    verdicts = Verdicts()
+    if view.invalid is not None:
+        verdicts.unresolvable = dict.fromkeys(nodes, view.invalid)
+        verdicts.reasons["invalid_request"] = len(verdicts.unresolvable)
+        return verdicts
+    if view.request is None:
+        verdicts.passed = list(nodes)
+        return verdicts
+    demand = PodDemand.of(view.request)
+    digests = cache.digests
+    passed = verdicts.passed
+    remembered = memo.verdicts(view.key, create=True) if memo is not None else None
+    remember = remembered.__setitem__ if remembered is not None else None
+    get, check, keep = digests.get, check_demand, passed.append  # hot loop: up to thousands of nodes
+    for node in nodes:
+        digest = get(node)
+        if digest is None:
+            verdicts.unresolvable[node] = no_ledger_reason(node)
+            verdicts.reasons["no_ledger"] += 1
+        elif not digest.ready:
+            verdicts.unresolvable[node] = not_ready_reason(node)
+            verdicts.reasons["not_ready"] += 1
+        else:
+            verdict = check(digest, demand)
+            if remember is not None:
+                remember(node, (digest, verdict is None))
+            if verdict is None:
+                keep(node)
+            else:
+                text, kind = _wire_reason(verdict.reason)
+                verdicts.failed[node] = text
+                verdicts.reasons[kind] += 1
+    return verdicts
+
+
+def prioritize_nodes(
+    view: PodView, nodes: Sequence[str], cache: LedgerCache, memo: FitMemo | None = None
+) -> list[HostPriority]:
+    """0..10 per node by the pod's placement; nodes it does not fit (or without a ledger) get 0."""
+    if view.request is None:
+        return [{"Host": node, "Score": MIN_PRIORITY} for node in nodes]
+    demand = PodDemand.of(view.request)
+    digests = cache.digests
+    remembered = (memo.verdicts(view.key, create=False) if memo is not None else None) or {}
+    out: list[HostPriority] = []
+    add, get, recall = out.append, digests.get, remembered.get  # hot loop
+    for node in nodes:
+        digest = get(node)
+        if digest is None or not digest.ready:
+            add({"Host": node, "Score": MIN_PRIORITY})
+            continue
+        seen = recall(node)
+        fits = seen[1] if seen is not None and seen[0] is digest else check_demand(digest, demand) is None
+        add({"Host": node, "Score": score_demand(digest, demand) if fits else MIN_PRIORITY})
+    return out

@@ -1,0 +1,252 @@
+"""The NodeAllocationState store: the ledger in the Kubernetes API, under optimistic concurrency.
+
+This is the one place that reads and writes ``NodeAllocationState`` objects
+(``nas.rt.resource.example.com/v1alpha1``, one per node, named after the node,
+in the driver namespace). Everything above it works with
+:class:`rtdra.ledger.NodeLedger` values.
+
+Several writers share a ledger - extender replicas and their gunicorn workers
+reserving, the node agent publishing capacity and readiness - and none holds
+a lock. :meth:`NasStore.update` is a compare-and-swap loop instead: read the
+object, apply a pure function to its ledger, replace it with the
+``metadata.resourceVersion`` that was read; when the API answers 409 Conflict
+(someone wrote in between) read again and re-apply the function to the new
+value. The function therefore decides on what is really there, so no sequence
+of concurrent updates can overcommit a CPU (``NodeLedger.reserve`` refuses).
+
+The API is small on purpose::
+
+    store = NasStore(api_client, namespace="rt-dra")
+    ledger = store.get("node-1")                   # NodeLedger | None
+    ledgers, rv = store.list()                     # every ledger + the list's resourceVersion
+    for event in store.watch(rv, timeout_seconds=60): ...   # NasEvent(type, ledger, resource_version)
+    store.create(NodeLedger("node-1", {0: cap, 1: cap}))
+    store.update("node-1", lambda ledger: ledger.reserve(allocation))
+    store.delete("node-1")
+
+Errors: :class:`NotFound` (no ledger for the node), :class:`AlreadyExists`,
+:class:`TooManyConflicts` (the CAS loop gave up), :class:`StoreError` for
+anything else the API refused; whatever the update function raises (e.g.
+``rtdra.ledger.Overcommit``) propagates unchanged and nothing is written.
+
+Metadata the store does not model (labels, annotations, owner references) is
+kept as read when the object is replaced.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Final, Literal, cast
+
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+
+from rtdra import names
+from rtdra.ledger import NodeLedger
+
+#: How many times :meth:`NasStore.update` re-reads after a 409 before giving up.
+DEFAULT_MAX_ATTEMPTS: Final = 16
+
+EventType = Literal["ADDED", "MODIFIED", "DELETED", "BOOKMARK"]
+
+
+class StoreError(RuntimeError):
+    """The API refused a ledger operation; ``status`` is the HTTP status (0 if none)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NotFound(StoreError):
+    """The node has no NodeAllocationState."""
+
+
+class AlreadyExists(StoreError):
+    """A NodeAllocationState with that name exists already."""
+
+
+class TooManyConflicts(StoreError):
+    """Every attempt of a compare-and-swap update met a concurrent write."""
+
+
+class Expired(StoreError):
+    """The watch's resourceVersion is too old (HTTP 410); list again."""
+
+
+@dataclass(frozen=True, slots=True)
+class NasEvent:
+    """One change seen by :meth:`NasStore.watch`; ``ledger`` is ``None`` for a bookmark."""
+
+    type: EventType
+    ledger: NodeLedger | None
+    resource_version: str
+
+
+def _error(err: ApiException, what: str) -> StoreError:
+    status = int(err.status or 0)
+    message = f"{what}: {status} {err.reason}"
+    if status == 404:
+        return NotFound(message, status)
+    if status == 409:
+        return AlreadyExists(message, status)
+    if status == 410:
+        return Expired(message, status)
+    return StoreError(message, status)
+
+
+class NasStore:
+    """NodeAllocationState objects of one namespace, as :class:`NodeLedger` values."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespace: str = names.DEFAULT_NAMESPACE,
+        *,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        request_timeout: float = 10.0,
+    ) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.max_attempts = max_attempts
+        self.request_timeout = request_timeout
+        self._objects = client.CustomObjectsApi(api)
+
+    # -- reading ---------------------------------------------------------------
+
+    def _args(self) -> tuple[str, str, str, str]:
+        return names.NAS_GROUP, names.NAS_VERSION, self.namespace, names.NAS_PLURAL
+
+    def get_object(self, node: str) -> dict[str, Any]:
+        """The raw object, as the API returns it; raises :class:`NotFound`."""
+        try:
+            obj = self._objects.get_namespaced_custom_object(*self._args(), node, _request_timeout=self.request_timeout)
+        except ApiException as err:
+            raise _error(err, f"reading NodeAllocationState {self.namespace}/{node}") from None
+        return cast(dict[str, Any], obj)
+
+    def get(self, node: str) -> NodeLedger | None:
+        """The node's ledger, or ``None`` if it has none."""
+        try:
+            return NodeLedger.from_nas(self.get_object(node))
+        except NotFound:
+            return None
+
+    def list(self) -> tuple[list[NodeLedger], str]:
+        """Every ledger of the namespace and the list's resourceVersion (to start a watch from)."""
+        try:
+            body = cast(
+                dict[str, Any],
+                self._objects.list_namespaced_custom_object(*self._args(), _request_timeout=self.request_timeout),
+            )
+        except ApiException as err:
+            raise _error(err, f"listing NodeAllocationStates in {self.namespace}") from None
+        ledgers = [NodeLedger.from_nas(obj) for obj in body.get("items") or []]
+        return ledgers, str((body.get("metadata") or {}).get("resourceVersion", ""))
+
+    def watch(self, resource_version: str, *, timeout_seconds: int = 60) -> Iterator[NasEvent]:
+        """Changes after ``resource_version`` until the server ends the watch (after ``timeout_seconds``).
+
+        Raises :class:`Expired` when the version is too old: list again.
+        """
+        stream = watch.Watch()
+        try:
+            for event in stream.stream(
+                self._objects.list_namespaced_custom_object,
+                *self._args(),
+                resource_version=resource_version,
+                timeout_seconds=timeout_seconds,
+                allow_watch_bookmarks=True,
+                _request_timeout=timeout_seconds + self.request_timeout,
+            ):
+                kind = event.get("type")
+                obj: Mapping[str, Any] = event.get("raw_object") or event.get("object") or {}
+                rv = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+                if kind == "BOOKMARK":
+                    yield NasEvent("BOOKMARK", None, rv)
+                elif kind in ("ADDED", "MODIFIED", "DELETED"):
+                    yield NasEvent(kind, NodeLedger.from_nas(obj), rv)
+        except ApiException as err:
+            raise _error(err, f"watching NodeAllocationStates in {self.namespace}") from None
+        finally:
+            stream.stop()
+
+    # -- writing ---------------------------------------------------------------
+
+    def create(self, ledger: NodeLedger) -> NodeLedger:
+        """Create the node's object from ``ledger``; raises :class:`AlreadyExists`."""
+        body = ledger.to_nas(self.namespace)
+        body["metadata"].pop("resourceVersion", None)
+        try:
+            obj = self._objects.create_namespaced_custom_object(
+                names.NAS_GROUP, names.NAS_VERSION, self.namespace, names.NAS_PLURAL, body,
+                _request_timeout=self.request_timeout,
+            )  # fmt: skip
+        except ApiException as err:
+            raise _error(err, f"creating NodeAllocationState {self.namespace}/{ledger.node}") from None
+        return NodeLedger.from_nas(cast(dict[str, Any], obj))
+
+    def replace(self, ledger: NodeLedger, metadata: Mapping[str, Any] | None = None) -> NodeLedger:
+        """Write ``ledger`` if the object is still at ``ledger.resource_version``.
+
+        A concurrent write makes it raise :class:`StoreError` with status 409;
+        :meth:`update` is the retrying form. ``metadata`` (as read) keeps the
+        fields the ledger does not model, such as labels.
+        """
+        body = ledger.to_nas(self.namespace)
+        if metadata is not None:
+            body["metadata"] = {**metadata, **body["metadata"]}
+        try:
+            obj = self._objects.replace_namespaced_custom_object(
+                *self._args(), ledger.node, body, _request_timeout=self.request_timeout
+            )
+        except ApiException as err:
+            error = _error(err, f"writing NodeAllocationState {self.namespace}/{ledger.node}")
+            if error.status == 409:
+                raise StoreError(str(error), 409) from None
+            raise error from None
+        return NodeLedger.from_nas(cast(dict[str, Any], obj))
+
+    def update(self, node: str, change: Callable[[NodeLedger], NodeLedger]) -> NodeLedger:
+        """Apply ``change`` to the node's current ledger and write it, retrying on conflict.
+
+        ``change`` must be pure: it may run several times, each time on the
+        latest ledger. If it returns its argument unchanged (the same object)
+        nothing is written. Returns the ledger as stored.
+        """
+        for attempt in range(self.max_attempts):
+            obj = self.get_object(node)
+            current = NodeLedger.from_nas(obj)
+            wanted = change(current)
+            if wanted is current:
+                return current
+            if wanted.node != node:
+                raise ValueError(f"an update of {node} returned the ledger of {wanted.node}")
+            try:
+                return self.replace(_at_version(wanted, current.resource_version), obj.get("metadata") or {})
+            except StoreError as err:
+                if err.status != 409:
+                    raise
+            # Someone wrote in between: back off a little (jittered) and decide again.
+            time.sleep(min(0.2, 0.002 * (2**attempt)) * random.random())
+        raise TooManyConflicts(
+            f"NodeAllocationState {self.namespace}/{node}: {self.max_attempts} concurrent writes in a row; try again",
+            409,
+        )
+
+    def delete(self, node: str) -> None:
+        """Delete the node's object (no error if it is gone already)."""
+        try:
+            self._objects.delete_namespaced_custom_object(*self._args(), node, _request_timeout=self.request_timeout)
+        except ApiException as err:
+            if err.status != 404:
+                raise _error(err, f"deleting NodeAllocationState {self.namespace}/{node}") from None
+
+
+def _at_version(ledger: NodeLedger, resource_version: str | None) -> NodeLedger:
+    if ledger.resource_version == resource_version:
+        return ledger
+    return replace(ledger, resource_version=resource_version)

@@ -1,0 +1,508 @@
+"""The extender as deployed: gunicorn workers, the manifests' RBAC, a real kube-apiserver and kube-scheduler.
+
+- concurrent binds (threads x gunicorn workers) racing for the last bandwidth
+  of one node never overcommit a CPU;
+- bind is idempotent, refuses a second node, and rolls back when the Binding fails;
+- a restarted extender rebuilds its view from the API alone;
+- with the real kube-scheduler: RT pods land only where they fit, their CPUs
+  are recorded, an unplaceable pod stays Pending with our reason in its events,
+  and pods without the opt-in resource never reach the extender.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+from kubernetes import client, utils
+from kubernetes.client.exceptions import ApiException
+
+from extender.bind import Binder, BindError
+from rtdra import names
+from rtdra.ledger import NodeLedger
+from rtdra.store import NasStore
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+MANIFESTS = REPO / "manifests"
+NAMESPACE = names.DEFAULT_NAMESPACE
+CAP = 943719
+MS = 1_000_000
+
+
+# -- setup helpers ----------------------------------------------------------------------------------
+
+
+def apply(api: client.ApiClient, path: Path) -> None:
+    for doc in yaml.safe_load_all(path.read_text()):
+        if not doc:
+            continue
+        try:
+            utils.create_from_dict(api, doc)
+        except utils.FailToCreateError as err:
+            if any(e.status != 409 for e in err.api_exceptions):
+                raise
+
+
+def establish_crd(api: client.ApiClient) -> None:
+    apply(api, MANIFESTS / "crds" / "nodeallocationstates.yaml")
+    ext = client.ApiextensionsV1Api(api)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        crd = ext.read_custom_resource_definition(f"{names.NAS_PLURAL}.{names.NAS_GROUP}")
+        if any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or [])):
+            return
+        time.sleep(0.2)
+    raise AssertionError("CRD not Established")
+
+
+@pytest.fixture(scope="module")
+def extender_kubeconfig(control_plane: Any) -> Path:
+    """A kubeconfig for the extender's ServiceAccount with exactly the manifests' RBAC."""
+    with control_plane.api_client() as api:
+        establish_crd(api)
+        apply(api, MANIFESTS / "namespace.yaml")
+        apply(api, MANIFESTS / "extender" / "serviceaccount.yaml")
+        apply(api, MANIFESTS / "extender" / "rbac.yaml")
+    return Path(control_plane.service_account_kubeconfig(NAMESPACE, "rtdra-extender"))
+
+
+@pytest.fixture
+def nas(control_plane: Any, extender_kubeconfig: Path) -> Iterator[NasStore]:
+    """The admin's store in the driver namespace; ledgers created through it are deleted afterwards."""
+    api = control_plane.api_client()
+    store = NasStore(api, NAMESPACE)
+    created: list[str] = []
+    original = store.create
+
+    def create(ledger: NodeLedger) -> NodeLedger:
+        created.append(ledger.node)
+        return original(ledger)
+
+    store.create = create  # type: ignore[method-assign]
+    yield store
+    for node in created:
+        store.delete(node)
+    api.close()
+
+
+@pytest.fixture
+def namespace(kube_api: client.ApiClient, unique_name: Any) -> Iterator[str]:
+    """A fresh namespace; its pods are deleted afterwards (no controller would, and the
+    scheduler would keep retrying the Pending ones in later tests)."""
+    name = unique_name("rt")
+    core = client.CoreV1Api(kube_api)
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    core.delete_collection_namespaced_pod(name, grace_period_seconds=0)
+
+
+def rt_pod(api: client.ApiClient, namespace: str, name: str, request: str | None, *, opt_in: bool = True) -> str:
+    """Create a pod (as the webhook would leave it: annotation + opt-in resource); returns its UID."""
+    annotations = {names.CONTAINER_PREFIX + "ctr0": request} if request else {}
+    resources = {"requests": {names.DL_RESOURCE: "1"}, "limits": {names.DL_RESOURCE: "1"}} if opt_in else {}
+    body = {
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {"containers": [{"name": "ctr0", "image": "registry.example/rt:1", "resources": resources}]},
+    }
+    pod = client.CoreV1Api(api).create_namespaced_pod(namespace, body)
+    return str(pod.metadata.uid)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_extender(
+    kubeconfig: Path,
+    tmp_path: Path,
+    *,
+    workers: int = 2,
+    threads: int = 4,
+    tls: TLS | None = None,
+    reconcile_seconds: float = 0,
+) -> Iterator[str]:
+    """``rtdra-extender`` (gunicorn) on a free loopback port; yields its base URL."""
+    port = free_port()
+    log = tmp_path / f"extender-{port}.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    cmd = [
+        sys.executable, "-m", "extender.cli", "--bind", f"127.0.0.1:{port}", "--kubeconfig", str(kubeconfig),
+        "--namespace", NAMESPACE, "--workers", str(workers), "--threads", str(threads),
+        "--reconcile-interval-seconds", str(reconcile_seconds),
+    ]  # fmt: skip
+    probe: dict[str, Any] = {}
+    if tls is not None:
+        cmd += ["--tls-cert-file", str(tls.server_cert), "--tls-key-file", str(tls.server_key)]
+        cmd += ["--client-ca-file", str(tls.ca)]
+        probe = {"verify": str(tls.ca), "cert": (str(tls.client_cert), str(tls.client_key))}
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    try:
+        deadline, ready = time.monotonic() + 60, 0
+        while time.monotonic() < deadline and ready < 3 * workers:  # every worker synced (requests spread)
+            assert proc.poll() is None, f"rtdra-extender exited:\n{log.read_text()[-3000:]}"
+            try:
+                ready = ready + 1 if requests.get(f"{url}/readyz", timeout=5, **probe).status_code == 200 else 0
+            except requests.RequestException:  # not listening yet, or a worker still booting
+                ready = 0
+            time.sleep(0.1)
+        assert ready, f"rtdra-extender never became ready:\n{log.read_text()[-3000:]}"
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@dataclass(frozen=True)
+class TLS:
+    """A throw-away CA with a serving certificate for 127.0.0.1 and a client certificate."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    @classmethod
+    def make(cls, directory: Path) -> TLS:
+        from hack.cluster import CertificateAuthority
+
+        ca = CertificateAuthority("rtdra-extender-test-ca")
+        paths = {
+            name: directory / f"{name}.pem" for name in ("ca", "server_cert", "server_key", "client_cert", "client_key")
+        }
+        paths["ca"].write_bytes(ca.cert_pem)
+        server = ca.issue("rtdra-extender", server=True, ips=["127.0.0.1"])
+        client_pair = ca.issue("system:kube-scheduler", client=True)
+        paths["server_cert"].write_bytes(server[0])
+        paths["server_key"].write_bytes(server[1])
+        paths["client_cert"].write_bytes(client_pair[0])
+        paths["client_key"].write_bytes(client_pair[1])
+        return cls(**paths)
+
+
+def bind(url: str, namespace: str, name: str, uid: str, node: str) -> str:
+    body = {"PodName": name, "PodNamespace": namespace, "PodUID": uid, "Node": node}
+    response = requests.post(f"{url}/bind", json=body, timeout=30)
+    assert response.status_code == 200
+    return str(response.json()["Error"])
+
+
+def read_pod(api: client.ApiClient, namespace: str, name: str) -> Any:
+    return client.CoreV1Api(api).read_namespaced_pod(name, namespace)
+
+
+# -- bind over HTTP, concurrently ----------------------------------------------------------------------
+
+
+def test_concurrent_binds_across_workers_never_overcommit_the_last_bandwidth(
+    kube_api: client.ApiClient, nas: NasStore, namespace: str, extender_kubeconfig: Path, unique_name: Any,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    node = unique_name("n")
+    nas.create(NodeLedger(node, {0: CAP, 1: CAP}))
+    # 30% a CPU: three fit on each of the two CPUs - 6 of 16 racing pods can be placed.
+    pods = {f"p{i}": rt_pod(kube_api, namespace, f"p{i}", "runtime=30ms,period=100ms") for i in range(16)}
+    errors: dict[str, str] = {}
+    with running_extender(extender_kubeconfig, tmp_path, workers=3, threads=4) as url:
+        start = threading.Barrier(len(pods))
+
+        def one(name: str) -> None:
+            start.wait()
+            errors[name] = bind(url, namespace, name, pods[name], node)
+
+        threads = [threading.Thread(target=one, args=(name,)) for name in pods]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        metrics = requests.get(f"{url}/metrics", timeout=5).text
+
+    bound = {name for name, error in errors.items() if error == ""}
+    assert len(errors) == 16 and len(bound) == 6, errors
+    refused = [e for e in errors.values() if e]
+    assert all("insufficient deadline bandwidth" in e for e in refused), refused
+    final = nas.get(node)
+    assert final is not None
+    assert {a.name for a in final.pods.values()} == bound
+    for cpu in final.cpus:
+        assert final.used(cpu) <= final.capacities[cpu]
+        assert len(final.slots_on(cpu)) == 3
+    for name in pods:
+        pod = read_pod(kube_api, namespace, name)
+        if name in bound:
+            assert pod.spec.node_name == node
+            annotation = json.loads(pod.metadata.annotations[names.ALLOCATION])
+            assert annotation["node"] == node
+            assert annotation["containers"]["ctr0"]["cpus"] == list(final.pods[pods[name]].cpus_of("ctr0"))
+            assert annotation["containers"]["ctr0"]["runtime"] == 30 * MS
+        else:
+            assert pod.spec.node_name is None
+    assert 'rtdra_extender_binds_total{result="bound"} 6.0' in metrics
+    assert 'rtdra_extender_binds_total{result="error"} 10.0' in metrics
+
+
+def test_binding_twice_to_the_same_node_reserves_once_and_another_node_is_an_error(
+    kube_api: client.ApiClient, nas: NasStore, namespace: str, extender_kubeconfig: Path, unique_name: Any,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    n1, n2 = unique_name("n"), unique_name("n")
+    nas.create(NodeLedger(n1, {0: CAP, 1: CAP}))
+    nas.create(NodeLedger(n2, {0: CAP, 1: CAP}))
+    uid = rt_pod(kube_api, namespace, "twice", "runtime=20ms,period=100ms,cpus=2")
+    with running_extender(extender_kubeconfig, tmp_path) as url:
+        assert bind(url, namespace, "twice", uid, n1) == ""
+        first = nas.get(n1)
+        assert bind(url, namespace, "twice", uid, n1) == ""
+        error = bind(url, namespace, "twice", uid, n2)
+        stale_uid = bind(url, namespace, "twice", "not-the-uid", n1)
+    again = nas.get(n1)
+    assert first is not None and again is not None
+    assert again.pods == first.pods and len(again.pods) == 1
+    assert again.resource_version == first.resource_version  # the retry wrote nothing
+    assert error == f"pod {namespace}/twice is already bound to node {n1}, not {n2}"
+    assert "was recreated" in stale_uid
+    assert (nas.get(n2) or NodeLedger(n2, {})).pods == {}
+
+
+def test_a_failed_binding_rolls_the_reservation_back(
+    control_plane: Any, kube_api: client.ApiClient, nas: NasStore, namespace: str, extender_kubeconfig: Path,
+    unique_name: Any,
+) -> None:  # fmt: skip
+    node = unique_name("n")
+    nas.create(NodeLedger(node, {0: CAP}))
+    # An identity with the extender's ledger rights and pod rights, but no pods/binding: the Binding gets a 403.
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    sa = unique_name("nobind")
+    client.CoreV1Api(kube_api).create_namespaced_service_account(NAMESPACE, {"metadata": {"name": sa}})
+    subject = [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
+    rbac.create_cluster_role(
+        {"metadata": {"name": sa}, "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]}
+    )
+    rbac.create_cluster_role_binding(
+        {"metadata": {"name": sa}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+         "name": sa}, "subjects": subject}
+    )  # fmt: skip
+    rbac.create_namespaced_role_binding(
+        NAMESPACE,
+        {"metadata": {"name": sa}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+         "name": "rtdra-extender"}, "subjects": subject},
+    )  # fmt: skip
+    try:
+        uid = rt_pod(kube_api, namespace, "nobind", "runtime=50ms,period=100ms")
+        with control_plane.api_client(control_plane.service_account_kubeconfig(NAMESPACE, sa)) as api:
+            binder = Binder(api, NasStore(api, NAMESPACE))
+            with pytest.raises(BindError, match=f"binding pod {namespace}/nobind to {node} failed: 403"):
+                binder.bind(namespace, "nobind", uid, node)
+        after = nas.get(node)
+        assert after is not None and after.pods == {}
+        assert read_pod(kube_api, namespace, "nobind").spec.node_name is None
+    finally:
+        rbac.delete_cluster_role(sa)
+        rbac.delete_cluster_role_binding(sa)
+        rbac.delete_namespaced_role_binding(sa, NAMESPACE)
+
+
+def test_bind_refusals_name_the_problem(
+    kube_api: client.ApiClient, nas: NasStore, namespace: str, control_plane: Any, unique_name: Any
+) -> None:
+    node = unique_name("n")
+    nas.create(NodeLedger(node, {0: CAP}))
+    binder = Binder(kube_api, NasStore(kube_api, NAMESPACE))
+    with pytest.raises(BindError, match=f"pod {namespace}/absent does not exist"):
+        binder.bind(namespace, "absent", "", node)
+    uid = rt_pod(kube_api, namespace, "big", "runtime=50ms,period=100ms,cpus=2")
+    with pytest.raises(BindError, match=f"node {node}: insufficient deadline bandwidth"):
+        binder.bind(namespace, "big", uid, node)
+    with pytest.raises(BindError, match="has no NodeAllocationState"):
+        binder.bind(namespace, "big", uid, unique_name("nowhere"))
+    plain = rt_pod(kube_api, namespace, "plain", None)
+    assert binder.bind(namespace, "plain", plain, node).reserved is None  # no RT request: bound, nothing reserved
+    assert read_pod(kube_api, namespace, "plain").spec.node_name == node
+    assert (nas.get(node) or NodeLedger(node, {})).pods == {}
+
+
+def test_a_restarted_extender_rebuilds_its_view_from_the_api(
+    kube_api: client.ApiClient, nas: NasStore, namespace: str, extender_kubeconfig: Path, unique_name: Any,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    full, empty = unique_name("n"), unique_name("n")
+    nas.create(NodeLedger(full, {0: CAP}))
+    nas.create(NodeLedger(empty, {0: CAP}))
+    uid = rt_pod(kube_api, namespace, "first", "runtime=80ms,period=100ms")
+    with running_extender(extender_kubeconfig, tmp_path) as url:
+        assert bind(url, namespace, "first", uid, full) == ""
+    pod = {
+        "metadata": {
+            "name": "next",
+            "namespace": namespace,
+            "annotations": {names.CONTAINER_PREFIX + "ctr0": "runtime=50ms,period=100ms"},
+        },
+        "spec": {"containers": [{"name": "ctr0"}]},
+    }
+    with running_extender(extender_kubeconfig, tmp_path) as url:
+        reply = requests.post(f"{url}/filter", json={"Pod": pod, "Nodes": None, "NodeNames": [full, empty]}, timeout=10)
+        scores = requests.post(f"{url}/prioritize", json={"Pod": pod, "Nodes": None, "NodeNames": [empty]}, timeout=10)
+    assert reply.status_code == 200
+    assert reply.json()["NodeNames"] == [empty]
+    assert reply.json()["FailedNodes"][full].startswith("insufficient deadline bandwidth")
+    assert scores.json() == [{"Host": empty, "Score": 5}]
+
+
+# -- with the real kube-scheduler ------------------------------------------------------------------------
+
+
+def scheduler_config(url: str, *, node_cache_capable: bool = True) -> dict[str, Any]:
+    config = yaml.safe_load((MANIFESTS / "extender" / "scheduler-config-http.yaml").read_text())
+    config["extenders"][0]["urlPrefix"] = url
+    config["extenders"][0]["nodeCacheCapable"] = node_cache_capable
+    return {"extenders": config["extenders"]}
+
+
+def wait_for(predicate: Any, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    return predicate()
+
+
+@pytest.mark.parametrize("node_cache_capable", [True, False], ids=["node-names", "node-list"])
+def test_kube_scheduler_places_rt_pods_only_where_they_fit_through_the_extender(
+    control_plane: Any, kube_api: client.ApiClient, nas: NasStore, namespace: str, extender_kubeconfig: Path,
+    make_node: Any, unique_name: Any, tmp_path: Path, node_cache_capable: bool,
+) -> None:  # fmt: skip
+    small, big, bare = unique_name("small"), unique_name("big"), unique_name("bare")
+    for node in (small, big, bare):
+        make_node(node)
+    nas.create(NodeLedger(small, {0: CAP}))
+    nas.create(NodeLedger(big, {0: CAP, 1: CAP, 2: CAP}))  # `bare` has no ledger
+    core = client.CoreV1Api(kube_api)
+    with running_extender(extender_kubeconfig, tmp_path) as url:
+        control_plane.configure_scheduler(scheduler_config(url, node_cache_capable=node_cache_capable))
+        try:
+            two = rt_pod(kube_api, namespace, "two-cpus", "runtime=50ms,period=100ms,cpus=2")
+            placed = wait_for(lambda: read_pod(kube_api, namespace, "two-cpus").spec.node_name)
+            assert placed == big, (control_plane.logs / "kube-scheduler.log").read_text()[-4000:]
+            ledger = nas.get(big)
+            assert ledger is not None and set(ledger.pods[two].cpus_of("ctr0")) <= {0, 1, 2}
+            assert len(ledger.pods[two].cpus_of("ctr0")) == 2
+            allocation = json.loads(read_pod(kube_api, namespace, "two-cpus").metadata.annotations[names.ALLOCATION])
+            assert allocation["containers"]["ctr0"]["cpus"] == list(ledger.pods[two].cpus_of("ctr0"))
+
+            rt_pod(kube_api, namespace, "too-big", "runtime=20ms,period=100ms,cpus=4")
+
+            def event_messages() -> str:
+                events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=too-big").items
+                return " | ".join(e.message or "" for e in events if e.reason == "FailedScheduling")
+
+            messages = wait_for(lambda: "insufficient deadline bandwidth" in event_messages() and event_messages())
+            assert "container ctr0 needs 4 CPUs with 20.0 percent free, node has 3" in messages
+            assert "has no NodeAllocationState" in messages
+            assert read_pod(kube_api, namespace, "too-big").spec.node_name is None
+
+            # Stop the scheduler's retries of the unplaceable pod, then count what a plain pod costs us.
+            core.delete_namespaced_pod("too-big", namespace, grace_period_seconds=0)
+            time.sleep(2)
+            before = requests.get(f"{url}/metrics", timeout=5).text
+            rt_pod(kube_api, namespace, "plain", None, opt_in=False)
+            plain_node = wait_for(lambda: read_pod(kube_api, namespace, "plain").spec.node_name)
+            assert plain_node  # scheduled and bound by kube-scheduler alone
+            after = requests.get(f"{url}/metrics", timeout=5).text
+            assert _count(after, "filter") == _count(before, "filter")
+            assert _count(after, "bind") == _count(before, "bind")
+        finally:
+            control_plane.configure_scheduler(None)
+            for name in ("two-cpus", "too-big", "plain"):
+                with suppress(ApiException):
+                    core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+
+
+def _count(metrics: str, verb: str) -> float:
+    total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith("rtdra_extender_requests_total{") and f'verb="{verb}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_kube_scheduler_reaches_the_extender_over_https_with_its_client_certificate(
+    control_plane: Any, kube_api: client.ApiClient, nas: NasStore, namespace: str, extender_kubeconfig: Path,
+    make_node: Any, unique_name: Any, tmp_path: Path,
+) -> None:  # fmt: skip
+    tls = TLS.make(tmp_path)
+    node = unique_name("tls")
+    make_node(node)
+    nas.create(NodeLedger(node, {0: CAP, 1: CAP}))
+    with running_extender(extender_kubeconfig, tmp_path, tls=tls) as url:
+        with pytest.raises(requests.exceptions.SSLError):  # no client certificate: refused in the handshake
+            requests.get(f"{url}/healthz", verify=str(tls.ca), timeout=5)
+        config = yaml.safe_load((MANIFESTS / "extender" / "scheduler-config.yaml").read_text())
+        extender = config["extenders"][0]
+        extender["urlPrefix"] = url
+        extender["tlsConfig"] = {
+            "caFile": str(tls.ca),
+            "certFile": str(tls.client_cert),
+            "keyFile": str(tls.client_key),
+        }
+        control_plane.configure_scheduler({"extenders": config["extenders"]})
+        try:
+            uid = rt_pod(kube_api, namespace, "over-tls", "runtime=10ms,period=100ms")
+            assert wait_for(lambda: read_pod(kube_api, namespace, "over-tls").spec.node_name) == node
+            ledger = nas.get(node)
+            assert ledger is not None and uid in ledger.pods
+        finally:
+            control_plane.configure_scheduler(None)
+
+
+def test_deleting_a_pod_lets_kube_scheduler_place_a_pending_one_in_its_room(
+    control_plane: Any, kube_api: client.ApiClient, nas: NasStore, namespace: str, extender_kubeconfig: Path,
+    make_node: Any, unique_name: Any, tmp_path: Path,
+) -> None:  # fmt: skip
+    node = unique_name("one")
+    make_node(node)
+    nas.create(NodeLedger(node, {0: CAP}))
+    core = client.CoreV1Api(kube_api)
+    with running_extender(extender_kubeconfig, tmp_path, reconcile_seconds=3600) as url:
+        control_plane.configure_scheduler(scheduler_config(url))
+        try:
+            rt_pod(kube_api, namespace, "first", "runtime=60ms,period=100ms")
+            assert wait_for(lambda: read_pod(kube_api, namespace, "first").spec.node_name) == node
+            rt_pod(kube_api, namespace, "second", "runtime=60ms,period=100ms")
+            assert wait_for(lambda: any(e.reason == "FailedScheduling" for e in core.list_namespaced_event(
+                namespace, field_selector="involvedObject.name=second").items))  # fmt: skip
+            core.delete_namespaced_pod("first", namespace, grace_period_seconds=0)
+            # released by the extender's pod watch, found by kube-scheduler's retry after the deletion
+            placed = wait_for(lambda: read_pod(kube_api, namespace, "second").spec.node_name, timeout=60)
+            log = (control_plane.logs / "kube-scheduler.log").read_text().splitlines()
+            assert placed == node, "\n".join(line for line in log if "second" in line or "first" in line)[-6000:]
+        finally:
+            control_plane.configure_scheduler(None)

@@ -1,0 +1,116 @@
+"""The extender's fast filter decides exactly as the core's placement, and its memo never serves a stale verdict."""
+
+from __future__ import annotations
+
+import contextlib
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from extender.cache import LedgerCache
+from extender.decide import FitMemo, PodView, filter_nodes, prioritize_nodes, reason_class
+from rtdra.ledger import LedgerError, NodeLedger, PodAllocation, Slot
+from rtdra.placement import NodeDigest, PodDemand, check_demand, check_pod, score, score_demand
+from rtdra.request import PodRequest, Reservation
+
+MS = 1_000_000
+CAP = 943719
+
+periods = st.sampled_from([1 * MS, 5 * MS, 10 * MS, 20 * MS])
+
+
+@st.composite
+def reservations(draw: st.DrawFn, max_cpus: int = 3) -> Reservation:
+    period = draw(periods)
+    deadline = draw(st.one_of(st.just(period), st.integers(period // 4, period)))
+    runtime = draw(st.integers(1024, max(1024, deadline * 6 // 10)))
+    return Reservation(runtime, deadline, period, draw(st.integers(1, max_cpus)))
+
+
+@st.composite
+def ledgers(draw: st.DrawFn) -> NodeLedger:
+    cpus = draw(st.integers(0, 6))
+    ledger = NodeLedger("n", dict.fromkeys(range(cpus), CAP), ready=draw(st.booleans()) or draw(st.booleans()))
+    if draw(st.booleans()):
+        ledger = NodeLedger("n", ledger.capacities, ready=ledger.ready, root_domain_capacity=CAP * cpus * 3 // 4)
+    for i in range(draw(st.integers(0, 12))):
+        r = draw(reservations(max_cpus=1))
+        cpu = draw(st.integers(0, max(0, cpus - 1)))
+        with contextlib.suppress(LedgerError):  # draws that would overcommit are simply not reserved
+            ledger = ledger.reserve(
+                PodAllocation(f"u{i}", "ns", f"p{i}", {"c": (Slot(cpu, r.runtime_ns, r.deadline_ns, r.period_ns),)})
+            )
+    return ledger
+
+
+requests_ = st.dictionaries(st.sampled_from(["a", "b", "c"]), reservations(), min_size=1, max_size=3).map(PodRequest)
+
+
+@settings(max_examples=400, deadline=None)
+@given(ledger=ledgers(), request=requests_)
+def test_check_demand_gives_check_pods_verdict_and_reason(ledger: NodeLedger, request: PodRequest) -> None:
+    fast = check_demand(NodeDigest.of(ledger), PodDemand.of(request))
+    slow = check_pod(ledger, request)
+    assert (fast is None) == (slow is None)
+    assert fast == slow
+
+
+@settings(max_examples=200, deadline=None)
+@given(ledger=ledgers(), request=requests_, placement=st.sampled_from(["pack", "spread"]))
+def test_score_demand_is_the_cores_score(ledger: NodeLedger, request: PodRequest, placement: str) -> None:
+    request = PodRequest(request.containers, placement)  # type: ignore[arg-type]
+    demand = PodDemand.of(request)
+    assert score_demand(NodeDigest.of(ledger), demand) == score(ledger, demand.bandwidth, request.placement)
+
+
+def pod(uid: str = "u-1", value: str = "runtime=50ms,period=100ms") -> dict[str, object]:
+    return {
+        "metadata": {"uid": uid, "annotations": {"rt.resource.example.com/container.c": value}},
+        "spec": {"containers": [{"name": "c"}]},
+    }
+
+
+def test_prioritize_reuses_the_filters_verdict_only_while_the_ledger_is_unchanged() -> None:
+    empty = NodeLedger("n1", {0: CAP})
+    cache = LedgerCache([empty])
+    memo = FitMemo()
+    view = PodView.of(pod(), "pack")
+    assert filter_nodes(view, ["n1"], cache, memo).passed == ["n1"]
+    assert prioritize_nodes(view, ["n1"], cache, memo)[0]["Score"] > 0
+    slot = (Slot(0, 80 * MS, 100 * MS, 100 * MS),)
+    cache.put(empty.reserve(PodAllocation("other", "ns", "other", {"c": slot})))  # the node filled up meanwhile
+    assert prioritize_nodes(view, ["n1"], cache, memo) == [{"Host": "n1", "Score": 0}]
+
+
+def test_the_memo_keeps_a_bounded_number_of_pods() -> None:
+    memo = FitMemo(pods=2)
+    cache = LedgerCache([NodeLedger("n1", {0: CAP})])
+    for uid in ("a", "b", "c"):
+        filter_nodes(PodView.of(pod(uid), "pack"), ["n1"], cache, memo)
+    assert memo.verdicts(PodView.of(pod("a"), "pack").key, create=False) is None
+    assert memo.verdicts(PodView.of(pod("c"), "pack").key, create=False) is not None
+
+
+def test_a_pod_whose_request_changed_is_decided_afresh() -> None:
+    assert PodView.of(pod(value="runtime=1ms,period=10ms"), "pack").key != PodView.of(pod(), "pack").key
+    assert PodView.of(pod(), "pack").key != PodView.of(pod(), "spread").key
+
+
+def test_rejections_are_counted_by_a_bounded_reason_class() -> None:
+    heavy = PodAllocation("x", "n", "x", {"c": (Slot(0, 90 * MS, 100 * MS, 100 * MS),)})
+    cache = LedgerCache(
+        [NodeLedger("full", {0: CAP}, {"x": heavy}), NodeLedger("none", {}), NodeLedger("down", {0: CAP}, ready=False)]
+    )
+    verdicts = filter_nodes(PodView.of(pod(), "pack"), ["full", "none", "down", "ghost"], cache)
+    assert dict(verdicts.reasons) == {"insufficient_bandwidth": 1, "no_rt_cpus": 1, "not_ready": 1, "no_ledger": 1}
+    assert reason_class("something new") == "other"
+
+
+def test_a_constrained_neighbour_makes_the_fast_check_defer_to_the_exact_edf_test() -> None:
+    # Bandwidth fits (4.5% + 84% <= 90%) but EDF does not: at t=50ms the demand is 46.5ms > 45ms.
+    neighbour = (Slot(0, 4_500_000, 5 * MS, 100 * MS),)
+    ledger = NodeLedger("n", {0: CAP}).reserve(PodAllocation("x", "ns", "x", {"c": neighbour}))
+    request = PodRequest({"c": Reservation(42 * MS, 50 * MS, 50 * MS)})
+    verdict = check_demand(NodeDigest.of(ledger), PodDemand.of(request))
+    assert verdict is not None and verdict == check_pod(ledger, request)
+    assert "insufficient deadline bandwidth" in verdict.reason
