@@ -1,0 +1,1 @@
+"""RT-DRA agent."""

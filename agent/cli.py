@@ -1,0 +1,168 @@
+"""rtdra-agent: the node agent's entry point.
+
+Start-up: read the configuration, set up the partitions (if configured),
+discover the node, load what earlier runs applied, reconcile, publish the NAS
+as Ready, write the CDI spec, then serve the hook socket and reconcile every
+interval. SIGTERM/SIGINT: stop serving, publish NotReady; reservations of
+running containers stay (a restarted agent picks them up) unless
+``--release-on-exit``.
+
+The Kubernetes client (:mod:`agent.kubeapi`) is imported only when the NAS
+lives in the API: it costs ~0.5 s of start-up and most of the agent's memory,
+which a ``--nas-file`` agent (tests, simulated nodes, the benchmark) does not need.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from agent import cdi
+from agent.backends.base import Backend
+from agent.backends.deadline import DeadlineBackend
+from agent.backends.hcbs import HcbsBackend
+from agent.backends.none import NoneBackend
+from agent.config import AgentConfig, parse_args
+from agent.cpuset import Partitions
+from agent.discovery import NodeFacts, discover, simulate
+from agent.enforce import Enforcer
+from agent.events import EventSink, LogEvents
+from agent.reconcile import Loop, publish
+from agent.server import HookServer
+from agent.store import FileStore, LedgerStore
+from rtdra import host
+
+log = logging.getLogger("rtdra-agent")
+
+#: The interpreter's default (5 ms) would let the reconcile thread hold the GIL
+#: that long while a hook waits for its answer.
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
+def build_backend(config: AgentConfig, facts: NodeFacts, partitions: Partitions | None) -> Backend:
+    if config.backend == "none":
+        return NoneBackend()
+    if config.backend == "deadline":
+        if "deadline" not in facts.backends:
+            raise SystemExit("rtdra-agent: this kernel has no SCHED_DEADLINE (sched_setattr failed)")
+        return DeadlineBackend(facts.cpus, partitions)
+    if "hcbs" not in facts.backends:
+        raise SystemExit(
+            "rtdra-agent: --backend hcbs needs a kernel with the HCBS patch (no cpu.rt_multi_runtime_us / cpu.rt.max)"
+        )
+    layout = facts.cgroup
+    cpu_v1 = layout.v1_mount("cpu")
+    if cpu_v1 is not None and (cpu_v1 / "cpu.rt_multi_runtime_us").exists():
+        return HcbsBackend(cpu_v1, "v1")
+    return HcbsBackend(Path(layout.unified or "/sys/fs/cgroup"), "v2")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = parse_args(argv)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    store: LedgerStore
+    events: EventSink
+    if config.nas_file is not None:
+        store, events = FileStore(config.node_name, config.nas_file, config.namespace), LogEvents()
+    else:
+        from agent import kubeapi  # noqa: PLC0415 - the Kubernetes client only when used (see above)
+
+        client = kubeapi.api_client(config.kubeconfig)
+        store = kubeapi.ApiStore(config.node_name, kubeapi.NasStore(client, config.namespace))
+        events = kubeapi.ApiEvents(client, config.node_name)
+
+    partitions: Partitions | None = None
+    if config.partitioned and config.backend == "deadline":
+        mount = host.cgroup_layout().v1_mount("cpuset")
+        if mount is None:
+            raise SystemExit("rtdra-agent: --partitioned needs the cgroup v1 cpuset controller")
+        pool = config.rt_cpus or host.online_cpus()
+        partitions = Partitions(mount, config.partition_name, pool, config.partition_record)
+        partitions.setup()
+    try:
+        return _run(config, store, events, partitions)
+    finally:
+        if partitions is not None and (config.release_on_exit or not _has_records(config)):
+            partitions.teardown()
+
+
+def _has_records(config: AgentConfig) -> bool:
+    try:
+        return config.state_file.read_text().strip() not in ("", "{}")
+    except FileNotFoundError:
+        return False
+
+
+def _run(config: AgentConfig, store: LedgerStore, events: EventSink, partitions: Partitions | None) -> int:
+    if config.backend == "none":
+        facts = simulate(config.sim_cpus, config.capacity, config.rt_cpus)
+    else:
+        facts = discover(config.rt_cpus, partitions)
+    log.info(
+        "node %s: CPUs %s, RT pool %s, capacity %s (root domain %s, %s), cgroup %s, backends %s",
+        config.node_name,
+        facts.cpus,
+        facts.rt_cpus,
+        facts.capacities,
+        facts.root_domain_capacity,
+        facts.source,
+        facts.cgroup.version,
+        ",".join(facts.backends),
+    )
+    for note in facts.notes:
+        log.info("discovery: %s", note)
+    backend = build_backend(config, facts, partitions)
+    loop_ref: list[Loop] = []
+    enforcer = Enforcer(
+        store,
+        backend,
+        events,
+        config.state_file,
+        fail_open=config.fail_open,
+        publish=lambda: loop_ref[0].mark_dirty() if loop_ref else None,
+    )
+    enforcer.load()
+    loop = Loop(store, facts, enforcer, config.reconcile_interval_s)
+    loop_ref.append(loop)
+    loop.step()
+    if config.write_cdi:
+        hook = cdi.compile_hook(config.hook_file)
+        argv = cdi.hook_command(config.socket_path, fail_open=config.fail_open, script=hook)
+        path = cdi.write_spec(
+            config.cdi_dir, config.node_name, cdi.spec(config.node_name, config.socket_path, hook_argv=argv)
+        )
+        log.info("CDI spec %s (hook %s)", path, hook)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    server = HookServer(config.socket_path, enforcer)
+    server.start()
+    log.info("serving hooks on %s", config.socket_path)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        loop.stopping.set()
+        loop.mark_dirty()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker = threading.Thread(target=loop.run, name="reconcile", daemon=True)
+    worker.start()
+    stop.wait()
+    server.stop()
+    worker.join(timeout=10)
+    if config.release_on_exit:
+        enforcer.release_all()
+    publish(store, facts, enforcer, ready=False)
+    log.info("stopped; NAS %s marked NotReady", config.node_name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The agent's configuration: command-line flags, with ``RTDRA_AGENT_*`` environment defaults.
+
+Read once at start-up into a frozen :class:`AgentConfig`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from rtdra import names
+from rtdra.bandwidth import BW_UNIT
+from rtdra.host import parse_cpulist
+
+ENV_PREFIX = "RTDRA_AGENT_"
+BackendName = Literal["deadline", "hcbs", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    node_name: str
+    backend: BackendName
+    kubeconfig: str | None
+    namespace: str
+    cdi_dir: Path
+    state_dir: Path
+    nas_file: Path | None
+    rt_cpus: tuple[int, ...] | None
+    partitioned: bool
+    partition_name: str
+    fail_open: bool
+    reconcile_interval_s: float
+    release_on_exit: bool
+    write_cdi: bool
+    #: Simulated nodes (backend ``none``): publish this many CPUs instead of this host's.
+    sim_cpus: int | None = None
+    #: Backend ``none``: publish this per-CPU capacity (kernel fixed point, 1<<20 = one CPU) instead of measuring.
+    capacity: int | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return self.state_dir / "agent.sock"
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "prepared.json"
+
+    @property
+    def partition_record(self) -> Path:
+        return self.state_dir / "partitions.json"
+
+    @property
+    def hook_file(self) -> Path:
+        """The byte-compiled hook the CDI spec runs (``agent.cdi.compile_hook``)."""
+        return self.state_dir / "rtdra-hook.pyc"
+
+
+def _bool(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true", "yes", "on")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ) -> AgentConfig:
+    def e(name: str, default: str | None = None) -> str | None:
+        return env.get(ENV_PREFIX + name, default)
+
+    p = argparse.ArgumentParser(prog="rtdra-agent", description="RT-DRA node agent")
+    p.add_argument(
+        "--node-name",
+        default=e("NODE_NAME") or env.get("NODE_NAME"),
+        required=not (e("NODE_NAME") or env.get("NODE_NAME")),
+    )
+    p.add_argument("--backend", choices=("deadline", "hcbs", "none"), default=e("BACKEND", "deadline"))
+    p.add_argument("--kubeconfig", default=e("KUBECONFIG"))
+    p.add_argument("--namespace", default=e("NAMESPACE", names.DEFAULT_NAMESPACE))
+    p.add_argument("--cdi-dir", type=Path, default=Path(e("CDI_DIR", "/var/run/cdi") or "/var/run/cdi"))
+    p.add_argument("--state-dir", type=Path, default=e("STATE_DIR"), help="default /var/run/rt-dra/<node>")
+    p.add_argument(
+        "--nas-file", type=Path, default=e("NAS_FILE"), help="keep the NAS in this JSON file instead of the API"
+    )
+    p.add_argument("--rt-cpus", default=e("RT_CPUS"), help="the real-time CPU pool, e.g. 1-3 (default: all online)")
+    p.add_argument("--partitioned", action="store_true", default=_bool(e("PARTITIONED")))
+    p.add_argument("--partition-name", default=e("PARTITION_NAME", "rtdra"))
+    p.add_argument("--fail-open", action="store_true", default=_bool(e("FAIL_OPEN")))
+    p.add_argument("--reconcile-interval", type=float, default=float(e("RECONCILE_INTERVAL", "2") or 2))
+    p.add_argument("--release-on-exit", action="store_true", default=_bool(e("RELEASE_ON_EXIT")))
+    p.add_argument("--no-cdi", action="store_true", default=_bool(e("NO_CDI")))
+    p.add_argument(
+        "--cpus",
+        type=_positive_int,
+        default=e("CPUS"),
+        help="backend none: simulate a node with this many CPUs (default: this host's)",
+    )
+    p.add_argument(
+        "--capacity",
+        type=_positive_int,
+        default=e("CAPACITY"),
+        help="backend none: each CPU's capacity in the kernel's fixed point (1048576 = a whole CPU); "
+        "default: measured on this host",
+    )
+    a = p.parse_args(argv)
+    if a.backend != "none" and (a.cpus is not None or a.capacity is not None):
+        p.error("--cpus and --capacity simulate a node: they need --backend none")
+    if a.capacity is not None and a.capacity > BW_UNIT:
+        p.error(f"--capacity {a.capacity} is more than a whole CPU ({BW_UNIT})")
+    state_dir = Path(a.state_dir) if a.state_dir else Path("/var/run/rt-dra") / a.node_name
+    return AgentConfig(
+        node_name=a.node_name,
+        backend=a.backend,
+        kubeconfig=a.kubeconfig,
+        namespace=a.namespace,
+        cdi_dir=a.cdi_dir,
+        state_dir=state_dir,
+        nas_file=Path(a.nas_file) if a.nas_file else None,
+        rt_cpus=parse_cpulist(a.rt_cpus) if a.rt_cpus else None,
+        partitioned=a.partitioned,
+        partition_name=a.partition_name,
+        fail_open=a.fail_open,
+        reconcile_interval_s=a.reconcile_interval,
+        release_on_exit=a.release_on_exit,
+        write_cdi=not a.no_cdi,
+        sim_cpus=int(a.cpus) if a.cpus is not None else None,
+        capacity=int(a.capacity) if a.capacity is not None else None,
+    )

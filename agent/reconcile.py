@@ -1,0 +1,69 @@
+"""The agent's loop: keep the NAS, the CDI spec and the kernel in step.
+
+Every interval: re-read the ledger, release pods that lost their allocation
+and containers whose process is gone, bring new tasks of reserved containers
+under their free slots, and publish capacity, readiness and the prepared
+records (only when they changed).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import replace
+
+from agent.discovery import NodeFacts
+from agent.enforce import Enforcer
+from agent.store import LedgerStore
+from rtdra.ledger import NodeLedger
+
+log = logging.getLogger(__name__)
+
+
+def publish(store: LedgerStore, facts: NodeFacts, enforcer: Enforcer, *, ready: bool) -> NodeLedger:
+    """Write the agent's fields of the NAS (capacity, readiness, preparedClaims), keeping the extender's."""
+    prepared = enforcer.prepared_json()
+
+    def change(current: NodeLedger | None) -> NodeLedger:
+        base = current or NodeLedger(node=store.node, capacities={})
+        return replace(
+            base,
+            node=store.node,
+            capacities=dict(facts.capacities),
+            root_domain_capacity=facts.root_domain_capacity,
+            ready=ready,
+            prepared=prepared,
+        )
+
+    return store.update(change)
+
+
+class Loop:
+    def __init__(self, store: LedgerStore, facts: NodeFacts, enforcer: Enforcer, interval_s: float) -> None:
+        self.store = store
+        self.facts = facts
+        self.enforcer = enforcer
+        self.interval_s = interval_s
+        self.stopping = threading.Event()
+        self.dirty = threading.Event()
+        self.published: dict[str, object] | None = None
+
+    def mark_dirty(self) -> None:
+        self.dirty.set()
+
+    def step(self) -> None:
+        self.enforcer.reconcile()
+        current = self.enforcer.prepared_json()
+        ledger = self.enforcer.ledger
+        if current != self.published or ledger is None or not ledger.ready or self.dirty.is_set():
+            self.dirty.clear()
+            publish(self.store, self.facts, self.enforcer, ready=True)
+            self.published = current
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.step()
+            except Exception:
+                log.exception("reconcile step failed")
+            self.dirty.wait(self.interval_s)

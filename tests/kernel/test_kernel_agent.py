@@ -1,0 +1,362 @@
+"""The node agent and its hook against the real kernel.
+
+Stand-in containers are processes the test starts in a cpuset cgroup it
+creates; the agent runs as a real ``rtdra-agent`` process (NAS in a file, no
+control plane) and the hook is called exactly as the runtime would, with an
+OCI state document on stdin. Every process, cgroup and cpuset is removed and
+the kernel's deadline accounting is checked to be back where it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.cpuset import Partitions
+from rtdra import host, sched
+from rtdra.ledger import NodeLedger, PodAllocation, Slot
+
+pytestmark = pytest.mark.kernel
+
+REPO = Path(__file__).resolve().parents[2]
+HOOK = REPO / "agent" / "hook.py"
+CPUSET = Path("/sys/fs/cgroup/cpuset")
+TWO_THREADS = "import threading, time\nthreading.Thread(target=time.sleep, args=(600,)).start()\ntime.sleep(600)\n"
+
+
+def oci_state(pid: int, uid: str, container: str, *, crio: bool = False) -> bytes:
+    if crio:
+        annotations = {
+            "io.kubernetes.pod.uid": uid,
+            "io.kubernetes.pod.namespace": "default",
+            "io.kubernetes.pod.name": "p",
+            "io.kubernetes.container.name": container,
+            "io.kubernetes.cri-o.ContainerType": "container",
+        }
+    else:
+        annotations = {
+            "io.kubernetes.cri.sandbox-uid": uid,
+            "io.kubernetes.cri.sandbox-namespace": "default",
+            "io.kubernetes.cri.sandbox-name": "p",
+            "io.kubernetes.cri.container-name": container,
+            "io.kubernetes.cri.container-type": "container",
+        }
+    state = {"ociVersion": "1.2.0", "id": f"ctr-{pid}", "status": "created", "pid": pid, "bundle": "/x"}
+    return json.dumps({**state, "annotations": annotations}).encode()
+
+
+class Containers:
+    """Stand-in containers: processes in a cpuset cgroup made for the test."""
+
+    def __init__(self) -> None:
+        self.cgroup = CPUSET / f"rtdra-test-{uuid.uuid4().hex[:8]}"
+        self.cgroup.mkdir()
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            (self.cgroup / name).write_text((CPUSET / name).read_text())
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, threads: int = 1) -> int:
+        argv = ["sleep", "600"] if threads == 1 else [sys.executable, "-c", TWO_THREADS]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+        self.procs.append(proc)
+        (self.cgroup / "cgroup.procs").write_text(str(proc.pid))
+        deadline = time.monotonic() + 5
+        while len(sched.threads_of(proc.pid)) < threads and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for tid in sched.threads_of(proc.pid):
+            host.wait_blocked(tid)
+        return proc.pid
+
+    def close(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        for _ in range(100):
+            try:
+                self.cgroup.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise AssertionError(f"could not remove {self.cgroup}")
+
+
+class Agent:
+    """A real rtdra-agent process with its NAS in a file."""
+
+    def __init__(self, tmp: Path, *extra: str, release_on_exit: bool = True) -> None:
+        self.release_on_exit = release_on_exit
+        self.node = f"n-{uuid.uuid4().hex[:6]}"
+        self.nas = tmp / "nas.json"
+        self.state = tmp / "state"
+        self.cdi = tmp / "cdi"
+        self.log = tmp / "agent.log"
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def allocate(self, uid: str, container: str, slots: tuple[Slot, ...]) -> None:
+        ledger = NodeLedger.from_nas(json.loads(self.nas.read_text()))
+        pods = {**ledger.pods, uid: PodAllocation(uid, "default", "p", {container: slots})}
+        tmp = self.nas.with_suffix(".new")
+        tmp.write_text(json.dumps(NodeLedger(self.node, ledger.capacities, pods, ledger.prepared).to_nas()))
+        os.replace(tmp, self.nas)
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "agent.cli", "--node-name", self.node, "--nas-file", str(self.nas)]
+        argv += ["--state-dir", str(self.state), "--cdi-dir", str(self.cdi)]
+        argv += ["--release-on-exit"] if self.release_on_exit else []
+        argv += ["--reconcile-interval", "0.2", *self.extra]
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while not (self.state / "agent.sock").exists():
+            assert self.proc.poll() is None, f"agent exited: {self.log.read_text()}"
+            assert time.monotonic() < deadline, f"agent did not start: {self.log.read_text()}"
+            time.sleep(0.05)
+
+    def hook(self, state: bytes, stage: str = "createRuntime") -> subprocess.CompletedProcess[bytes]:
+        argv = [sys.executable, "-S", "-I", str(HOOK), "--socket", str(self.state / "agent.sock"), "--stage", stage]
+        return subprocess.run(argv, input=state, capture_output=True, timeout=30, check=False)
+
+    def ledger(self) -> NodeLedger:
+        return NodeLedger.from_nas(json.loads(self.nas.read_text()))
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def containers(dl_clean: int | None) -> Iterator[Containers]:
+    pool = Containers()
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+def start_agent(tmp_path: Path, *extra: str) -> Agent:
+    agent = Agent(tmp_path, *extra)
+    agent.start()
+    return agent
+
+
+@pytest.fixture
+def agent(containers: Containers, tmp_path: Path) -> Iterator[Agent]:
+    a = start_agent(tmp_path)
+    try:
+        yield a
+    finally:
+        a.stop()
+
+
+def dl_params(tid: int) -> tuple[int, int, int, int]:
+    attr = sched.sched_getattr(tid)
+    return attr.policy, attr.runtime_ns, attr.deadline_ns, attr.period_ns
+
+
+def test_hook_reserves_each_allocated_cpu_on_a_task_and_poststop_releases(agent: Agent, containers: Containers) -> None:
+    slots = (Slot(0, 2_000_000, 5_000_000, 10_000_000), Slot(1, 2_000_000, 5_000_000, 10_000_000))
+    agent.allocate("uid-a", "rt", slots)
+    pid = containers.start(threads=2)
+    done = agent.hook(oci_state(pid, "uid-a", "rt"))
+    assert done.returncode == 0, done.stderr
+    tids = sched.threads_of(pid)
+    assert len(tids) == 2
+    for tid in tids:
+        assert sched.policy_from_proc(pid, tid) == sched.SCHED_DEADLINE
+        assert dl_params(tid) == (sched.SCHED_DEADLINE, 2_000_000, 5_000_000, 10_000_000)
+        assert sched.sched_getattr(tid).reset_on_fork
+        assert sched.get_affinity(tid) == frozenset(host.online_cpus())  # global mode: the whole root domain
+    prepared = agent.state / "prepared.json"
+    record = json.loads(prepared.read_text())["uid-a"]["containers"]["rt"]
+    assert sorted(t["cpu"] for t in record["tasks"]) == [0, 1]
+
+    done = agent.hook(oci_state(pid, "uid-a", "rt"), stage="poststop")
+    assert done.returncode == 0, done.stderr
+    for tid in tids:
+        assert sched.policy_from_proc(pid, tid) == sched.SCHED_OTHER
+    assert json.loads(prepared.read_text()) == {}
+
+
+def test_cri_o_annotations_are_understood(agent: Agent, containers: Containers) -> None:
+    agent.allocate("uid-c", "rt", (Slot(1, 1_000_000, 10_000_000, 10_000_000),))
+    pid = containers.start()
+    done = agent.hook(oci_state(pid, "uid-c", "rt", crio=True))
+    assert done.returncode == 0, done.stderr
+    assert dl_params(pid) == (sched.SCHED_DEADLINE, 1_000_000, 10_000_000, 10_000_000)
+
+
+def over_capacity_slots() -> tuple[Slot, ...]:
+    """Two reservations that together exceed the free bandwidth of the root domain by a hair."""
+    capacity = host.discover_capacity()
+    over = capacity.free_bw // 2 + 1
+    period = 1 << 30
+    return (Slot(0, over << 10, period, period), Slot(1, over << 10, period, period))
+
+
+def test_kernel_refusal_fails_the_hook_and_leaves_nothing_applied(agent: Agent, containers: Containers) -> None:
+    agent.allocate("uid-b", "rt", over_capacity_slots())
+    pid = containers.start(threads=2)
+    done = agent.hook(oci_state(pid, "uid-b", "rt"))
+    assert done.returncode == 1
+    message = done.stderr.decode()
+    assert "EBUSY" in message and message.count("\n") == 1, message
+    for tid in sched.threads_of(pid):
+        assert sched.policy_from_proc(pid, tid) == sched.SCHED_OTHER
+    record = json.loads((agent.state / "prepared.json").read_text())["uid-b"]["containers"]["rt"]
+    assert record["tasks"] == [] and "EBUSY" in record["error"]  # on record (and in the NAS), nothing applied
+
+
+def test_fail_open_runs_the_container_unreserved_and_records_the_refusal(
+    containers: Containers, tmp_path: Path
+) -> None:
+    agent = start_agent(tmp_path, "--fail-open")
+    try:
+        agent.allocate("uid-o", "rt", over_capacity_slots())
+        pid = containers.start(threads=2)
+        done = agent.hook(oci_state(pid, "uid-o", "rt"))
+        assert done.returncode == 0, done.stderr
+        for tid in sched.threads_of(pid):
+            assert sched.policy_from_proc(pid, tid) == sched.SCHED_OTHER
+        deadline = time.monotonic() + 10
+        while "uid-o" not in agent.ledger().prepared and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "fail-open" in agent.ledger().prepared["uid-o"]["containers"]["rt"]["error"]
+    finally:
+        agent.stop()
+
+
+def test_release_gives_back_the_affinity_that_global_mode_widened(agent: Agent, containers: Containers) -> None:
+    agent.allocate("uid-f", "rt", (Slot(1, 1_000_000, 10_000_000, 10_000_000),))
+    pid = containers.start()
+    sched.set_affinity(pid, {1})
+    assert agent.hook(oci_state(pid, "uid-f", "rt")).returncode == 0
+    assert sched.get_affinity(pid) == frozenset(host.online_cpus())
+    assert agent.hook(oci_state(pid, "uid-f", "rt"), stage="poststop").returncode == 0
+    assert sched.policy_from_proc(pid) == sched.SCHED_OTHER
+    assert sched.get_affinity(pid) == frozenset({1})
+
+
+def test_container_without_allocation_is_refused_with_a_reason(agent: Agent, containers: Containers) -> None:
+    pid = containers.start()
+    done = agent.hook(oci_state(pid, "uid-none", "rt"))
+    assert done.returncode == 1
+    assert "no RT-DRA allocation" in done.stderr.decode()
+    assert sched.policy_from_proc(pid) == sched.SCHED_OTHER
+
+
+def test_deleted_pod_is_released_by_the_reconcile_loop(agent: Agent, containers: Containers) -> None:
+    agent.allocate("uid-d", "rt", (Slot(0, 1_000_000, 10_000_000, 10_000_000),))
+    pid = containers.start()
+    assert agent.hook(oci_state(pid, "uid-d", "rt")).returncode == 0
+    ledger = agent.ledger()
+    tmp = agent.nas.with_suffix(".new")
+    tmp.write_text(json.dumps(NodeLedger(agent.node, ledger.capacities, {}, ledger.prepared).to_nas()))
+    os.replace(tmp, agent.nas)
+    deadline = time.monotonic() + 10
+    while sched.policy_from_proc(pid) == sched.SCHED_DEADLINE and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sched.policy_from_proc(pid) == sched.SCHED_OTHER
+
+
+def test_restarted_agent_adopts_its_reservations_without_applying_twice(containers: Containers, tmp_path: Path) -> None:
+    first = Agent(tmp_path, release_on_exit=False)  # a crash or upgrade: reservations stay
+    first.start()
+    try:
+        first.allocate("uid-r", "rt", (Slot(0, 1_000_000, 10_000_000, 10_000_000),))
+        pid = containers.start()
+        assert first.hook(oci_state(pid, "uid-r", "rt")).returncode == 0
+    finally:
+        first.stop()
+    second = Agent(tmp_path)
+    second.node = first.node
+    second.start()
+    try:
+        assert sched.policy_from_proc(pid) == sched.SCHED_DEADLINE
+        again = second.hook(oci_state(pid, "uid-r", "rt"))
+        assert again.returncode == 0 and again.stderr == b""
+        assert (
+            json.loads((second.state / "prepared.json").read_text())["uid-r"]["containers"]["rt"]["tasks"][0]["tid"]
+            == pid
+        )
+    finally:
+        second.stop()  # --release-on-exit
+    assert sched.policy_from_proc(pid) == sched.SCHED_OTHER
+
+
+@pytest.fixture
+def cpuset_root_guard() -> Iterator[dict[str, Any]]:
+    """Restore the cpuset root and remove test partitions whatever happens."""
+    flag = CPUSET / "cpuset.sched_load_balance"
+    original = flag.read_text().strip()
+    before = {p.name for p in CPUSET.iterdir() if p.is_dir()}
+    info: dict[str, Any] = {"original": original, "before": before}
+    try:
+        yield info
+    finally:
+        for d in CPUSET.iterdir():
+            if d.is_dir() and d.name not in before and d.name.startswith("rtdra-part-"):
+                Partitions(CPUSET, d.name, host.online_cpus(), Path("/nonexistent")).teardown()
+        flag.write_text(original)
+
+
+def test_partitioned_mode_admits_per_cpu_and_restores_the_machine(
+    containers: Containers, tmp_path: Path, cpuset_root_guard: dict[str, Any]
+) -> None:
+    name = f"rtdra-part-{uuid.uuid4().hex[:6]}"
+    # Exclusive cpusets may not overlap their siblings: the "system" keeps CPU 0.
+    (containers.cgroup / "cpuset.cpus").write_text("0")
+    agent = start_agent(tmp_path, "--partitioned", "--rt-cpus", "1", "--partition-name", name)
+    try:
+        part = CPUSET / name / "cpu1"
+        assert (part / "cpuset.cpu_exclusive").read_text().strip() == "1"
+        assert (CPUSET / "cpuset.sched_load_balance").read_text().strip() == "0"
+        capacity = agent.ledger().capacities
+        assert set(capacity) == {1}
+        cap = capacity[1]  # measured inside the one-CPU root domain: the limit less CPU 1's fair server
+        assert 0 < cap < sched_cpu_limit()
+        period = 1 << 30
+        agent.allocate("uid-p", "rt", (Slot(1, cap << 10, period, period),))
+        pid = containers.start()
+        done = agent.hook(oci_state(pid, "uid-p", "rt"))
+        assert done.returncode == 0, done.stderr
+        assert sched.get_affinity(pid) == frozenset({1})
+        assert Path(f"/proc/{pid}/cpuset").read_text().strip() == f"/{name}/cpu1"
+        # The partition is full: one more unit on CPU 1 is refused by the kernel, per CPU.
+        probe = containers.start()
+        (part / "tasks").write_text(str(probe))
+        host.settle_on(probe, (1,))
+        with pytest.raises(sched.AdmissionRefused):
+            sched.sched_setattr(probe, sched.deadline(1 << 10, period, period))
+        (CPUSET / containers.cgroup.name / "tasks").write_text(str(probe))
+        assert agent.hook(oci_state(pid, "uid-p", "rt"), stage="poststop").returncode == 0
+        assert sched.policy_from_proc(pid) == sched.SCHED_OTHER
+        assert Path(f"/proc/{pid}/cpuset").read_text().strip() == f"/{containers.cgroup.name}"
+    finally:
+        agent.stop()
+    assert not (CPUSET / name).exists()
+    assert (CPUSET / "cpuset.sched_load_balance").read_text().strip() == cpuset_root_guard["original"]
+
+
+def sched_cpu_limit() -> int:
+    return host.RtSysctls.read().cpu_limit

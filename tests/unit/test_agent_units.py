@@ -1,0 +1,370 @@
+"""Agent pieces that need no kernel: OCI parsing, the CDI spec and the hook, the hcbs backend on fake
+cgroup trees, the enforcer's decisions (backend ``none``, NAS in a file), configuration."""
+
+from __future__ import annotations
+
+import errno
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import jsonschema
+import pytest
+from referencing import Registry
+from referencing.jsonschema import DRAFT7
+
+from agent import cdi, hook, oci
+from agent.backends.base import Applied, Backend, EnforcementError, Target, TaskRecord
+from agent.backends.hcbs import MULTI_RUNTIME, RT_MAX, RT_PERIOD, SUBTRACT, HcbsBackend
+from agent.backends.none import NoneBackend
+from agent.config import parse_args
+from agent.discovery import simulate
+from agent.enforce import Enforcer
+from agent.store import FileStore
+from rtdra import host, names
+from rtdra.ledger import NodeLedger, PodAllocation, Slot
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA_DIRS = [Path("/work/shared/data/cdi-schema"), REPO.parent / "shared/data/cdi-schema"]
+
+
+def cdi_validator() -> jsonschema.Draft7Validator:
+    folder = next((d for d in SCHEMA_DIRS if (d / "schema.json").exists()), None)
+    if folder is None:
+        pytest.fail(f"CDI schema not found in {SCHEMA_DIRS}")
+    schema = json.loads((folder / "schema.json").read_text())
+    defs = json.loads((folder / "defs.json").read_text())
+    registry = Registry().with_resource("defs.json", DRAFT7.create_resource(defs))
+    return jsonschema.Draft7Validator(schema, registry=registry)
+
+
+def test_cdi_spec_validates_against_the_cdi_schema_and_names_our_device(tmp_path: Path) -> None:
+    body = cdi.spec("node-1", tmp_path / "agent.sock")
+    cdi_validator().validate(body)
+    assert body["kind"] == names.CDI_KIND and body["devices"][0]["name"] == names.CDI_DEVICE
+    stages = [h["hookName"] for h in body["devices"][0]["containerEdits"]["hooks"]]
+    assert stages == ["createRuntime", "poststop"]
+
+
+def test_cdi_schema_rejects_a_spec_without_kind(tmp_path: Path) -> None:
+    body = cdi.spec("node-1", tmp_path / "agent.sock")
+    del body["kind"]
+    with pytest.raises(jsonschema.ValidationError):
+        cdi_validator().validate(body)
+
+
+def test_cdi_spec_is_written_atomically_and_only_when_changed(tmp_path: Path) -> None:
+    body = cdi.spec("n", tmp_path / "s")
+    path = cdi.write_spec(tmp_path, "n", body)
+    first = path.stat().st_mtime_ns
+    assert cdi.write_spec(tmp_path, "n", body) == path and path.stat().st_mtime_ns == first
+    assert json.loads(path.read_text()) == body
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left behind
+
+
+CONTAINERD = {
+    "io.kubernetes.cri.sandbox-uid": "u1",
+    "io.kubernetes.cri.sandbox-namespace": "ns",
+    "io.kubernetes.cri.sandbox-name": "pod",
+    "io.kubernetes.cri.container-name": "c",
+    "io.kubernetes.cri.container-type": "container",
+}
+
+
+def test_containerd_annotations_identify_the_container() -> None:
+    ref = oci.container_ref({"id": "x", "pid": 42, "annotations": CONTAINERD})
+    assert (ref.pod_uid, ref.namespace, ref.pod_name, ref.container, ref.pid) == ("u1", "ns", "pod", "c", 42)
+
+
+def test_sandbox_and_unannotated_states_are_refused_with_reasons() -> None:
+    with pytest.raises(oci.BadState, match="sandbox"):
+        oci.container_ref({"pid": 1, "annotations": {**CONTAINERD, "io.kubernetes.cri.container-type": "sandbox"}})
+    with pytest.raises(oci.BadState, match=r"io\.kubernetes\.cri\.sandbox-uid"):
+        oci.container_ref({"pid": 1, "annotations": {}})
+    with pytest.raises(oci.BadState, match="not JSON"):
+        oci.parse_state(b"{")
+
+
+def fake_proc(tmp_path: Path, pid: int, cgroup_line: str) -> Path:
+    proc = tmp_path / "proc"
+    (proc / str(pid)).mkdir(parents=True)
+    (proc / str(pid) / "cgroup").write_text(cgroup_line + "\n")
+    return proc
+
+
+def test_hcbs_v1_writes_the_seed_format_with_parent_bookkeeping_and_release_restores(tmp_path: Path) -> None:
+    root = tmp_path / "cpu"
+    leaf = root / "kubepods" / "burstable" / "podu1" / "ctr"
+    leaf.mkdir(parents=True)
+    for level in (root / "kubepods", root / "kubepods/burstable", root / "kubepods/burstable/podu1"):
+        (level / MULTI_RUNTIME).write_text("100 0 0 ")  # kernel read format: one runtime per CPU
+    (leaf / MULTI_RUNTIME).write_text("0 0 0 ")
+    (leaf / RT_PERIOD).write_text("1000000")
+    proc = fake_proc(tmp_path, 7, "4:cpu,cpuacct:/kubepods/burstable/podu1/ctr")
+    backend = HcbsBackend(root, "v1", proc)
+    ref = oci.ContainerRef("u1", "ns", "pod", "ctr", "id", 7)
+    slots = (Slot(1, 2_000_000, 10_000_000, 10_000_000), Slot(2, 2_000_000, 10_000_000, 10_000_000))
+    applied = backend.apply(Target(ref, slots))
+    assert (leaf / MULTI_RUNTIME).read_text() == "1-2 2000 "
+    assert (leaf / RT_PERIOD).read_text() == "10000"
+    assert (root / "kubepods" / MULTI_RUNTIME).read_text() == "0 100 1 2000 2 2000 "
+    assert applied.restore[str(root / "kubepods" / MULTI_RUNTIME)] == SUBTRACT
+    backend.release(Applied.from_json("ctr", applied.to_json()))  # as after a restart
+    assert (root / "kubepods" / MULTI_RUNTIME).read_text() == "0 100 1 0 2 0 "
+    assert (leaf / MULTI_RUNTIME).read_text() == "0 0 0 "
+    assert (leaf / RT_PERIOD).read_text() == "1000000"
+
+
+def test_hcbs_v2_writes_cpu_rt_max_and_release_restores(tmp_path: Path) -> None:
+    root = tmp_path / "unified"
+    leaf = root / "kubepods.slice" / "cri-x.scope"
+    leaf.mkdir(parents=True)
+    (leaf / RT_MAX).write_text("0 1000000")
+    proc = fake_proc(tmp_path, 9, "0::/kubepods.slice/cri-x.scope")
+    backend = HcbsBackend(root, "v2", proc)
+    applied = backend.apply(
+        Target(oci.ContainerRef("u", "n", "p", "c", "i", 9), (Slot(0, 500_000, 1_000_000, 1_000_000),))
+    )
+    assert (leaf / RT_MAX).read_text() == "500 1000"
+    backend.release(applied)
+    assert (leaf / RT_MAX).read_text() == "0 1000000"
+
+
+# -- the enforcer, with the NAS in a file and the accounting-only backend ------------------------------------
+
+
+class RecordingEvents:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str]] = []
+
+    def emit(self, ref: oci.ContainerRef, reason: str, message: str, type_: str = "Warning") -> None:
+        self.seen.append((ref.pod_uid, reason, message))
+
+
+class RefusingBackend(NoneBackend):
+    """Refuses like the kernel does when the root domain is full."""
+
+    def apply(self, target: Target) -> Applied:
+        raise EnforcementError(f"{target.ref}: the kernel refused SCHED_DEADLINE: Device or resource busy", errno.EBUSY)
+
+
+SLOT = Slot(0, 1_000_000, 10_000_000, 10_000_000)
+
+
+def nas_with(tmp_path: Path, *uids: str) -> FileStore:
+    store = FileStore("n1", tmp_path / "nas.json")
+    pods = {uid: PodAllocation(uid, "ns", "pod", {"c": (SLOT,)}) for uid in uids}
+    store.update(lambda _: NodeLedger("n1", {0: 1 << 19, 1: 1 << 19}, pods))
+    return store
+
+
+@pytest.fixture
+def child() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process to stand for a container (no kernel state is changed for it)."""
+    proc = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def state_of(pid: int, uid: str, container: str = "c") -> bytes:
+    annotations = {**CONTAINERD, "io.kubernetes.cri.sandbox-uid": uid, "io.kubernetes.cri.container-name": container}
+    return json.dumps({"id": f"ctr-{uid}", "pid": pid, "annotations": annotations}).encode()
+
+
+def make_enforcer(tmp_path: Path, store: FileStore, backend: Backend, *, fail_open: bool = False) -> Enforcer:
+    enforcer = Enforcer(store, backend, RecordingEvents(), tmp_path / "prepared.json", fail_open=fail_open)
+    enforcer.load()
+    return enforcer
+
+
+def events_of(enforcer: Enforcer) -> list[tuple[str, str, str]]:
+    assert isinstance(enforcer.events, RecordingEvents)
+    return enforcer.events.seen
+
+
+def test_enforcer_records_the_reservation_in_its_state_file_before_answering(
+    tmp_path: Path, child: subprocess.Popen[bytes]
+) -> None:
+    enforcer = make_enforcer(tmp_path, nas_with(tmp_path, "u1"), NoneBackend())
+    outcome = enforcer.handle("createRuntime", state_of(child.pid, "u1"))
+    assert outcome.ok, outcome.message
+    record = json.loads((tmp_path / "prepared.json").read_text())["u1"]["containers"]["c"]
+    assert record["pid"] == child.pid and record["startTime"] == host.task_start_time(child.pid)
+    assert enforcer.handle("createRuntime", state_of(child.pid, "u1")).message.endswith("already reserved")
+
+
+def test_enforcer_refuses_a_container_without_allocation_and_sends_an_event(
+    tmp_path: Path, child: subprocess.Popen[bytes]
+) -> None:
+    enforcer = make_enforcer(tmp_path, nas_with(tmp_path), NoneBackend())
+    outcome = enforcer.handle("createRuntime", state_of(child.pid, "u-none"))
+    assert not outcome.ok and "no RT-DRA allocation" in outcome.message
+    assert [(uid, reason) for uid, reason, _ in events_of(enforcer)] == [("u-none", "NoAllocation")]
+
+
+def test_a_kernel_refusal_fails_closed_and_is_recorded_and_reported(
+    tmp_path: Path, child: subprocess.Popen[bytes]
+) -> None:
+    enforcer = make_enforcer(tmp_path, nas_with(tmp_path, "u1"), RefusingBackend())
+    outcome = enforcer.handle("createRuntime", state_of(child.pid, "u1"))
+    assert not outcome.ok and "Device or resource busy" in outcome.message
+    assert [reason for _, reason, _ in events_of(enforcer)] == ["KernelRefusedBandwidth"]
+    record = enforcer.prepared_json()["u1"]["containers"]["c"]
+    assert record["tasks"] == [] and "Device or resource busy" in record["error"]
+    enforcer.reconcile()  # kept on record while the pod is allocated
+    assert "u1" in enforcer.prepared_json()
+
+
+def test_fail_open_lets_the_container_run_unreserved_and_says_so(
+    tmp_path: Path, child: subprocess.Popen[bytes]
+) -> None:
+    enforcer = make_enforcer(tmp_path, nas_with(tmp_path, "u1"), RefusingBackend(), fail_open=True)
+    outcome = enforcer.handle("createRuntime", state_of(child.pid, "u1"))
+    assert outcome.ok and "fail-open" in outcome.message
+    assert "fail-open" in events_of(enforcer)[0][2]
+    assert "fail-open" in enforcer.prepared_json()["u1"]["containers"]["c"]["error"]
+
+
+def test_reconcile_releases_pods_whose_allocation_disappeared(tmp_path: Path, child: subprocess.Popen[bytes]) -> None:
+    store = nas_with(tmp_path, "u1", "u2")
+    enforcer = make_enforcer(tmp_path, store, NoneBackend())
+    for uid in ("u1", "u2"):
+        assert enforcer.handle("createRuntime", state_of(child.pid, uid)).ok
+    store.update(lambda ledger: (ledger or NodeLedger("n1", {})).release("u1"))
+    enforcer.reconcile()
+    assert set(enforcer.prepared_json()) == {"u2"}
+    assert set(json.loads((tmp_path / "prepared.json").read_text())) == {"u2"}
+
+
+def test_reconcile_releases_containers_whose_process_is_gone(tmp_path: Path) -> None:
+    enforcer = make_enforcer(tmp_path, nas_with(tmp_path, "u1"), NoneBackend())
+    proc = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL)
+    try:
+        assert enforcer.handle("createRuntime", state_of(proc.pid, "u1")).ok
+    finally:
+        proc.kill()
+        proc.wait()
+    enforcer.reconcile()
+    assert enforcer.prepared_json() == {}
+
+
+def test_a_reused_process_id_is_not_taken_for_the_reserved_process(
+    tmp_path: Path, child: subprocess.Popen[bytes]
+) -> None:
+    now = host.task_start_time(child.pid)
+    assert Applied("none", "c", "id", child.pid, (SLOT,), start_time=now).is_alive()
+    assert not Applied("none", "c", "id", child.pid, (SLOT,), start_time=now - 1).is_alive()
+    assert not TaskRecord(child.pid, 0, start_time=now + 1).is_alive()
+    assert TaskRecord(child.pid, 0).is_alive()  # records from before start times were kept: by id
+    # After a restart, a record of an earlier process with this id is not "already reserved".
+    enforcer = make_enforcer(tmp_path, nas_with(tmp_path, "u1"), NoneBackend())
+    stale = Applied("none", "c", "ctr-u1", child.pid, (SLOT,), start_time=now - 1)
+    enforcer.applied = {"u1": {"c": stale}}
+    outcome = enforcer.handle("createRuntime", state_of(child.pid, "u1"))
+    assert outcome.ok and "already" not in outcome.message
+    assert enforcer.applied["u1"]["c"].start_time == now
+
+
+def test_a_restarted_enforcer_merges_its_state_file_with_the_nas_records(tmp_path: Path) -> None:
+    store = nas_with(tmp_path, "u1", "u2")
+    in_nas = Applied("none", "c", "old", 11, (SLOT,))
+    store.update(
+        lambda ledger: replace(ledger or NodeLedger("n1", {}), prepared={"u1": {"containers": {"c": in_nas.to_json()}}})
+    )
+    local = Applied("none", "c", "new", 12, (SLOT,), tasks=(TaskRecord(12, 0, start_time=5, affinity=(1,)),))
+    (tmp_path / "prepared.json").write_text(json.dumps({"u1": {"containers": {"c": local.to_json()}}}))
+    enforcer = make_enforcer(tmp_path, store, NoneBackend())
+    assert enforcer.applied == {"u1": {"c": local}}  # the local file is written first: it wins
+
+
+def test_applied_records_round_trip_through_json() -> None:
+    record = Applied(
+        "deadline", "c", "id", 7, (SLOT,), (TaskRecord(7, 0, "/kubepods", 99, (0, 1)),), {"/x": "1"}, "e", 42
+    )
+    assert Applied.from_json("c", json.loads(json.dumps(record.to_json()))) == record
+
+
+def test_file_store_updates_are_compare_and_swap_under_concurrency(tmp_path: Path) -> None:
+    store = nas_with(tmp_path)
+
+    def add(i: int) -> None:
+        store.update(
+            lambda ledger: replace(
+                ledger or NodeLedger("n1", {}), prepared={**(ledger.prepared if ledger else {}), f"u{i}": {}}
+            )
+        )
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ledger = store.read()
+    assert ledger is not None and set(ledger.prepared) == {f"u{i}" for i in range(16)}
+
+
+# -- configuration and simulated nodes ------------------------------------------------------------------------
+
+
+def test_simulated_node_flags_publish_the_given_cpus_and_capacity() -> None:
+    config = parse_args(["--node-name", "sim", "--backend", "none", "--cpus", "16", "--capacity", "900000"], env={})
+    facts = simulate(config.sim_cpus, config.capacity, config.rt_cpus)
+    assert facts.capacities == dict.fromkeys(range(16), 900_000)
+    assert facts.root_domain_capacity == 16 * 900_000 and facts.cpus == tuple(range(16))
+
+
+def test_simulated_node_flags_come_from_the_environment_too() -> None:
+    env = {"RTDRA_AGENT_NODE_NAME": "sim", "RTDRA_AGENT_BACKEND": "none", "RTDRA_AGENT_CPUS": "4"}
+    config = parse_args([], env=env)
+    assert (config.node_name, config.sim_cpus, config.capacity) == ("sim", 4, None)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--backend", "deadline", "--cpus", "4"],
+        ["--backend", "none", "--capacity", str((1 << 20) + 1)],
+        ["--backend", "none", "--cpus", "0"],
+    ],
+)
+def test_simulation_flags_are_refused_where_they_make_no_sense(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--node-name", "x", *argv], env={})
+
+
+# -- the hook's own decisions ---------------------------------------------------------------------------------
+
+
+def test_the_hook_fails_closed_with_one_line_when_the_agent_is_unreachable(tmp_path: Path) -> None:
+    code, line = hook.run(["--socket", str(tmp_path / "none.sock")], b"{}")
+    assert code == 1 and "unreachable" in line and "\n" not in line
+
+
+def test_the_hook_continues_when_told_to_fail_open_or_releasing(tmp_path: Path) -> None:
+    sock = str(tmp_path / "none.sock")
+    assert hook.run(["--socket", sock, "--fail-open"], b"{}")[0] == 0
+    assert hook.run(["--socket", sock, "--stage", "poststop"], b"{}")[0] == 0
+    assert hook.run(["--bogus"], b"{}")[0] == 2
+
+
+def test_the_compiled_hook_runs_without_site_packages_and_reports_a_missing_agent(tmp_path: Path) -> None:
+    compiled = cdi.compile_hook(tmp_path / "rtdra-hook.pyc")
+    argv = cdi.hook_command(tmp_path / "agent.sock", script=compiled)
+    done = subprocess.run(argv, input=b"{}", capture_output=True, check=False, timeout=30)
+    assert done.returncode == 1 and b"unreachable" in done.stderr
+    modules = subprocess.run(
+        [sys.executable, "-S", "-I", "-X", "importtime", str(compiled), "--socket", "/nonexistent"],
+        input=b"{}",
+        capture_output=True,
+        check=False,
+        timeout=30,
+    ).stderr.decode()
+    imported = {line.rsplit("|", 1)[-1].strip() for line in modules.splitlines() if line.startswith("import time:")}
+    assert {"os", "json", "socket"}.isdisjoint(imported), imported
