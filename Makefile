@@ -25,13 +25,15 @@ test-fast: $(PY)
 lint: $(PY)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy rtdra webhook
+	$(BIN)/mypy rtdra webhook agent extender
 	$(BIN)/lint-imports
 
 # Benchmarks print tables with ratios to a floor measured in the same run.
 bench: $(PY)
 	$(BIN)/rtdra simulate --nodes 10 --cpus 8 --load 0.6 --load 0.8 --load 1.0
+	$(PY) bench/bench_extender.py
 	$(PY) bench/bench_webhook.py
+	$(PY) bench/bench_agent.py
 
 # The main job: the whole chain on a local control plane, the four demo apps,
 # a report of placements and kernel reservations; then everything is torn down.

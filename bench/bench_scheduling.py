@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""Scheduling throughput through the extender, against plain kube-scheduler in the same run.
+
+On the real control plane (upstream kube-apiserver, kube-scheduler, etcd),
+with 100 simulated nodes whose NodeAllocationStates are published as their
+agents would (8 CPUs each, this machine's measured capacity per CPU), it
+schedules
+
+- ``plain``: N pods without a real-time request - kube-scheduler alone;
+- ``rt``: N real-time pods (one container, 1 ms every 10 ms, as the webhook
+  leaves them: canonical spec annotation and the opt-in resource) -
+  kube-scheduler calls the extender's filter, prioritize and bind for each,
+  and bind writes the reservation with compare-and-swap before the Binding.
+
+Each phase creates its pods while kube-scheduler is stopped, then starts it
+and times from the moment it is ready to the last pod bound (seen on a watch,
+which costs the shared API server far less than polling lists would), so pod
+creation is not what is measured. Prints pods/s for both and their ratio
+(goal: rt at least 0.7 of plain), what the extender did in the RT phase (calls
+and mean latency per verb, bind results, compare-and-swap conflicts, from its
+``/metrics``), and checks afterwards that every RT pod is recorded in exactly
+one ledger and no CPU is over capacity.
+
+``--repeat N`` runs everything N times, each on a fresh control plane (plain
+and RT interleaved: the machine is shared, so single runs are noisy) and
+prints every run and the medians. ``--workdir DIR`` keeps the control plane's
+directory with kube-scheduler's and the extender's logs (``DIR/run-K/logs``,
+``DIR/run-K/stack/logs``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from kubernetes import client, watch  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from hack.cluster import Binaries, ControlPlane, _kill, ensure_binaries  # noqa: E402
+from hack.stack import NAMESPACE, Stack, apply, manifest_documents  # noqa: E402
+from rtdra import host, names  # noqa: E402
+from rtdra.ledger import NodeLedger  # noqa: E402
+from rtdra.request import PodRequest, Reservation  # noqa: E402
+
+MS = 1_000_000
+GOAL_RATIO = 0.7
+
+
+def measured_capacity() -> int:
+    """This machine's per-CPU deadline capacity, measured as the agent measures it."""
+    return min(host.discover_capacity().per_cpu.values())
+
+
+def pod(name: str, rt: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+    }
+    if rt:
+        spec = PodRequest({"app": Reservation(1 * MS, 10 * MS, 10 * MS)}).spec_json()
+        body["metadata"]["annotations"] = {names.SPEC: spec, f"{names.CONTAINER_PREFIX}app": "runtime=1ms,period=10ms"}
+        body["spec"]["containers"][0]["resources"] = {
+            "requests": {names.DL_RESOURCE: "1"},
+            "limits": {names.DL_RESOURCE: "1"},
+        }
+    return body
+
+
+def stop_scheduler(cp: ControlPlane) -> None:
+    pid = cp.pids.pop("kube-scheduler", None)
+    if pid is not None:
+        _kill(pid, cp._procs.pop("kube-scheduler", None))
+
+
+def extender_metrics(stack: Stack) -> dict[str, float]:
+    """The extender's counters, flattened to ``name{label=value,...}`` -> value."""
+    url = f"http://127.0.0.1:{stack.extender_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    flat: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if k != "le")
+            if "le" in sample.labels:
+                continue
+            flat[f"{sample.name}{{{labels}}}"] = sample.value
+    return flat
+
+
+def extender_summary(before: dict[str, float], after: dict[str, float]) -> str:
+    """What the extender did between two scrapes: calls and mean latency per verb, bind outcomes, conflicts."""
+    delta = {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0)}
+    lines = []
+    for verb in ("filter", "prioritize", "bind"):
+        count = delta.get(f"rtdra_extender_request_duration_seconds_count{{verb={verb}}}", 0.0)
+        total = delta.get(f"rtdra_extender_request_duration_seconds_sum{{verb={verb}}}", 0.0)
+        if count:
+            lines.append(f"  {verb:<11} {count:6.0f} calls, mean {1000 * total / count:6.1f} ms")
+    outcomes = defaultdict(float)
+    for key, value in delta.items():
+        if key.startswith("rtdra_extender_binds_total{"):
+            outcomes[key.split("result=")[1].rstrip("}")] += value
+    conflicts = delta.get("rtdra_extender_bind_conflicts_total{}", 0.0)
+    rollbacks = delta.get("rtdra_extender_bind_rollbacks_total{}", 0.0)
+    lines.append(
+        "  binds: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in sorted(outcomes.items()))
+        + f"; CAS conflicts {conflicts:.0f}; rollbacks {rollbacks:.0f}"
+    )
+    return "\n".join(lines)
+
+
+def wait_all_bound(core: client.CoreV1Api, ns: str, count: int, resource_version: str, timeout: float) -> float:
+    """Follow the namespace's pods from ``resource_version``; the monotonic time the last one was bound."""
+    bound: set[str] = set()
+    last = time.monotonic()
+    deadline = last + timeout
+    while len(bound) < count and time.monotonic() < deadline:
+        stream = watch.Watch()
+        try:
+            for event in stream.stream(
+                core.list_namespaced_pod,
+                ns,
+                resource_version=resource_version,
+                timeout_seconds=max(1, int(deadline - time.monotonic())),
+                allow_watch_bookmarks=True,
+                deserialize=False,
+            ):
+                obj = event.get("object") or {}
+                resource_version = str((obj.get("metadata") or {}).get("resourceVersion") or resource_version)
+                if event.get("type") in ("ADDED", "MODIFIED") and (obj.get("spec") or {}).get("nodeName"):
+                    name = obj["metadata"]["name"]
+                    if name not in bound:
+                        bound.add(name)
+                        last = time.monotonic()
+                        if len(bound) >= count:
+                            break
+        finally:
+            stream.stop()
+    if len(bound) < count:
+        raise SystemExit(f"{ns}: only {len(bound)} of {count} pods bound in {timeout:.0f}s")
+    return last
+
+
+def phase(cp: ControlPlane, stack: Stack, label: str, count: int, rt: bool) -> float:
+    core = client.CoreV1Api(stack.api)
+    ns = f"bench-{label}"
+    core.create_namespace({"metadata": {"name": ns}})
+    stop_scheduler(cp)
+    for i in range(count):
+        core.create_namespaced_pod(ns, pod(f"p-{i}", rt))
+    listed: Any = core.list_namespaced_pod(ns, limit=1, _preload_content=False)
+    version = str(json.loads(listed.data)["metadata"]["resourceVersion"])
+    cp.configure_scheduler(stack.scheduler_config())  # returns once kube-scheduler is ready
+    start = time.monotonic()
+    last = wait_all_bound(core, ns, count, version, timeout=600)
+    return count / (last - start)
+
+
+def check_ledgers(stack: Stack, nodes: list[str], count: int) -> str:
+    core = client.CoreV1Api(stack.api)
+    rt = {p.metadata.uid: p.spec.node_name for p in core.list_namespaced_pod("bench-rt").items}
+    held: dict[str, str] = {}
+    for node in nodes:
+        ledger = NodeLedger.from_nas(stack.nas(node) or {})
+        for cpu in ledger.cpus:
+            assert ledger.used(cpu) <= ledger.capacities[cpu], f"{node} cpu{cpu} overcommitted"
+        for uid in ledger.pods:
+            assert uid not in held, f"pod {uid} reserved on {held[uid]} and {node}"
+            held[uid] = node
+    assert held == rt, "ledgers and bindings disagree"
+    return f"{len(held)} of {count} RT pods reserved exactly once, on the node they are bound to; no CPU over capacity"
+
+
+def run(workdir: Path, binaries: Binaries, args: argparse.Namespace, capacity: int) -> tuple[float, float, str]:
+    """One run on a fresh control plane: (plain pods/s, RT pods/s, extender summary + ledger check)."""
+    with ControlPlane(workdir, binaries, keep_workdir=args.workdir is not None) as cp:
+        stack = Stack(cp, [], extender_args=args.extender_arg)
+        try:
+            apply(
+                stack.api, [d for d in manifest_documents() if d["kind"] in ("Namespace", "CustomResourceDefinition")]
+            )
+            apply(stack.api, [d for d in manifest_documents() if d.get("metadata", {}).get("name") == "rtdra-extender"
+                              and d["kind"] not in ("Deployment", "Service")])  # fmt: skip
+            custom = client.CustomObjectsApi(stack.api)
+            names_ = [f"node-{i:03d}" for i in range(args.nodes)]
+            for name in names_:
+                cp.create_node(name, cpu=str(args.cpus))
+                nas = NodeLedger(node=name, capacities=dict.fromkeys(range(args.cpus), capacity)).to_nas(NAMESPACE)
+                custom.create_namespaced_custom_object(
+                    names.NAS_GROUP, names.NAS_VERSION, NAMESPACE, names.NAS_PLURAL, nas
+                )
+            stack.start_extender()
+            plain = phase(cp, stack, "plain", args.pods, rt=False)
+            before = extender_metrics(stack)
+            rt = phase(cp, stack, "rt", args.pods, rt=True)
+            summary = extender_summary(before, extender_metrics(stack))
+            verdict = check_ledgers(stack, names_, args.pods)
+        finally:
+            stack.stop()
+    return plain, rt, f"{summary}\n  {verdict}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pods", type=int, default=1000)
+    parser.add_argument("--nodes", type=int, default=100)
+    parser.add_argument("--cpus", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=1, help="runs, each on a fresh control plane (default 1)")
+    parser.add_argument("--workdir", type=Path, help="keep the control planes (and their logs) here")
+    parser.add_argument(
+        "--extender-arg", action="append", default=[], metavar="ARG", help="extra rtdra-extender flag (repeatable)"
+    )
+    parser.add_argument("--check", action="store_true", help="exit 1 when the goal is missed")
+    args = parser.parse_args()
+
+    binaries = ensure_binaries()
+    capacity = measured_capacity()
+    version = binaries.versions.get("kubernetes")
+    print(f"# {args.pods} pods over {args.nodes} nodes x {args.cpus} CPUs, kube-scheduler {version}", flush=True)
+    print(f"{'run':<5} {'plain pods/s':>12} {'rt pods/s':>10} {'ratio':>6}", flush=True)
+    results: list[tuple[float, float]] = []
+    with tempfile.TemporaryDirectory(prefix="rtdra-bench-sched-") as tmp:
+        base = args.workdir or Path(tmp)
+        for k in range(1, args.repeat + 1):
+            plain, rt, summary = run(base / f"run-{k}", binaries, args, capacity)
+            results.append((plain, rt))
+            print(f"{k:<5} {plain:>12.1f} {rt:>10.1f} {rt / plain:>6.2f}", flush=True)
+            print(summary, flush=True)
+    plain = statistics.median(p for p, _ in results)
+    rt = statistics.median(r for _, r in results)
+    ratio = statistics.median(r / p for p, r in results)
+    print(f"{'pods':<28} {'pods/s':>8} {'ratio':>6}")
+    print(f"{'plain (kube-scheduler)':<28} {plain:>8.1f} {1.0:>6.2f}")
+    print(f"{'rt (extender: filter+bind)':<28} {rt:>8.1f} {ratio:>6.2f}   goal >= {GOAL_RATIO}")
+    if args.repeat > 1:
+        print(f"(medians of {args.repeat} runs; the ratio is the median of the per-run ratios)")
+    return 1 if args.check and ratio < GOAL_RATIO else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

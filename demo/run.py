@@ -1,0 +1,207 @@
+#!/usr/bin/env python3
+"""``make demo``: the whole RT-DRA chain on a local, real control plane.
+
+Builds (or reuses) the upstream Kubernetes programs, starts etcd,
+kube-apiserver, kube-scheduler and kube-controller-manager on 127.0.0.1, runs
+the webhook, the scheduler extender and one node agent per node - the first
+node is this machine, with real SCHED_DEADLINE reservations; the others are
+simulated - applies the four demo apps (``demo/rt-test1.yaml`` ...) and
+prints where each pod landed, which CPUs it holds, whether the kernel
+reservation is in place, and each node's reserved bandwidth per CPU. Then it
+tears everything down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import yaml
+from kubernetes import client
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from hack.cluster import ControlPlane, ensure_binaries  # noqa: E402
+from hack.stack import NodeSpec, Stack, apply, wait_for  # noqa: E402
+from rtdra import names  # noqa: E402
+from rtdra.bandwidth import BW_UNIT, format_ns, percent  # noqa: E402
+from rtdra.ledger import NodeLedger  # noqa: E402
+
+APPS = (
+    ("rt-test1", "two pods, one container each, 2 CPUs at 100us every 1ms"),
+    ("rt-test2", "one pod, two containers; one with deadline < period"),
+    ("rt-test3", "a Deployment needing more bandwidth than one node has"),
+    ("rt-test4", "the old driver's RtClaimParameters"),
+)
+BAR = 40
+
+
+def say(message: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def settled(core: client.CoreV1Api, namespace: str, expect: int) -> list[client.V1Pod] | None:
+    """The namespace's pods once there are ``expect`` and each is Running or has given up scheduling."""
+    pods = core.list_namespaced_pod(namespace).items
+    if len(pods) < expect:
+        return None
+    for pod in pods:
+        if pod.status.phase == "Running":
+            continue
+        conditions = {c.type: c for c in pod.status.conditions or []}
+        scheduled = conditions.get("PodScheduled")
+        if scheduled is not None and scheduled.status == "False" and scheduled.reason == "Unschedulable":
+            continue
+        if any(s.state and s.state.waiting for s in pod.status.container_statuses or []):
+            continue  # the node refused to start it (e.g. the kernel refused the reservation)
+        return None
+    return pods
+
+
+def scheduling_reason(core: client.CoreV1Api, pod: client.V1Pod) -> str:
+    events = core.list_namespaced_event(
+        pod.metadata.namespace, field_selector=f"involvedObject.uid={pod.metadata.uid}"
+    ).items
+    failed = [e for e in events if e.reason in ("FailedScheduling", "Failed")]
+    if failed:
+        return failed[-1].message
+    for c in pod.status.conditions or []:
+        if c.type == "PodScheduled" and c.message:
+            return str(c.message)
+    return "pending"
+
+
+def kernel_state(stack: Stack, node: NodeSpec, pod: client.V1Pod, container: str) -> str:
+    """What the node did with the reservation, checked in the kernel where it is real."""
+    nas = stack.nas(node.name) or {}
+    record = ((nas.get("spec") or {}).get("preparedClaims") or {}).get(pod.metadata.uid, {})
+    applied = (record.get("containers") or {}).get(container)
+    if not applied:
+        return "not applied"
+    if applied.get("failure"):
+        return f"REFUSED: {applied['failure']}"
+    if node.backend != "deadline":
+        return "accounted (simulated node)"
+    from rtdra.sched import sched_getattr  # noqa: PLC0415 - only where the kernel is real
+
+    tasks = applied.get("tasks") or []
+    slots = {s["id"]: s for s in applied.get("slots") or []}
+    good = 0
+    for task in tasks:
+        try:
+            attr = sched_getattr(int(task["tid"]))
+        except OSError:
+            continue
+        slot = slots.get(task["cpu"]) or next(iter(slots.values()), {})
+        if (
+            attr.is_deadline
+            and attr.runtime_ns == slot.get("runtimeNs")
+            and attr.deadline_ns == slot.get("deadlineNs")
+            and attr.period_ns == slot.get("periodNs")
+        ):
+            good += 1
+    if tasks and good == len(tasks):
+        return f"SCHED_DEADLINE on {good} task(s), checked with sched_getattr"
+    return f"MISMATCH: {good} of {len(tasks)} task(s) under SCHED_DEADLINE"
+
+
+def report_app(stack: Stack, nodes: Mapping[str, NodeSpec], namespace: str, pods: Sequence[client.V1Pod]) -> None:
+    core = client.CoreV1Api(stack.api)
+    rows = [("POD", "CONTAINER", "NODE", "CPUS", "RUNTIME/DEADLINE/PERIOD", "KERNEL RESERVATION")]
+    for pod in sorted(pods, key=lambda p: p.metadata.name):
+        annotations = pod.metadata.annotations or {}
+        spec = yaml.safe_load(annotations.get(names.SPEC, "{}")) or {}
+        allocation = yaml.safe_load(annotations.get(names.ALLOCATION, "{}")) or {}
+        node = pod.spec.node_name
+        for container in sorted(spec):
+            r = spec[container]
+            timing = f"{format_ns(r['runtime'])}/{format_ns(r['deadline'])}/{format_ns(r['period'])}"
+            if node is None:
+                rows.append(
+                    (pod.metadata.name, container, "-", "-", timing, "PENDING: " + scheduling_reason(core, pod))
+                )
+                continue
+            cpus = ",".join(
+                str(c) for c in (allocation.get("containers", allocation).get(container) or {}).get("cpus", [])
+            )
+            state = kernel_state(stack, nodes[node], pod, container)
+            rows.append((pod.metadata.name, container, node, cpus or "?", timing, state))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+
+
+def report_nodes(stack: Stack, nodes: Sequence[NodeSpec]) -> None:
+    print("\n== reserved deadline bandwidth per node and CPU (# reserved, . free, | the kernel's limit)")
+    print(f"  {'NAME':<12} {'CPUS':>4} {'RESERVED':>9} {'PODS':>4}  STATUS")
+    ledgers = {}
+    for node in nodes:
+        obj = stack.nas(node.name) or {}
+        ledgers[node.name] = NodeLedger.from_nas(obj)
+        s = obj.get("summary") or {}
+        cells = f"{s.get('cpus', 0):>4} {s.get('reserved', '-'):>9} {s.get('pods', 0):>4}"
+        print(f"  {node.name:<12} {cells}  {obj.get('status')}")
+    for node in nodes:
+        ledger = ledgers[node.name]
+        kind = "this machine, real SCHED_DEADLINE" if node.backend == "deadline" else "simulated"
+        print(f"\n  {node.name} ({kind})")
+        for cpu in ledger.cpus:
+            used, cap = ledger.used(cpu), ledger.capacities[cpu]
+            filled = round(used * BAR / BW_UNIT)
+            limit = round(cap * BAR / BW_UNIT)
+            bar = "".join("#" if i < filled else ("|" if i == limit else ".") for i in range(BAR))
+            print(f"    cpu{cpu:<3} [{bar}] {percent(used):>6} of {percent(cap)}")
+
+
+def run(args: argparse.Namespace) -> int:
+    say("building or reusing kube-apiserver, kube-scheduler, kube-controller-manager and etcd")
+    binaries = ensure_binaries()
+    versions = binaries.versions
+    say(f"control plane: Kubernetes {versions.get('kubernetes', '?')}, etcd {versions.get('etcd', '?')}")
+    nodes = [
+        NodeSpec("rt-node-0", "deadline"),
+        *(NodeSpec(f"sim-node-{i}", "none", cpus=args.sim_cpus) for i in range(1, args.sim_nodes + 1)),
+    ]
+    with tempfile.TemporaryDirectory(prefix="rtdra-demo-") as tmp:
+        cp = ControlPlane(Path(tmp) / "cluster", binaries, controller_manager=True)
+        say("starting etcd, kube-apiserver, kube-controller-manager and kube-scheduler on 127.0.0.1")
+        with cp:
+            say(f"control plane ready in {cp.start_seconds:.1f}s at {cp.server}")
+            with Stack(cp, nodes, progress=say, extender_args=("--reconcile-interval-seconds", "2")) as stack:
+                core = client.CoreV1Api(stack.api)
+                by_name = {n.name: n for n in nodes}
+                for app, title in APPS:
+                    path = REPO / "demo" / f"{app}.yaml"
+                    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+                    say(f"applying {path.relative_to(REPO)}: {title}")
+                    apply(stack.api, docs)
+                    expect = sum(
+                        d.get("spec", {}).get("replicas", 1) if d["kind"] == "Deployment" else 1
+                        for d in docs
+                        if d["kind"] in ("Pod", "Deployment")
+                    )
+                    pods = wait_for(f"{app} settled", lambda a=app, e=expect: settled(core, a, e), timeout=120)
+                    print(f"\n== {app}: {title}")
+                    report_app(stack, by_name, app, pods)
+                    print()
+                report_nodes(stack, nodes)
+                print()
+                say("tearing down: the node simulator stops the containers; the agent releases the reservations")
+        say("done: every process stopped, every reservation released, temporary files removed")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sim-nodes", type=int, default=2, help="simulated nodes beside this machine")
+    parser.add_argument("--sim-cpus", type=int, default=2, help="CPUs of each simulated node")
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

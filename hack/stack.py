@@ -1,0 +1,406 @@
+"""The whole RT-DRA chain on the local control plane: what the demo and the e2e tests run.
+
+On a :class:`hack.cluster.ControlPlane` (real etcd, kube-apiserver,
+kube-scheduler and kube-controller-manager) it
+
+1. applies the shipped manifests an operator would apply - namespace, CRDs,
+   ServiceAccounts, RBAC, the agent's ValidatingAdmissionPolicy - leaving out
+   only what needs a container engine (Deployments, the DaemonSet);
+2. creates the simulated nodes and, on each, the agent's "DaemonSet pod" whose
+   bound ServiceAccount token carries the node's name (so the own-node NAS
+   policy is enforced for real);
+3. runs one ``rtdra-agent`` per node under that token (``--backend deadline``
+   for the node that is this machine, ``none`` for the others), the extender
+   (``rtdra-extender``) under its ServiceAccount, and kube-scheduler configured
+   to call it; the webhook (``rtdra-webhook``) over HTTPS with a certificate
+   from ``rtdra certs``, registered through the shipped
+   MutatingWebhookConfiguration (its service reference swapped for a
+   127.0.0.1 URL - there is no cluster network here);
+4. runs the node simulator (``hack/nodesim.py``) for the nodes, which starts
+   a process per container and calls the agent's CDI hooks.
+
+Every process it starts is killed by :meth:`Stack.stop`, and dies with the
+Python process that started it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import copy
+import fcntl
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client, dynamic
+from kubernetes.client.rest import ApiException
+
+HACK = Path(__file__).resolve().parent
+sys.path.insert(0, str(HACK.parent))
+
+from hack.cluster import ControlPlane, _die_with_parent, _kill, free_port, write_kubeconfig  # noqa: E402
+from hack.nodesim import NodeSimulator, SimNode  # noqa: E402
+
+REPO = HACK.parent
+MANIFESTS = REPO / "manifests"
+NAMESPACE = "rt-dra"
+BIN = Path(sys.executable).parent
+#: Kinds an operator applies that need a container engine to do anything.
+NEEDS_RUNTIME = frozenset({"Deployment", "DaemonSet", "StatefulSet", "Job"})
+#: Not API objects, or registered by the stack itself with a loopback URL.
+NOT_APPLIED = frozenset({"KubeSchedulerConfiguration", "MutatingWebhookConfiguration", "Kustomization"})
+#: The lock the real-kernel tests take (tests/kernel/conftest.py): one user of
+#: the machine's deadline bandwidth at a time, or their leak checks misfire.
+KERNEL_LOCK = (
+    Path("/run/lock/rtdra-kernel-tests.lock") if Path("/run/lock").is_dir() else Path("/tmp/rtdra-kernel-tests.lock")
+)
+#: Order of application: what others depend on first.
+KIND_ORDER = ("Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "Role")
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A simulated node: its name, the agent's backend, and (for ``none``) how many CPUs it pretends to have."""
+
+    name: str
+    backend: str = "none"
+    cpus: int | None = None
+
+
+def manifest_documents(paths: Iterable[Path] | None = None) -> list[dict[str, Any]]:
+    """The objects ``kubectl apply -k manifests/`` applies (or those in ``paths``), in dependency order."""
+    if paths is None:
+        kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
+        paths = [MANIFESTS / r for r in kustomization["resources"]]
+    docs = [d for f in paths for d in yaml.safe_load_all(Path(f).read_text()) if isinstance(d, dict) and d.get("kind")]
+    rank = {k: i for i, k in enumerate(KIND_ORDER)}
+    return sorted(docs, key=lambda d: rank.get(d["kind"], len(KIND_ORDER)))
+
+
+def apply(api: client.ApiClient, docs: Iterable[Mapping[str, Any]], *, dry_run: bool = False) -> list[str]:
+    """Server-side apply each object (``dry_run``: the apiserver validates, nothing is stored)."""
+    dyn = dynamic.DynamicClient(api)
+    applied = []
+    for doc in docs:
+        resource = _resource(dyn, doc["apiVersion"], doc["kind"])
+        meta = doc.get("metadata") or {}
+        kwargs: dict[str, Any] = {"field_manager": "rt-dra-stack", "force_conflicts": True}
+        if dry_run:
+            kwargs["dry_run"] = "All"
+        if resource.namespaced:
+            kwargs["namespace"] = meta.get("namespace") or "default"
+        dyn.server_side_apply(resource, body=dict(doc), name=meta["name"], **kwargs)
+        applied.append(f"{doc['kind']}/{meta['name']}")
+        if doc["kind"] == "CustomResourceDefinition" and not dry_run:
+            _wait_established(api, meta["name"])
+            dyn = dynamic.DynamicClient(api)  # rediscover: the new kind exists now
+    return applied
+
+
+def _resource(dyn: dynamic.DynamicClient, api_version: str, kind: str) -> Any:
+    for attempt in range(20):
+        try:
+            return dyn.resources.get(api_version=api_version, kind=kind)
+        except dynamic.exceptions.ResourceNotFoundError:
+            if attempt == 19:
+                raise
+            time.sleep(0.25)
+            dyn.resources.invalidate_cache()
+    raise AssertionError("unreachable")
+
+
+def _wait_established(api: client.ApiClient, name: str, timeout: float = 30) -> None:
+    ext = client.ApiextensionsV1Api(api)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        crd = ext.read_custom_resource_definition(name)
+        if any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or [])):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"CRD {name} not Established after {timeout}s")
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, interval: float = 0.2) -> Any:
+    """Poll ``check`` until it returns something truthy; raise ``TimeoutError`` naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (ApiException, OSError) as err:
+            last = err
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise TimeoutError(f"{what}: not within {timeout:.0f}s (last: {last!r})")
+
+
+class Stack:
+    """Agents, extender, webhook and node simulator on a running control plane."""
+
+    def __init__(
+        self,
+        cp: ControlPlane,
+        nodes: Sequence[NodeSpec],
+        *,
+        progress: Callable[[str], None] = lambda _msg: None,
+        extender_args: Sequence[str] = (),
+    ) -> None:
+        self.cp = cp
+        self.nodes = list(nodes)
+        self.progress = progress
+        self.extender_args = list(extender_args)
+        self.workdir = cp.workdir / "stack"
+        self.logs = self.workdir / "logs"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.sim: NodeSimulator | None = None
+        self.extender_port = 0
+        self.webhook_port = 0
+        self.api = cp.api_client()
+        self._kernel_lock: Any = None
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> Stack:
+        try:
+            if any(n.backend == "deadline" for n in self.nodes):
+                self._kernel_lock = open(KERNEL_LOCK, "a+")  # noqa: SIM115 - held until stop()
+                fcntl.flock(self._kernel_lock, fcntl.LOCK_EX)
+            self.logs.mkdir(parents=True, exist_ok=True)
+            self.progress("applying the manifests (CRDs, RBAC, admission policy)")
+            apply(self.api, [d for d in manifest_documents() if d["kind"] not in NEEDS_RUNTIME | NOT_APPLIED])
+            for node in self.nodes:
+                self.progress(f"node {node.name}: creating it and starting its agent (backend {node.backend})")
+                self.cp.create_node(node.name, cpu=str(node.cpus or os.cpu_count() or 1))
+                self.start_agent(node)
+            for node in self.nodes:
+                wait_for(f"NodeAllocationState of {node.name} Ready", lambda n=node.name: self.nas_ready(n))
+            self.progress("starting the scheduler extender and pointing kube-scheduler at it")
+            self.start_extender()
+            self.progress("creating the webhook's certificates and registering it")
+            self.start_webhook()
+            self.progress("starting the node simulator")
+            sim_nodes = [SimNode(n.name, (self.cdi_dir(n.name),)) for n in self.nodes]
+            self.sim = NodeSimulator(self.api, sim_nodes).start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.sim is not None:
+            self.sim.stop()  # poststop hooks first: the agents release what they applied
+            self.sim = None
+        for name in list(self.procs):
+            self.stop_process(name)
+        with contextlib.suppress(Exception):
+            self.api.close()
+        if self._kernel_lock is not None:
+            fcntl.flock(self._kernel_lock, fcntl.LOCK_UN)
+            self._kernel_lock.close()
+            self._kernel_lock = None
+
+    # -- processes ------------------------------------------------------------------
+
+    def spawn(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with open(self.logs / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl() between fork and exec
+            )
+        self.procs[name] = proc
+        return proc
+
+    def stop_process(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return
+        if sig != signal.SIGTERM and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+        _kill(proc.pid, proc)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # gunicorn workers and any hook left over
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.logs / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    # -- the agents -------------------------------------------------------------------
+
+    def cdi_dir(self, node: str) -> Path:
+        return self.workdir / "nodes" / node / "cdi"
+
+    def agent_kubeconfig(self, node: str) -> Path:
+        """A token of the agent's ServiceAccount bound to its pod on ``node`` (as the DaemonSet's would be)."""
+        core = client.CoreV1Api(self.api)
+        pod_name = f"rtdra-agent-{node}"
+        body = {
+            "metadata": {"name": pod_name, "namespace": NAMESPACE, "labels": {"app": "rtdra-agent"}},
+            "spec": {
+                "nodeName": node,
+                "serviceAccountName": "rtdra-agent",
+                "containers": [{"name": "agent", "image": "rt-dra:dev"}],
+            },
+        }
+        try:
+            pod = core.create_namespaced_pod(NAMESPACE, body)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+            pod = core.read_namespaced_pod(pod_name, NAMESPACE)
+        token = core.create_namespaced_service_account_token(
+            "rtdra-agent",
+            NAMESPACE,
+            {
+                "spec": {
+                    "expirationSeconds": 86400,
+                    "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod_name, "uid": pod.metadata.uid},
+                }
+            },
+        ).status.token
+        return write_kubeconfig(
+            self.workdir / "nodes" / node / "agent.kubeconfig",
+            self.cp.server,
+            self.cp.ca_file.read_bytes(),
+            "system:serviceaccount:rt-dra:rtdra-agent",
+            token=token,
+        )
+
+    def start_agent(self, node: NodeSpec) -> None:
+        state = self.workdir / "nodes" / node.name / "state"
+        state.mkdir(parents=True, exist_ok=True)
+        self.cdi_dir(node.name).mkdir(parents=True, exist_ok=True)
+        argv = [
+            str(BIN / "rtdra-agent"),
+            "--node-name", node.name,
+            "--backend", node.backend,
+            "--kubeconfig", str(self.agent_kubeconfig(node.name)),
+            "--namespace", NAMESPACE,
+            "--cdi-dir", str(self.cdi_dir(node.name)),
+            "--state-dir", str(state),
+        ]  # fmt: skip
+        if node.cpus is not None and node.backend == "none":
+            argv += ["--cpus", str(node.cpus)]
+        self.spawn(f"agent-{node.name}", argv)
+
+    def nas(self, node: str) -> dict[str, Any] | None:
+        try:
+            obj = client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+                "nas.rt.resource.example.com", "v1alpha1", NAMESPACE, "nodeallocationstates", node
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        return dict(obj)
+
+    def nas_ready(self, node: str) -> bool:
+        proc = self.procs.get(f"agent-{node}")
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"agent of {node} exited ({proc.returncode}):\n{self.log_tail(f'agent-{node}')}")
+        obj = self.nas(node)
+        return obj is not None and obj.get("status") == "Ready"
+
+    # -- the extender -------------------------------------------------------------------
+
+    def extender_kubeconfig(self) -> Path:
+        return self.cp.service_account_kubeconfig(NAMESPACE, "rtdra-extender", create=False)
+
+    def start_extender(self, *, configure_scheduler: bool = True) -> None:
+        if not self.extender_port:
+            self.extender_port = free_port()
+        self.spawn(
+            "extender",
+            [
+                str(BIN / "rtdra-extender"),
+                "--bind", f"127.0.0.1:{self.extender_port}",
+                "--kubeconfig", str(self.extender_kubeconfig()),
+                "--namespace", NAMESPACE,
+                *self.extender_args,
+            ],
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{self.extender_port}/readyz"
+        wait_for("extender ready", lambda: self._http_ok(url, "extender"), timeout=60)
+        if configure_scheduler:
+            self.cp.configure_scheduler(self.scheduler_config())
+
+    def scheduler_config(self) -> dict[str, Any]:
+        """The shipped KubeSchedulerConfiguration, calling this stack's extender."""
+        config: dict[str, Any] = yaml.safe_load((MANIFESTS / "extender" / "scheduler-config-http.yaml").read_text())
+        config["extenders"][0]["urlPrefix"] = f"http://127.0.0.1:{self.extender_port}"
+        return config
+
+    def restart_extender(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the extender (hard by default) and start it again on the same port."""
+        self.stop_process("extender", sig)
+        self.start_extender(configure_scheduler=False)
+
+    def _http_ok(self, url: str, name: str, context: ssl.SSLContext | None = None) -> bool:
+        proc = self.procs.get(name)
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{name} exited ({proc.returncode}):\n{self.log_tail(name)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=context) as r:
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    # -- the webhook ----------------------------------------------------------------------
+
+    def start_webhook(self) -> None:
+        certs = self.workdir / "webhook-certs"
+        subprocess.run(
+            [str(BIN / "rtdra"), "certs", "--service", "rtdra-webhook", "--namespace", NAMESPACE,
+             "--ip", "127.0.0.1", "--out", str(certs)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        self.webhook_port = free_port()
+        self.spawn(
+            "webhook",
+            [
+                str(BIN / "rtdra-webhook"),
+                "--bind", f"127.0.0.1:{self.webhook_port}",
+                "--tls-cert", str(certs / "tls.crt"),
+                "--tls-key", str(certs / "tls.key"),
+                "--kubeconfig", str(self.cp.service_account_kubeconfig(NAMESPACE, "rtdra-webhook", create=False)),
+            ],
+        )  # fmt: skip
+        context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+        url = f"https://127.0.0.1:{self.webhook_port}/readyz"
+        wait_for("webhook ready", lambda: self._http_ok(url, "webhook", context), timeout=60)
+        config = yaml.safe_load((MANIFESTS / "webhook" / "mutatingwebhookconfiguration.yaml").read_text())
+        config = copy.deepcopy(config)
+        for hook in config["webhooks"]:
+            hook["clientConfig"] = {
+                "url": f"https://127.0.0.1:{self.webhook_port}/mutate",
+                "caBundle": base64.b64encode((certs / "ca.crt").read_bytes()).decode(),
+            }
+        apply(self.api, [config])
+
+
+__all__ = ["NAMESPACE", "NodeSpec", "Stack", "apply", "manifest_documents", "wait_for"]
