@@ -5,7 +5,9 @@ Runs the upstream programs - etcd, kube-apiserver and kube-scheduler, built from
 source by hack/controlplane/build.sh and cached under ~/.cache/rt-dra/ - on
 127.0.0.1 with free ports, fresh certificates and RBAC on. There is no kubelet
 and no kube-controller-manager: ``create_node`` writes Ready Node objects
-itself, and pods stay Pending after kube-scheduler binds them.
+itself, and pods stay Pending after kube-scheduler binds them. The same build
+provides ``kubectl`` (``Binaries.kubectl``) for tests that drive the cluster as an
+operator would.
 
 Library use::
 
@@ -115,6 +117,9 @@ class Binaries:
     versions: Mapping[str, str]
     #: Optional: only controller_manager=True control planes (the demo) need it.
     kube_controller_manager: Path | None = None
+    #: The client, for what operators type: tests/e2e/test_manifests.py runs
+    #: ``kubectl apply -k manifests/`` and ``kubectl get/describe nas`` with it.
+    kubectl: Path | None = None
 
     @classmethod
     def from_dir(cls, d: Path) -> Binaries:
@@ -125,18 +130,26 @@ class Binaries:
                 if "=" in line:
                     k, v = line.split("=", 1)
                     versions[k] = v
-        kcm = d / "kube-controller-manager"
-        return cls(d / "etcd", d / "kube-apiserver", d / "kube-scheduler", versions, kcm if kcm.exists() else None)
+        kcm, kubectl = d / "kube-controller-manager", d / "kubectl"
+        return cls(
+            d / "etcd",
+            d / "kube-apiserver",
+            d / "kube-scheduler",
+            versions,
+            kcm if kcm.exists() else None,
+            kubectl if kubectl.exists() else None,
+        )
 
     def exist(self) -> bool:
-        programs = (self.etcd, self.kube_apiserver, self.kube_scheduler, self.kube_controller_manager)
+        programs = (self.etcd, self.kube_apiserver, self.kube_scheduler, self.kube_controller_manager, self.kubectl)
         return all(p is not None and os.access(p, os.X_OK) for p in programs)
 
 
 def ensure_binaries(version: str = K8S_VERSION, quiet: bool = False) -> Binaries:
-    """Return the cached etcd/kube-apiserver/kube-scheduler, building them first if needed.
+    """Return the cached etcd/kube-apiserver/kube-scheduler/kube-controller-manager/kubectl,
+    building them first if needed (a cache without kubectl, from before it was added, is rebuilt).
 
-    ``RTDRA_K8S_BIN_DIR`` points at a directory with the three programs and skips the build.
+    ``RTDRA_K8S_BIN_DIR`` points at a directory with the five programs and skips the build.
     The first build compiles Kubernetes from source (tens of minutes on 2 cores);
     progress goes to stderr.
     """
@@ -145,7 +158,7 @@ def ensure_binaries(version: str = K8S_VERSION, quiet: bool = False) -> Binaries
         b = Binaries.from_dir(Path(override))
         if not b.exist():
             raise BuildError(
-                f"RTDRA_K8S_BIN_DIR={override} lacks etcd/kube-apiserver/kube-scheduler/kube-controller-manager"
+                f"RTDRA_K8S_BIN_DIR={override} lacks etcd/kube-apiserver/kube-scheduler/kube-controller-manager/kubectl"
             )
         return b
     cached = CACHE_ROOT / f"k8s-{version}"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build (or reuse) the real upstream control-plane programs used by the e2e
 # tests and the demo: kube-apiserver, kube-scheduler, kube-controller-manager
-# (Deployments, garbage collection, namespaces - the demo needs them) and etcd.
+# (Deployments, garbage collection, namespaces - the demo needs them), kubectl
+# (tests/e2e/test_manifests.py applies manifests/ with `kubectl apply -k` and
+# checks what `kubectl get/describe nas` print) and etcd.
 #
 #   hack/controlplane/build.sh            build if not cached; print the bin dir last
 #   hack/controlplane/build.sh --regen    regenerate go.mod/go.sum from upstream first
@@ -48,7 +50,7 @@ log() { printf '[controlplane] %s\n' "$*" >&2; }
 
 have_binaries() {
   [ -f "$OUT/.complete" ] && [ -x "$OUT/kube-apiserver" ] && [ -x "$OUT/kube-scheduler" ] &&
-    [ -x "$OUT/kube-controller-manager" ] && [ -x "$OUT/etcd" ]
+    [ -x "$OUT/kube-controller-manager" ] && [ -x "$OUT/kubectl" ] && [ -x "$OUT/etcd" ]
 }
 
 REGEN=0
@@ -92,7 +94,7 @@ rm -rf "$TMP"
 mkdir -p "$TMP"
 trap 'rm -rf "$TMP"' EXIT
 BUILD_LOG="$CACHE_ROOT/build-$K8S_VERSION.log"
-log "building kube-apiserver, kube-scheduler, kube-controller-manager ($K8S_VERSION) and etcd ($ETCD_VERSION) with $("$GO" version)"
+log "building kube-apiserver, kube-scheduler, kube-controller-manager, kubectl ($K8S_VERSION) and etcd ($ETCD_VERSION) with $("$GO" version)"
 log "one 'go build', CGO_ENABLED=0; the first build takes a long time on few cores (full log: $BUILD_LOG)"
 start=$(date +%s)
 set +e
@@ -100,6 +102,7 @@ set +e
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-scheduler \
     k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kubectl \
     go.etcd.io/etcd/server/v3 2>&1 |
   tee "$BUILD_LOG" |
   { n=0; while IFS= read -r line; do
@@ -126,8 +129,12 @@ mv "$TMP/server" "$TMP/etcd"
   echo "build_seconds=$(( $(date +%s) - start ))"
 } > "$TMP/VERSIONS"
 touch "$TMP/.complete"
-rm -rf "$OUT"
+# Swap with two renames: a test session starting meanwhile finds either the old
+# or the new complete directory (running programs keep their deleted inodes).
+OLD="$OUT.old.$$"
+if [ -e "$OUT" ]; then mv "$OUT" "$OLD"; fi
 mv "$TMP" "$OUT"
+rm -rf "$OLD"
 trap - EXIT
 log "built in $(( $(date +%s) - start ))s into $OUT"
 echo "$OUT"
