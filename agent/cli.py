@@ -1,8 +1,9 @@
 """rtdra-agent: the node agent's entry point.
 
 Start-up: read the configuration, set up the partitions (if configured),
-discover the node, load what earlier runs applied, reconcile, publish the NAS
-as Ready, write the CDI spec, then serve the hook socket and reconcile every
+discover the node, load what earlier runs applied, install the OCI hook for
+the host (``agent.cdi``), reconcile, publish the NAS as Ready, write the CDI
+spec, then serve the hook socket and reconcile every
 interval. SIGTERM/SIGINT: stop serving, publish NotReady; reservations of
 running containers stay (a restarted agent picks them up) unless
 ``--release-on-exit``.
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from agent import cdi
+from agent import cdi, hostview
 from agent.backends.base import Backend
 from agent.backends.deadline import DeadlineBackend
 from agent.backends.hcbs import HcbsBackend
@@ -60,6 +61,25 @@ def build_backend(config: AgentConfig, facts: NodeFacts, partitions: Partitions 
     if cpu_v1 is not None and (cpu_v1 / "cpu.rt_multi_runtime_us").exists():
         return HcbsBackend(cpu_v1, "v1")
     return HcbsBackend(Path(layout.unified or "/sys/fs/cgroup"), "v2")
+
+
+def install_hook(config: AgentConfig) -> list[str]:
+    """Check the host's interpreter, install the hook for the host; returns the hook's argv.
+
+    Done before the NAS is first published: a node whose hook cannot run would
+    refuse every real-time container it is given.
+    """
+    try:
+        note = hostview.check_host_executable(config.hook_python, "--hook-python")
+        installed = cdi.install_hook(config.hook_dir)
+    except (hostview.HostPathError, cdi.HookDirError, OSError) as err:
+        raise SystemExit(f"rtdra-agent: cannot install the OCI hook: {err}") from None
+    if note:
+        log.warning("%s", note)
+    log.info("hook %s, run by the host's %s", installed, config.hook_python)
+    return cdi.hook_command(
+        config.socket_path, hook_dir=config.hook_dir, python=config.hook_python, fail_open=config.fail_open
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,14 +150,11 @@ def _run(config: AgentConfig, store: LedgerStore, events: EventSink, partitions:
     enforcer.load()
     loop = Loop(store, facts, enforcer, config.reconcile_interval_s)
     loop_ref.append(loop)
+    hook_argv = install_hook(config) if config.write_cdi else None
     loop.step()
-    if config.write_cdi:
-        hook = cdi.compile_hook(config.hook_file)
-        argv = cdi.hook_command(config.socket_path, fail_open=config.fail_open, script=hook)
-        path = cdi.write_spec(
-            config.cdi_dir, config.node_name, cdi.spec(config.node_name, config.socket_path, hook_argv=argv)
-        )
-        log.info("CDI spec %s (hook %s)", path, hook)
+    if hook_argv is not None:
+        path = cdi.write_spec(config.cdi_dir, config.node_name, cdi.spec(config.node_name, hook_argv))
+        log.info("CDI spec %s: hooks run %s", path, hook_argv)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     server = HookServer(config.socket_path, enforcer)
     server.start()

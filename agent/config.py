@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,10 @@ class AgentConfig:
     reconcile_interval_s: float
     release_on_exit: bool
     write_cdi: bool
+    #: Where the hook is installed for the host to run (a hostPath at the same path in the pod).
+    hook_dir: Path
+    #: The *host's* interpreter the CDI spec runs the hook with (absolute, as OCI requires).
+    hook_python: str
     #: Simulated nodes (backend ``none``): publish this many CPUs instead of this host's.
     sim_cpus: int | None = None
     #: Backend ``none``: publish this per-CPU capacity (kernel fixed point, 1<<20 = one CPU) instead of measuring.
@@ -52,11 +57,6 @@ class AgentConfig:
     @property
     def partition_record(self) -> Path:
         return self.state_dir / "partitions.json"
-
-    @property
-    def hook_file(self) -> Path:
-        """The byte-compiled hook the CDI spec runs (``agent.cdi.compile_hook``)."""
-        return self.state_dir / "rtdra-hook.pyc"
 
 
 def _bool(value: str | None) -> bool:
@@ -96,6 +96,17 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
     p.add_argument("--release-on-exit", action="store_true", default=_bool(e("RELEASE_ON_EXIT")))
     p.add_argument("--no-cdi", action="store_true", default=_bool(e("NO_CDI")))
     p.add_argument(
+        "--hook-dir",
+        type=Path,
+        default=e("HOOK_DIR"),
+        help="install the OCI hook here, a directory the host can read at the same path (default: the state dir)",
+    )
+    p.add_argument(
+        "--hook-python",
+        default=e("HOOK_PYTHON", sys.executable),
+        help="the host's Python 3.6+ that runs the hook, an absolute path on the host (default: this interpreter)",
+    )
+    p.add_argument(
         "--cpus",
         type=_positive_int,
         default=e("CPUS"),
@@ -113,6 +124,10 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
         p.error("--cpus and --capacity simulate a node: they need --backend none")
     if a.capacity is not None and a.capacity > BW_UNIT:
         p.error(f"--capacity {a.capacity} is more than a whole CPU ({BW_UNIT})")
+    if not os.path.isabs(a.hook_python):
+        p.error(
+            f"--hook-python must be an absolute path on the host (no PATH lookup for OCI hooks), not {a.hook_python}"
+        )
     state_dir = Path(a.state_dir) if a.state_dir else Path("/var/run/rt-dra") / a.node_name
     return AgentConfig(
         node_name=a.node_name,
@@ -129,6 +144,8 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
         reconcile_interval_s=a.reconcile_interval,
         release_on_exit=a.release_on_exit,
         write_cdi=not a.no_cdi,
+        hook_dir=Path(a.hook_dir).absolute() if a.hook_dir else state_dir.absolute(),
+        hook_python=a.hook_python,
         sim_cpus=int(a.cpus) if a.cpus is not None else None,
         capacity=int(a.capacity) if a.capacity is not None else None,
     )

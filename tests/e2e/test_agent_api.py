@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from hack.cluster import ControlPlane, write_kubeconfig
+from hack.stack import apply as apply_manifests
+from hack.stack import manifest_documents
 from rtdra import host, names, sched
 from rtdra.ledger import NodeLedger, PodAllocation, Slot
 from rtdra.store import NasStore, StoreError
@@ -66,70 +67,13 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
 # -- cluster objects ------------------------------------------------------------------------------------------
 
 
-def apply(api: client.ApiClient, doc: dict[str, Any]) -> None:
-    """Create ``doc`` (replace if it exists) - just what these manifests need."""
-    kind, name = doc["kind"], doc["metadata"]["name"]
-    namespace = doc["metadata"].get("namespace")
-    core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
-    adm, ext = client.AdmissionregistrationV1Api(api), client.ApiextensionsV1Api(api)
-    calls: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
-        "Namespace": (core.create_namespace, lambda n, b: None),
-        "ServiceAccount": (
-            lambda b: core.create_namespaced_service_account(namespace, b),
-            lambda n, b: None,
-        ),
-        "ClusterRole": (rbac.create_cluster_role, rbac.replace_cluster_role),
-        "ClusterRoleBinding": (rbac.create_cluster_role_binding, rbac.replace_cluster_role_binding),
-        "ValidatingAdmissionPolicy": (
-            adm.create_validating_admission_policy,
-            adm.replace_validating_admission_policy,
-        ),
-        "ValidatingAdmissionPolicyBinding": (
-            adm.create_validating_admission_policy_binding,
-            adm.replace_validating_admission_policy_binding,
-        ),
-        "CustomResourceDefinition": (ext.create_custom_resource_definition, lambda n, b: None),
-    }
-    create, replace_ = calls[kind]
-    try:
-        create(doc)
-    except ApiException as err:
-        if err.status != 409:
-            raise
-        if kind.startswith(("Cluster", "Validating")):
-            doc = {**doc, "metadata": {**doc["metadata"], "resourceVersion": _resource_version(api, kind, name)}}
-        replace_(name, doc)
-
-
-def _resource_version(api: client.ApiClient, kind: str, name: str) -> str:
-    rbac, adm = client.RbacAuthorizationV1Api(api), client.AdmissionregistrationV1Api(api)
-    read = {
-        "ClusterRole": rbac.read_cluster_role,
-        "ClusterRoleBinding": rbac.read_cluster_role_binding,
-        "ValidatingAdmissionPolicy": adm.read_validating_admission_policy,
-        "ValidatingAdmissionPolicyBinding": adm.read_validating_admission_policy_binding,
-    }[kind]
-    return str(read(name).metadata.resource_version)
-
-
 @pytest.fixture(scope="module")
 def agent_cluster(control_plane: ControlPlane) -> Iterator[ControlPlane]:
     """The NAS CRD, the driver namespace and the agent's RBAC + admission policy, as the manifests say."""
     api = control_plane.api_client()
     try:
-        docs = [yaml.safe_load(CRD.read_text()), yaml.safe_load(NAMESPACE_MANIFEST.read_text())]
-        docs += [d for d in yaml.safe_load_all(AGENT_MANIFEST.read_text()) if d and d["kind"] != "DaemonSet"]
-        for doc in docs:
-            apply(api, doc)
-        ext = client.ApiextensionsV1Api(api)
-        wait_for(
-            lambda: any(
-                c.type == "Established" and c.status == "True"
-                for c in ext.read_custom_resource_definition(f"{names.NAS_PLURAL}.{names.NAS_GROUP}").status.conditions
-                or []
-            ),
-            "the NAS CRD to be established",
-        )
+        docs = manifest_documents([CRD, NAMESPACE_MANIFEST, AGENT_MANIFEST])
+        apply_manifests(api, [d for d in docs if d["kind"] != "DaemonSet"])  # waits for the CRD too
         yield control_plane
     finally:
         api.close()

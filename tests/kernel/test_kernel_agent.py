@@ -2,8 +2,11 @@
 
 Stand-in containers are processes the test starts in a cpuset cgroup it
 creates; the agent runs as a real ``rtdra-agent`` process (NAS in a file, no
-control plane) and the hook is called exactly as the runtime would, with an
-OCI state document on stdin. Every process, cgroup and cpuset is removed and
+control plane) and installs its hook into a hook directory; the hook is run
+exactly as a runtime (and ``hack/nodesim.py``) runs it: the CDI spec's
+``path`` executed with its ``args``, no environment but the hook's own, an
+OCI state document on stdin - under a "host" Python other than the agent's
+where this machine has one. Every process, cgroup and cpuset is removed and
 the kernel's deadline accounting is checked to be back where it was.
 """
 
@@ -30,7 +33,17 @@ from rtdra.ledger import NodeLedger, PodAllocation, Slot
 pytestmark = pytest.mark.kernel
 
 REPO = Path(__file__).resolve().parents[2]
-HOOK = REPO / "agent" / "hook.py"
+#: The "host's" interpreter for the hook: the oldest other CPython here (a node's may be as old as 3.6).
+HOST_PYTHON = next(
+    (
+        str(p)
+        for p in sorted(
+            Path.home().glob(".pyenv/versions/3.*/bin/python3"),
+            key=lambda p: tuple(int(n) for n in p.parts[-3].split(".") if n.isdigit()),
+        )
+    ),
+    "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable,
+)
 CPUSET = Path("/sys/fs/cgroup/cpuset")
 TWO_THREADS = "import threading, time\nthreading.Thread(target=time.sleep, args=(600,)).start()\ntime.sleep(600)\n"
 
@@ -103,6 +116,7 @@ class Agent:
         self.nas = tmp / "nas.json"
         self.state = tmp / "state"
         self.cdi = tmp / "cdi"
+        self.hook_dir = tmp / "hooks"
         self.log = tmp / "agent.log"
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
@@ -117,6 +131,7 @@ class Agent:
     def start(self) -> None:
         argv = [sys.executable, "-m", "agent.cli", "--node-name", self.node, "--nas-file", str(self.nas)]
         argv += ["--state-dir", str(self.state), "--cdi-dir", str(self.cdi)]
+        argv += ["--hook-dir", str(self.hook_dir), "--hook-python", HOST_PYTHON]
         argv += ["--release-on-exit"] if self.release_on_exit else []
         argv += ["--reconcile-interval", "0.2", *self.extra]
         with open(self.log, "wb") as log:
@@ -127,9 +142,18 @@ class Agent:
             assert time.monotonic() < deadline, f"agent did not start: {self.log.read_text()}"
             time.sleep(0.05)
 
+    def cdi_hooks(self) -> dict[str, dict[str, Any]]:
+        """The hooks of our device in the CDI spec the agent wrote, by stage."""
+        spec = json.loads((self.cdi / f"rt.resource.example.com-cpu-{self.node}.json").read_text())
+        return {h["hookName"]: h for h in spec["devices"][0]["containerEdits"]["hooks"]}
+
     def hook(self, state: bytes, stage: str = "createRuntime") -> subprocess.CompletedProcess[bytes]:
-        argv = [sys.executable, "-S", "-I", str(HOOK), "--socket", str(self.state / "agent.sock"), "--stage", stage]
-        return subprocess.run(argv, input=state, capture_output=True, timeout=30, check=False)
+        """Run the ``stage`` hook of the CDI spec as a runtime does: ``path``, ``args`` as argv, only its env."""
+        entry = self.cdi_hooks()[stage]
+        env = dict(item.split("=", 1) for item in entry.get("env") or [])
+        return subprocess.run(
+            entry["args"], executable=entry["path"], input=state, env=env, capture_output=True, timeout=30, check=False
+        )
 
     def ledger(self) -> NodeLedger:
         return NodeLedger.from_nas(json.loads(self.nas.read_text()))
@@ -196,6 +220,27 @@ def test_hook_reserves_each_allocated_cpu_on_a_task_and_poststop_releases(agent:
     for tid in tids:
         assert sched.policy_from_proc(pid, tid) == sched.SCHED_OTHER
     assert json.loads(prepared.read_text()) == {}
+
+
+def test_the_hook_installed_in_the_hook_dir_applies_a_real_reservation_under_the_hosts_python(
+    agent: Agent, containers: Containers
+) -> None:
+    create, poststop = agent.cdi_hooks()["createRuntime"], agent.cdi_hooks()["poststop"]
+    installed = agent.hook_dir / "rtdra_hook.py"
+    assert installed.read_text() == (REPO / "agent" / "hook.py").read_text()
+    for entry in (create, poststop):
+        assert entry["path"] == HOST_PYTHON and entry["args"][0] == HOST_PYTHON
+        assert repr(str(installed)) in entry["args"][4]  # the hook is loaded from the hook dir
+        assert str(agent.state) not in entry["args"][4] and str(REPO) not in entry["args"][4]  # not from the image
+    agent.allocate("uid-h", "rt", (Slot(1, 3_000_000, 8_000_000, 16_000_000),))
+    pid = containers.start()
+    done = agent.hook(oci_state(pid, "uid-h", "rt"))
+    assert done.returncode == 0, done.stderr
+    assert dl_params(pid) == (sched.SCHED_DEADLINE, 3_000_000, 8_000_000, 16_000_000)
+    assert list((agent.hook_dir / "__pycache__").glob("rtdra_hook.*.pyc"))  # compiled once, by the host's Python
+    done = agent.hook(oci_state(pid, "uid-h", "rt"), stage="poststop")
+    assert done.returncode == 0, done.stderr
+    assert sched.policy_from_proc(pid) == sched.SCHED_OTHER
 
 
 def test_cri_o_annotations_are_understood(agent: Agent, containers: Containers) -> None:

@@ -3,21 +3,27 @@ cgroup trees, the enforcer's decisions (backend ``none``, NAS in a file), config
 
 from __future__ import annotations
 
+import ast
 import errno
 import json
+import os
+import shutil
+import socket
+import stat
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
 from referencing import Registry
 from referencing.jsonschema import DRAFT7
 
-from agent import cdi, hook, oci
+from agent import cdi, hook, hostview, oci
 from agent.backends.base import Applied, Backend, EnforcementError, Target, TaskRecord
 from agent.backends.hcbs import MULTI_RUNTIME, RT_MAX, RT_PERIOD, SUBTRACT, HcbsBackend
 from agent.backends.none import NoneBackend
@@ -42,23 +48,39 @@ def cdi_validator() -> jsonschema.Draft7Validator:
     return jsonschema.Draft7Validator(schema, registry=registry)
 
 
+def node_spec(tmp_path: Path, python: str = "/usr/bin/python3") -> dict[str, Any]:
+    argv = cdi.hook_command(tmp_path / "state" / "agent.sock", hook_dir=tmp_path / "hooks", python=python)
+    return cdi.spec("node-1", argv)
+
+
 def test_cdi_spec_validates_against_the_cdi_schema_and_names_our_device(tmp_path: Path) -> None:
-    body = cdi.spec("node-1", tmp_path / "agent.sock")
+    body = node_spec(tmp_path)
     cdi_validator().validate(body)
     assert body["kind"] == names.CDI_KIND and body["devices"][0]["name"] == names.CDI_DEVICE
     stages = [h["hookName"] for h in body["devices"][0]["containerEdits"]["hooks"]]
     assert stages == ["createRuntime", "poststop"]
 
 
+def test_cdi_hooks_run_the_hosts_python_on_the_hook_in_the_hook_dir(tmp_path: Path) -> None:
+    hooks = node_spec(tmp_path, python="/usr/bin/python3")["devices"][0]["containerEdits"]["hooks"]
+    for h, stage in zip(hooks, ("createRuntime", "poststop"), strict=True):
+        assert h["path"] == "/usr/bin/python3" and h["args"][0] == h["path"]  # OCI: args[0] is argv[0]
+        assert h["args"][1:4] == ["-S", "-I", "-c"]  # no site-packages, no PYTHON* environment
+        loader = h["args"][4]
+        assert repr(str(tmp_path / "hooks" / "rtdra_hook.py")) in loader and "SourceFileLoader" in loader
+        assert h["args"][5:] == ["--socket", str(tmp_path / "state" / "agent.sock"), "--stage", stage]
+        assert "env" not in h  # runtimes give a hook only this env: nothing may depend on PATH or PYTHONPATH
+
+
 def test_cdi_schema_rejects_a_spec_without_kind(tmp_path: Path) -> None:
-    body = cdi.spec("node-1", tmp_path / "agent.sock")
+    body = node_spec(tmp_path)
     del body["kind"]
     with pytest.raises(jsonschema.ValidationError):
         cdi_validator().validate(body)
 
 
 def test_cdi_spec_is_written_atomically_and_only_when_changed(tmp_path: Path) -> None:
-    body = cdi.spec("n", tmp_path / "s")
+    body = cdi.spec("n", cdi.hook_command(tmp_path / "s", hook_dir=tmp_path / "h"))
     path = cdi.write_spec(tmp_path, "n", body)
     first = path.stat().st_mtime_ns
     assert cdi.write_spec(tmp_path, "n", body) == path and path.stat().st_mtime_ns == first
@@ -354,17 +376,212 @@ def test_the_hook_continues_when_told_to_fail_open_or_releasing(tmp_path: Path) 
     assert hook.run(["--bogus"], b"{}")[0] == 2
 
 
-def test_the_compiled_hook_runs_without_site_packages_and_reports_a_missing_agent(tmp_path: Path) -> None:
-    compiled = cdi.compile_hook(tmp_path / "rtdra-hook.pyc")
-    argv = cdi.hook_command(tmp_path / "agent.sock", script=compiled)
-    done = subprocess.run(argv, input=b"{}", capture_output=True, check=False, timeout=30)
-    assert done.returncode == 1 and b"unreachable" in done.stderr
-    modules = subprocess.run(
-        [sys.executable, "-S", "-I", "-X", "importtime", str(compiled), "--socket", "/nonexistent"],
-        input=b"{}",
+# -- the hook as the host runs it ------------------------------------------------------------------------------
+
+
+class FakeAgent:
+    """A unix socket answering every hook call with one fixed line, recording what it was sent."""
+
+    def __init__(self, path: Path, answer: bytes) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(8)
+        self.answer = answer
+        self.received: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while chunk := conn.recv(65536):
+                    data += chunk
+                self.received.append(data)
+                conn.sendall(self.answer)
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(timeout=5)
+
+
+def run_as_runtime(hook_entry: dict[str, Any], state: bytes) -> subprocess.CompletedProcess[bytes]:
+    """Run a CDI hook the way runc does: ``path`` executed with ``args`` as argv, only the hook's ``env``."""
+    env = dict(item.split("=", 1) for item in hook_entry.get("env") or [])
+    return subprocess.run(
+        hook_entry["args"],
+        executable=hook_entry["path"],
+        input=state,
+        env=env,
         capture_output=True,
-        check=False,
         timeout=30,
-    ).stderr.decode()
-    imported = {line.rsplit("|", 1)[-1].strip() for line in modules.splitlines() if line.startswith("import time:")}
-    assert {"os", "json", "socket"}.isdisjoint(imported), imported
+        check=False,
+    )
+
+
+def other_cpythons() -> list[str]:
+    """Installed CPython 3 interpreters other than this one (as a node's host may have), oldest first."""
+    found: dict[str, str] = {}
+    candidates = [str(p) for p in sorted(Path.home().glob(".pyenv/versions/3.*/bin/python3"))]
+    candidates += ["/usr/bin/python3", *(shutil.which(f"python3.{minor}") for minor in range(6, 15))]
+    for exe in filter(None, candidates):
+        try:
+            done = subprocess.run(
+                [exe, "-S", "-I", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
+        except OSError:
+            continue
+        version = done.stdout.decode().strip()
+        if done.returncode == 0 and version and version not in found:
+            found[version] = exe
+    return [found[v] for v in sorted(found, key=lambda v: tuple(map(int, v.split("."))))]
+
+
+def test_the_installed_hook_forwards_the_state_and_reports_the_agents_answer(tmp_path: Path) -> None:
+    installed = cdi.install_hook(tmp_path / "hooks")
+    assert installed == tmp_path / "hooks" / "rtdra_hook.py" and installed.read_text() == cdi.HOOK_SOURCE.read_text()
+    body = cdi.spec("n", cdi.hook_command(tmp_path / "ok.sock", hook_dir=tmp_path / "hooks"))
+    create, poststop = body["devices"][0]["containerEdits"]["hooks"]
+    agent = FakeAgent(tmp_path / "ok.sock", b"ok reserved\n")
+    try:
+        done = run_as_runtime(create, b'{"pid": 42}')
+        assert (done.returncode, done.stderr) == (0, b"")
+        assert agent.received == [b'createRuntime\n{"pid": 42}']
+    finally:
+        agent.close()
+    refusing = FakeAgent(tmp_path / "ok.sock.2", b"error EBUSY: the kernel refused\n")
+    try:
+        argv = [*create["args"][:6], str(tmp_path / "ok.sock.2"), "--stage", "createRuntime"]
+        done = run_as_runtime({**create, "args": argv}, b"{}")
+        assert done.returncode == 1 and done.stderr == b"rtdra-hook: EBUSY: the kernel refused\n"
+        argv = [*poststop["args"][:6], str(tmp_path / "ok.sock.2"), "--stage", "poststop"]
+        assert run_as_runtime({**poststop, "args": argv}, b"{}").returncode == 0  # a release never blocks a stop
+    finally:
+        refusing.close()
+
+
+def test_the_installed_hook_imports_no_site_packages_and_caches_its_bytecode(tmp_path: Path) -> None:
+    cdi.install_hook(tmp_path / "hooks")
+    argv = cdi.hook_command(tmp_path / "none.sock", hook_dir=tmp_path / "hooks")
+    timed = [argv[0], "-X", "importtime", *argv[1:]]
+    done = subprocess.run(timed, input=b"{}", env={}, capture_output=True, check=False, timeout=30)
+    assert done.returncode == 1 and b"unreachable" in done.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.decode().splitlines() if "|" in line}
+    assert "_socket" in imported, imported  # the hook did run
+    assert {"os", "json", "socket", "site", "importlib", "importlib.machinery"}.isdisjoint(imported), imported
+    cached = list((tmp_path / "hooks" / "__pycache__").glob("rtdra_hook.*.pyc"))
+    assert len(cached) == 1 and sys.implementation.cache_tag in cached[0].name  # compiled once, by the host's Python
+
+
+def test_the_hook_loader_falls_back_to_the_public_loader_where_the_frozen_one_is_missing(tmp_path: Path) -> None:
+    cdi.install_hook(tmp_path / "hooks")
+    argv = cdi.hook_command(tmp_path / "a.sock", hook_dir=tmp_path / "hooks")
+    argv[4] = "import sys\nsys.modules['_frozen_importlib_external'] = None\n" + argv[4]  # import fails
+    agent = FakeAgent(tmp_path / "a.sock", b"ok done\n")
+    try:
+        done = subprocess.run(argv, input=b"{}", env={}, capture_output=True, check=False, timeout=30)
+    finally:
+        agent.close()
+    assert (done.returncode, done.stderr) == (0, b""), done.stderr.decode()
+    assert agent.received == [b"createRuntime\n{}"]
+
+
+def test_reinstalling_a_changed_hook_drops_the_bytecode_cached_for_the_old_one(tmp_path: Path) -> None:
+    hooks = tmp_path / "hooks"
+    installed = cdi.install_hook(hooks)
+    cache = hooks / "__pycache__" / f"rtdra_hook.{sys.implementation.cache_tag}.pyc"
+    cache.parent.mkdir()
+    cache.write_bytes(b"stale")
+    mtime = installed.stat().st_mtime_ns
+    assert cdi.install_hook(hooks) == installed and installed.stat().st_mtime_ns == mtime and cache.exists()
+    newer = tmp_path / "hook.py"
+    newer.write_text(cdi.HOOK_SOURCE.read_text() + "\n# a new version\n")
+    cdi.install_hook(hooks, source=newer)
+    assert installed.read_text() == newer.read_text() and not cache.exists()
+    assert sorted(p.name for p in hooks.iterdir()) == ["__pycache__", "rtdra_hook.py"]  # no temp file left
+
+
+def test_a_hook_dir_is_closed_to_others_and_one_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    hooks.chmod(0o777)
+    cdi.install_hook(hooks)
+    assert stat.S_IMODE(hooks.stat().st_mode) == 0o755  # nobody else may replace what the host runs as root
+    if os.geteuid() != 0:
+        return  # giving the directory to another user needs root
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    os.chown(foreign, 65534, 65534)
+    with pytest.raises(cdi.HookDirError, match="owned by uid 65534"):
+        cdi.install_hook(foreign)
+    assert not (foreign / "rtdra_hook.py").exists()
+
+
+@pytest.mark.parametrize("python", other_cpythons() or [sys.executable])
+def test_the_hook_runs_under_every_cpython_a_host_may_have(python: str, tmp_path: Path) -> None:
+    cdi.install_hook(tmp_path / "hooks")
+    argv = cdi.hook_command(tmp_path / "a.sock", hook_dir=tmp_path / "hooks", python=python)
+    agent = FakeAgent(tmp_path / "a.sock", b"ok done\n")
+    try:
+        done = subprocess.run(argv, input=b"{}", env={}, capture_output=True, check=False, timeout=30)
+    finally:
+        agent.close()
+    assert (done.returncode, done.stderr) == (0, b""), done.stderr.decode()
+
+
+def test_the_hook_source_stays_within_python_3_6() -> None:
+    source = cdi.HOOK_SOURCE.read_text()
+    tree = ast.parse(source, feature_version=(3, 6))  # no walrus, positional-only parameters, match, ...
+    imports = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert imports == {"_socket", "sys"}
+    assert not any(isinstance(n, ast.ImportFrom) for n in ast.walk(tree))  # no __future__ (3.7+), no packages
+    for fn in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+        evaluated = [a.annotation for a in fn.args.args] + [fn.returns]
+        for annotation in filter(None, evaluated):  # evaluated at definition time: `list[str]` fails before 3.9
+            assert isinstance(annotation, ast.Name | ast.Constant), ast.unparse(annotation)
+
+
+# -- the host's interpreter, seen from the agent's container ---------------------------------------------------
+
+
+def fake_host(tmp_path: Path) -> Path:
+    root = tmp_path / "host"
+    (root / "usr" / "bin").mkdir(parents=True)
+    (root / "etc" / "alternatives").mkdir(parents=True)
+    (root / "usr" / "bin" / "python3.9").write_text("")
+    (root / "usr" / "bin" / "python3.9").chmod(0o755)
+    (root / "etc" / "alternatives" / "python3").symlink_to("/usr/bin/python3.9")  # absolute: the host's /usr
+    (root / "usr" / "bin" / "python3").symlink_to("/etc/alternatives/python3")
+    (root / "usr" / "bin" / "notes").write_text("")
+    return root
+
+
+def test_the_hook_python_is_looked_up_on_the_host_with_its_own_symlinks(tmp_path: Path) -> None:
+    root = fake_host(tmp_path)
+    assert hostview.resolve_on_host("/usr/bin/python3", root) == root / "usr" / "bin" / "python3.9"
+    assert hostview.check_host_executable("/usr/bin/python3", "--hook-python", root) is None
+    with pytest.raises(hostview.HostPathError, match="does not exist on the host"):
+        hostview.check_host_executable("/usr/local/bin/python3", "--hook-python", root)
+    with pytest.raises(hostview.HostPathError, match="not an executable file"):
+        hostview.check_host_executable("/usr/bin/notes", "--hook-python", root)
+    (root / "usr" / "bin" / "python3.9").unlink()  # a dangling link is a missing interpreter
+    with pytest.raises(hostview.HostPathError, match="does not exist"):
+        hostview.check_host_executable("/usr/bin/python3", "--hook-python", root)
+
+
+def test_hook_flags_default_to_the_state_dir_and_this_interpreter_and_come_from_the_environment() -> None:
+    config = parse_args(["--node-name", "n", "--state-dir", "/s"], env={})
+    assert (config.hook_dir, config.hook_python) == (Path("/s"), sys.executable)
+    env = {"RTDRA_AGENT_HOOK_DIR": "/opt/rt-dra/bin", "RTDRA_AGENT_HOOK_PYTHON": "/usr/bin/python3"}
+    config = parse_args(["--node-name", "n"], env=env)
+    assert (config.hook_dir, config.hook_python) == (Path("/opt/rt-dra/bin"), "/usr/bin/python3")
+    with pytest.raises(SystemExit):
+        parse_args(["--node-name", "n", "--hook-python", "python3"], env={})  # OCI: no PATH lookup
