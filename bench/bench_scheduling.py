@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -121,6 +122,59 @@ def extender_summary(before: dict[str, float], after: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and its live descendants (gunicorn workers), in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = defaultdict(list)
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry.name)] = fields
+            children[int(fields[1])].append(int(entry.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        if p in stats:
+            total += (int(stats[p][11]) + int(stats[p][12])) / ticks
+        todo += children.get(p, [])
+    return total
+
+
+def _machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    idle = values[3] + values[4]
+    return (sum(values) - idle) / ticks, sum(values) / ticks
+
+
+def cpu_snapshot(cp: ControlPlane, stack: Stack) -> dict[str, float]:
+    """CPU seconds so far of each component and of the whole machine."""
+    pids = {name: pid for name, pid in cp.pids.items() if name in ("etcd", "kube-apiserver", "kube-scheduler")}
+    if "extender" in stack.procs:
+        pids["extender"] = stack.procs["extender"].pid
+    snapshot = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    own = os.times()
+    snapshot["bench"] = own.user + own.system  # this process only: the others are its children
+    snapshot["machine"], snapshot["wall x cpus"] = _machine_busy_seconds()
+    return snapshot
+
+
+def cpu_summary(before: dict[str, float], after: dict[str, float], pods: int) -> str:
+    """CPU ms per pod of each component between two snapshots of one phase."""
+    parts = []
+    for name in ("kube-apiserver", "etcd", "kube-scheduler", "extender", "bench"):
+        if name in before and name in after:
+            parts.append(f"{name} {1000 * (after[name] - before[name]) / pods:.1f}")
+    busy = after["machine"] - before["machine"]
+    total = after["wall x cpus"] - before["wall x cpus"]
+    return f"  CPU ms/pod: {', '.join(parts)}; whole machine {100 * busy / total:.0f}% busy (other users included)"
+
+
 def wait_all_bound(core: client.CoreV1Api, ns: str, count: int, resource_version: str, timeout: float) -> float:
     """Follow the namespace's pods from ``resource_version``; the monotonic time the last one was bound."""
     bound: set[str] = set()
@@ -153,7 +207,8 @@ def wait_all_bound(core: client.CoreV1Api, ns: str, count: int, resource_version
     return last
 
 
-def phase(cp: ControlPlane, stack: Stack, label: str, count: int, rt: bool) -> float:
+def phase(cp: ControlPlane, stack: Stack, label: str, count: int, rt: bool, qps: float) -> tuple[float, str]:
+    """Pods/s of one phase and where the CPU went meanwhile."""
     core = client.CoreV1Api(stack.api)
     ns = f"bench-{label}"
     core.create_namespace({"metadata": {"name": ns}})
@@ -162,10 +217,17 @@ def phase(cp: ControlPlane, stack: Stack, label: str, count: int, rt: bool) -> f
         core.create_namespaced_pod(ns, pod(f"p-{i}", rt))
     listed: Any = core.list_namespaced_pod(ns, limit=1, _preload_content=False)
     version = str(json.loads(listed.data)["metadata"]["resourceVersion"])
-    cp.configure_scheduler(stack.scheduler_config())  # returns once kube-scheduler is ready
+    config = stack.scheduler_config()
+    # The same client rate limit for both phases. kube-scheduler's default (50/s,
+    # burst 100) caps the plain phase's Bindings but not the extender's, which
+    # makes RT look better than it is: by default it is lifted for both.
+    config["clientConnection"] = {"qps": qps, "burst": int(qps * 2)}
+    cp.configure_scheduler(config)  # returns once kube-scheduler is ready
     start = time.monotonic()
+    cpu = cpu_snapshot(cp, stack)
     last = wait_all_bound(core, ns, count, version, timeout=600)
-    return count / (last - start)
+    cpu_after = cpu_snapshot(cp, stack)
+    return count / (last - start), cpu_summary(cpu, cpu_after, count)
 
 
 def check_ledgers(stack: Stack, nodes: list[str], count: int) -> str:
@@ -202,14 +264,14 @@ def run(workdir: Path, binaries: Binaries, args: argparse.Namespace, capacity: i
                     names.NAS_GROUP, names.NAS_VERSION, NAMESPACE, names.NAS_PLURAL, nas
                 )
             stack.start_extender()
-            plain = phase(cp, stack, "plain", args.pods, rt=False)
+            plain, plain_cpu = phase(cp, stack, "plain", args.pods, rt=False, qps=args.scheduler_qps)
             before = extender_metrics(stack)
-            rt = phase(cp, stack, "rt", args.pods, rt=True)
+            rt, rt_cpu = phase(cp, stack, "rt", args.pods, rt=True, qps=args.scheduler_qps)
             summary = extender_summary(before, extender_metrics(stack))
             verdict = check_ledgers(stack, names_, args.pods)
         finally:
             stack.stop()
-    return plain, rt, f"{summary}\n  {verdict}"
+    return plain, rt, f"  plain:\n{plain_cpu}\n  rt:\n{rt_cpu}\n{summary}\n  {verdict}"
 
 
 def main() -> int:
@@ -217,6 +279,12 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=1000)
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--cpus", type=int, default=8)
+    parser.add_argument(
+        "--scheduler-qps",
+        type=float,
+        default=1000.0,
+        help="kube-scheduler's API rate limit in both phases (its default 50 caps only the plain phase)",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs, each on a fresh control plane (default 1)")
     parser.add_argument("--workdir", type=Path, help="keep the control planes (and their logs) here")
     parser.add_argument(

@@ -27,19 +27,23 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 from flask import Flask, Response, g, request
+from kubernetes import client
 from werkzeug.exceptions import HTTPException
 
 from extender import wire
 from extender.bind import Binder, BindError
 from extender.cache import LedgerCache, WatchedLedgerCache
+from extender.claims import ClaimParametersCache, ClaimParametersUnavailable
 from extender.config import ExtenderConfig
 from extender.decide import FitMemo, PodView, filter_nodes, prioritize_nodes
 from extender.metrics import CONTENT_TYPE, Metrics
 from extender.reconcile import Reconciler
 from rtdra import kube
+from rtdra.request import ClaimParametersLookup
 from rtdra.store import NasStore
 
 log = logging.getLogger("extender")
@@ -77,23 +81,47 @@ class Extender:
         binder: Binder | None,
         metrics: Metrics,
         reconciler: Reconciler | None = None,
+        claim_parameters: ClaimParametersLookup | None = None,
     ) -> None:
         self.config = config
         self.cache = cache
         self.binder = binder
         self.metrics = metrics
         self.reconciler = reconciler
+        self.claim_parameters = claim_parameters
         self.memo = FitMemo()
 
     def view(self, pod: Any) -> PodView:
-        return PodView.of(pod, self.config.default_placement)
+        return PodView.of(pod, self.config.default_placement, self.claim_parameters)
 
 
-def _production_parts(config: ExtenderConfig, metrics: Metrics) -> tuple[LedgerCache, Binder, Reconciler | None]:
-    api = kube.api_client(config.kubeconfig or None)
+@dataclass(frozen=True, slots=True)
+class ProductionParts:
+    """What ``create_app`` builds when it talks to a real API server."""
+
+    cache: LedgerCache
+    binder: Binder
+    reconciler: Reconciler | None
+    claim_parameters: ClaimParametersCache
+
+
+def api_client(config: ExtenderConfig) -> client.ApiClient:
+    """The API client, with a connection pool big enough that no thread opens (and drops) its own connection.
+
+    Every request thread may be in a bind at once, beside the ledger, pod and
+    RtClaimParameters watches; the client's default pool (5 per CPU) would
+    make the rest handshake TLS anew for every call.
+    """
+    configuration = kube.api_client(config.kubeconfig or None).configuration
+    configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, config.threads + 4)
+    return client.ApiClient(configuration)
+
+
+def _production_parts(config: ExtenderConfig, metrics: Metrics) -> ProductionParts:
+    api = api_client(config)
     store = NasStore(api, config.namespace)
     cache = WatchedLedgerCache(store, watch_timeout_seconds=config.watch_timeout_seconds).start()
-    binder = Binder(api, store, cache=cache, metrics=metrics, default_placement=config.default_placement)
+    claim_parameters = ClaimParametersCache(api, watch_timeout_seconds=config.watch_timeout_seconds).start()
     reconciler = None
     if config.reconcile_interval_seconds > 0:
         reconciler = Reconciler(
@@ -103,7 +131,17 @@ def _production_parts(config: ExtenderConfig, metrics: Metrics) -> tuple[LedgerC
             interval_seconds=config.reconcile_interval_seconds,
             metrics=metrics,
         ).start()
-    return cache, binder, reconciler
+    binder = Binder(
+        api,
+        store,
+        cache=cache,
+        metrics=metrics,
+        default_placement=config.default_placement,
+        # The reconciler's pod watch knows the pending pods: bind need not read them.
+        pods=reconciler.pending_pod if reconciler is not None else None,
+        claim_parameters=claim_parameters,
+    )
+    return ProductionParts(cache, binder, reconciler, claim_parameters)
 
 
 def create_app(
@@ -112,14 +150,25 @@ def create_app(
     cache: LedgerCache | None = None,
     binder: Binder | None = None,
     metrics: Metrics | None = None,
+    claim_parameters: ClaimParametersLookup | None = None,
 ) -> Flask:
-    """The extender app. Without ``cache`` it connects to the API and starts the watch and the reconciler."""
+    """The extender app. Without ``cache`` it connects to the API and starts the watches and the reconciler.
+
+    With ``cache`` (tests, the benchmark) nothing is started; ``claim_parameters``
+    then resolves ``claim-parameters.<name>`` requests (without it they are invalid).
+    """
     config = config or ExtenderConfig.from_env()
     metrics = metrics or Metrics()
     reconciler = None
     if cache is None:
-        cache, binder, reconciler = _production_parts(config, metrics)
-    ext = Extender(config, cache, binder, metrics, reconciler)
+        parts = _production_parts(config, metrics)
+        cache, binder, reconciler, claim_parameters = (
+            parts.cache,
+            parts.binder,
+            parts.reconciler,
+            parts.claim_parameters,
+        )
+    ext = Extender(config, cache, binder, metrics, reconciler, claim_parameters)
 
     app = Flask("extender")
     app.extensions[EXTENSION] = ext
@@ -194,6 +243,11 @@ def create_app(
     def not_synced(err: NotSynced) -> Response:
         # 200 with Error: the scheduler fails this attempt and retries the pod later.
         return _json({"Error": str(err)})
+
+    @app.errorhandler(ClaimParametersUnavailable)
+    def claims_unavailable(err: ClaimParametersUnavailable) -> Response:
+        # 200 with Error: the scheduler fails this attempt and retries the pod later.
+        return _json({"Error": wire.reason_text(str(err))})
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException) -> Response:

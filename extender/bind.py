@@ -2,23 +2,33 @@
 
 The sequence, for pod P (UID u) and node N:
 
-1. Read P from the API. Bound to N already: make sure the reservation exists
-   and answer success (a retried bind). Bound elsewhere: an error. UID not the
-   scheduler's: an error (the pod was recreated).
+1. Know P: the pending pod the worker's pod watch holds under u (no API
+   call), else read it. Read and bound to N already: make sure the
+   reservation exists and answer success (a retried bind). Bound elsewhere,
+   or UID not the scheduler's: an error.
 2. Reserve in N's NodeAllocationState by compare-and-swap
    (``rtdra.store.NasStore.update``): on the freshest ledger, keep u's
    reservation if it holds one, else choose CPUs with
    ``rtdra.placement.place_pod`` and ``NodeLedger.reserve`` them. A 409
-   re-reads and decides again, so concurrent binds - other threads, workers,
-   replicas - can never overcommit a CPU.
-3. Annotate P with ``rt.resource.example.com/allocation`` (JSON: the node and,
-   per container, its CPUs and runtime/deadline/period in ns) so the node side
-   sees what was chosen; the NAS stays the source of truth.
-4. Create the ``pods/binding`` (with P's UID as precondition).
-5. If 3 or 4 fails, and P did not end up bound to N after all, release u's
-   reservation on N (compare-and-swap again).
+   re-reads and decides again, so concurrent binds - other workers, replicas -
+   can never overcommit a CPU. Within one process, binds to the same node
+   that arrive while a write to it is in flight are written together, in one
+   compare-and-swap (``extender.writes``), instead of fighting over the
+   resourceVersion.
+3. Create the ``pods/binding`` with P's UID *and resourceVersion* as
+   preconditions, carrying the ``rt.resource.example.com/allocation``
+   annotation (JSON: the node and, per container, its CPUs and
+   runtime/deadline/period in ns), which the API server merges into P in the
+   same write - so the request the reservation was decided on is the pod's
+   request at the moment it is bound, and the annotation never exists
+   without the binding. The NAS stays the source of truth.
+4. If the Binding is refused, re-read P: bound to N (a concurrent or earlier
+   bind of the same pod) is success; unchanged but at a newer
+   resourceVersion (the watch lagged, or someone touched an annotation), with
+   the same request, bind once more; anything else releases u's reservation on
+   N (compare-and-swap again) and is an error.
 
-A crash between 2 and 4 leaves a reservation for an unbound pod; the
+A crash between 2 and 3 leaves a reservation for an unbound pod; the
 reconcile loop (``extender.reconcile``) releases it after a grace period.
 Pods without a real-time request are bound without touching any ledger.
 """
@@ -28,7 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,10 +47,11 @@ from kubernetes.client.exceptions import ApiException
 
 from extender.cache import LedgerCache
 from extender.metrics import Metrics
+from extender.writes import NodeWrites
 from rtdra import names
 from rtdra.ledger import LedgerError, NodeLedger, PodAllocation
 from rtdra.placement import NoFit, place_pod
-from rtdra.request import InvalidRequest, Placement, PodRequest, read_pod_request
+from rtdra.request import ClaimParametersLookup, InvalidRequest, Placement, PodRequest, read_pod_request
 from rtdra.store import NasStore, NotFound, StoreError
 
 log = logging.getLogger(__name__)
@@ -78,8 +89,12 @@ def now_rfc3339() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+#: ``uid -> the pending pod`` as a watch last saw it (``None``: not known; read it from the API).
+PodLookup = Callable[[str], Mapping[str, Any] | None]
+
+
 class Binder:
-    """Binds pods through the API: reservation (CAS), annotation, Binding, rollback."""
+    """Binds pods through the API: reservation (CAS), Binding with the annotation, rollback."""
 
     def __init__(
         self,
@@ -90,6 +105,8 @@ class Binder:
         metrics: Metrics | None = None,
         default_placement: Placement = "pack",
         request_timeout: float = 10.0,
+        pods: PodLookup | None = None,
+        claim_parameters: ClaimParametersLookup | None = None,
     ) -> None:
         self.core = client.CoreV1Api(api)
         self.store = store
@@ -97,37 +114,58 @@ class Binder:
         self.metrics = metrics
         self.default_placement = default_placement
         self.request_timeout = request_timeout
+        self.pods = pods
+        self.claim_parameters = claim_parameters
+        self.writes = NodeWrites(store, metrics=metrics, on_stored=cache.put if cache is not None else None)
 
     # -- the verb ------------------------------------------------------------
 
     def bind(self, namespace: str, name: str, uid: str, node: str) -> BindOutcome:
-        pod = self._read_pod(namespace, name)
-        actual_uid = str((pod.get("metadata") or {}).get("uid", ""))
-        if uid and actual_uid != uid:
-            raise BindError(f"pod {namespace}/{name} has UID {actual_uid}, not {uid} (it was recreated)")
-        uid = actual_uid
-        bound_to = (pod.get("spec") or {}).get("nodeName") or ""
-        if bound_to and bound_to != node:
-            raise BindError(f"pod {namespace}/{name} is already bound to node {bound_to}, not {node}")
-        try:
-            request = read_pod_request(pod, None, default_placement=self.default_placement)
-        except InvalidRequest as err:
-            raise BindError(f"pod {namespace}/{name}: invalid real-time request: {err}") from None
-
-        if bound_to == node:
-            return self._already_bound(node, request, uid, namespace, name)
+        pod = self._known_pod(namespace, name, uid)
+        if pod is None:
+            pod = self._read_pod(namespace, name)
+            actual_uid = str((pod.get("metadata") or {}).get("uid", ""))
+            if uid and actual_uid != uid:
+                raise BindError(f"pod {namespace}/{name} has UID {actual_uid}, not {uid} (it was recreated)")
+            uid = actual_uid
+            bound_to = (pod.get("spec") or {}).get("nodeName") or ""
+            if bound_to and bound_to != node:
+                raise BindError(f"pod {namespace}/{name} is already bound to node {bound_to}, not {node}")
+            request = self._request(pod, namespace, name)
+            if bound_to == node:
+                return self._already_bound(node, request, uid, namespace, name)
+        else:
+            request = self._request(pod, namespace, name)
         allocation = None
         if request is not None:
             allocation = self._reserve(node, request, uid, namespace, name)
+        version = str((pod.get("metadata") or {}).get("resourceVersion") or "")
+        annotation = allocation_annotation(allocation, node) if allocation is not None else None
         try:
-            if allocation is not None:
-                self._annotate(namespace, name, allocation_annotation(allocation, node))
-            self._create_binding(namespace, name, uid, node)
+            self._create_binding(namespace, name, uid, version, node, annotation)
         except (ApiException, OSError) as err:
-            return self._after_failed_binding(namespace, name, uid, node, allocation, err)
+            return self._after_failed_binding(namespace, name, uid, node, request, allocation, annotation, err)
         return BindOutcome(allocation)
 
     # -- steps -----------------------------------------------------------------
+
+    def _known_pod(self, namespace: str, name: str, uid: str) -> Mapping[str, Any] | None:
+        """The pending pod as the pod watch has it, if it is the one asked about."""
+        if self.pods is None or not uid:
+            return None
+        pod = self.pods(uid)
+        if pod is None:
+            return None
+        metadata = pod.get("metadata") or {}
+        if metadata.get("namespace") != namespace or metadata.get("name") != name:
+            return None
+        return pod
+
+    def _request(self, pod: Mapping[str, Any], namespace: str, name: str) -> PodRequest | None:
+        try:
+            return read_pod_request(pod, self.claim_parameters, default_placement=self.default_placement)
+        except InvalidRequest as err:
+            raise BindError(f"pod {namespace}/{name}: invalid real-time request: {err}") from None
 
     def _already_bound(self, node: str, request: PodRequest | None, uid: str, namespace: str, name: str) -> BindOutcome:
         """A retried bind: success, reserving only if the pod holds nothing here yet.
@@ -168,7 +206,7 @@ class Binder:
             return ledger.reserve(fit.allocation(request, uid, namespace, name, reserved_at))
 
         try:
-            stored = self._update(node, change)
+            stored = self.writes.apply(node, change)
         except NotFound:
             raise BindError(f"node {node} has no NodeAllocationState (is the rt-dra agent running there?)") from None
         except LedgerError as err:
@@ -182,36 +220,19 @@ class Binder:
             )
         return allocation
 
-    def _update(self, node: str, change: Callable[[NodeLedger], NodeLedger]) -> NodeLedger:
-        attempts = 0
-
-        def counted(ledger: NodeLedger) -> NodeLedger:
-            nonlocal attempts
-            attempts += 1
-            return change(ledger)
-
-        try:
-            stored = self.store.update(node, counted)
-        finally:
-            if self.metrics is not None and attempts > 1:
-                self.metrics.bind_conflicts.inc(attempts - 1)
-        if self.cache is not None:
-            self.cache.put(stored)
-        return stored
-
-    def _annotate(self, namespace: str, name: str, value: str) -> None:
-        self.core.patch_namespaced_pod(
-            name,
-            namespace,
-            {"metadata": {"annotations": {names.ALLOCATION: value}}},
-            _request_timeout=self.request_timeout,
-        )
-
-    def _create_binding(self, namespace: str, name: str, uid: str, node: str) -> None:
+    def _create_binding(
+        self, namespace: str, name: str, uid: str, resource_version: str, node: str, annotation: str | None
+    ) -> None:
+        metadata: dict[str, Any] = {"name": name, "namespace": namespace, "uid": uid}
+        if resource_version:
+            metadata["resourceVersion"] = resource_version
+        if annotation is not None:
+            # pods/binding merges the Binding's annotations into the pod in the same write.
+            metadata["annotations"] = {names.ALLOCATION: annotation}
         body: Any = {
             "apiVersion": "v1",
             "kind": "Binding",
-            "metadata": {"name": name, "namespace": namespace, "uid": uid},
+            "metadata": metadata,
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         }
         # The reply is a Status, which the generated client cannot read as a V1Binding.
@@ -220,24 +241,74 @@ class Binder:
         )
 
     def _after_failed_binding(
-        self, namespace: str, name: str, uid: str, node: str, allocation: PodAllocation | None, err: Exception
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        node: str,
+        request: PodRequest | None,
+        allocation: PodAllocation | None,
+        annotation: str | None,
+        err: Exception,
     ) -> BindOutcome:
         what = f"{err.status} {err.reason}" if isinstance(err, ApiException) else str(err)
-        try:
-            pod = self._read_pod(namespace, name)
-            pod_uid = (pod.get("metadata") or {}).get("uid")
-            if pod_uid == uid and (pod.get("spec") or {}).get("nodeName") == node:
-                return BindOutcome(allocation, already_bound=True)  # a concurrent bind of the same pod won
-        except BindError:
-            pass
+        for attempt in range(2):
+            try:
+                pod = self._read_pod(namespace, name)
+            except BindError as read_error:
+                what = f"{what}; {read_error}"
+                break
+            actual_uid = str((pod.get("metadata") or {}).get("uid", ""))
+            if actual_uid != uid:
+                what = f"pod {namespace}/{name} has UID {actual_uid}, not {uid} (it was recreated)"
+                break
+            bound_to = (pod.get("spec") or {}).get("nodeName") or ""
+            if bound_to == node:
+                return BindOutcome(allocation, already_bound=True)  # a concurrent or earlier bind of it won
+            if bound_to:
+                what = f"pod {namespace}/{name} is already bound to node {bound_to}, not {node}"
+                break
+            if attempt or (pod.get("metadata") or {}).get("deletionTimestamp"):
+                break
+            retried = self._bind_again(pod, namespace, name, uid, node, request, annotation)
+            if retried is None:
+                return BindOutcome(allocation)
+            what = retried
         if allocation is not None:
             self.rollback(node, uid)
         raise BindError(f"binding pod {namespace}/{name} to {node} failed: {what}")
 
+    def _bind_again(
+        self,
+        pod: Mapping[str, Any],
+        namespace: str,
+        name: str,
+        uid: str,
+        node: str,
+        request: PodRequest | None,
+        annotation: str | None,
+    ) -> str | None:
+        """The pod is still unbound at a newer resourceVersion: bind once more if it asks the same.
+
+        Returns ``None`` when bound, else why not.
+        """
+        try:
+            fresh = read_pod_request(pod, self.claim_parameters, default_placement=self.default_placement)
+        except InvalidRequest as err:
+            return f"its real-time request is invalid now: {err}"
+        if fresh != request:
+            return "its real-time request changed while it was being bound"
+        version = str((pod.get("metadata") or {}).get("resourceVersion") or "")
+        try:
+            self._create_binding(namespace, name, uid, version, node, annotation)
+        except (ApiException, OSError) as err:
+            return f"{err.status} {err.reason}" if isinstance(err, ApiException) else str(err)
+        return None
+
     def rollback(self, node: str, uid: str) -> None:
         """Release ``uid``'s reservation on ``node`` (best effort: the reconciler retries later)."""
         try:
-            self._update(node, lambda ledger: ledger.release(uid))
+            self.writes.apply(node, lambda ledger: ledger.release(uid))
         except (StoreError, OSError) as err:
             log.warning("rollback of pod %s on %s failed (the reconciler will release it): %s", uid, node, err)
         else:

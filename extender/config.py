@@ -42,8 +42,8 @@ class ExtenderConfig:
     #: TLS: require a client certificate signed by this CA (the scheduler's ``tlsConfig.certFile``).
     client_ca_file: str = ""
     #: gunicorn workers (processes) and threads per worker.
-    workers: int = 2
-    threads: int = 4
+    workers: int = 1
+    threads: int = 32
     #: gunicorn worker timeout, seconds.
     timeout: int = 30
     #: Release reservations whose pod is still unbound this long after ``reservedAt``.

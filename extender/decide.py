@@ -26,7 +26,7 @@ from typing import Any
 from extender.cache import LedgerCache
 from extender.wire import MIN_PRIORITY, FailedNodesMap, HostPriority, reason_text
 from rtdra.placement import NodeDigest, PodDemand, check_demand, score_demand
-from rtdra.request import InvalidRequest, Placement, PodRequest, read_pod_request
+from rtdra.request import ClaimParametersLookup, InvalidRequest, Placement, PodRequest, read_pod_request
 
 
 def no_ledger_reason(node: str) -> str:
@@ -51,9 +51,12 @@ class PodView:
     key: str = ""
 
     @classmethod
-    def of(cls, pod: Mapping[str, Any], default_placement: Placement) -> PodView:
+    def of(
+        cls, pod: Mapping[str, Any], default_placement: Placement, claim_parameters: ClaimParametersLookup | None = None
+    ) -> PodView:
+        """The pod's view; ``claim_parameters`` resolves ``claim-parameters.<name>`` (without it they are invalid)."""
         try:
-            request = read_pod_request(pod, None, default_placement=default_placement)
+            request = read_pod_request(pod, claim_parameters, default_placement=default_placement)
         except InvalidRequest as err:
             return cls(None, invalid_reason(err))
         uid = str((pod.get("metadata") or {}).get("uid") or "")

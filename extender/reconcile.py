@@ -17,7 +17,9 @@ deleted one. Besides the periodic pass, a watch on pods releases a reservation a
 its pod (found through its ``rt.resource.example.com/allocation`` annotation)
 is deleted or finishes, and after any release the pending real-time pods are
 touched (``rt.resource.example.com/requeue``) so that kube-scheduler tries them
-again - it does not see ledgers change. Releasing goes through the same compare-and-swap as
+again - it does not see ledgers change. The same watch keeps what bind needs
+of each pending real-time pod (:meth:`Reconciler.pending_pod`), so that bind
+need not read the pod. Releasing goes through the same compare-and-swap as
 reserving and
 is idempotent, so several workers or replicas may reconcile at once; the grace
 period must stay well above kube-scheduler's extender ``httpTimeout`` (5 s by
@@ -70,6 +72,26 @@ def is_pending_rt_pod(pod: Mapping[str, Any]) -> bool:
         ):
             return True
     return False
+
+
+def pending_view(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """What bind needs of a pending pod: its identity, resourceVersion, our annotations, container names."""
+    metadata = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    annotations = metadata.get("annotations") or {}
+    return {
+        "metadata": {
+            "name": str(metadata.get("name") or ""),
+            "namespace": str(metadata.get("namespace") or ""),
+            "uid": str(metadata.get("uid") or ""),
+            "resourceVersion": str(metadata.get("resourceVersion") or ""),
+            "annotations": {k: v for k, v in annotations.items() if k.startswith(names.PREFIX)},
+        },
+        "spec": {
+            key: [{"name": c.get("name")} for c in spec.get(key) or [] if isinstance(c, Mapping)]
+            for key in ("containers", "initContainers")
+        },
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +157,8 @@ class Reconciler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        #: Pending real-time pods (UID -> namespace, name), as the pod watch sees them.
-        self._pending: dict[str, tuple[str, str]] = {}
+        #: Pending real-time pods by UID, as the pod watch sees them (:func:`pending_view`).
+        self._pending: dict[str, dict[str, Any]] = {}
 
     def start(self, *, watch_pods: bool = True) -> Reconciler:
         """Run the periodic pass, and (``watch_pods``) release promptly on pod deletion or completion."""
@@ -220,7 +242,7 @@ class Reconciler:
         pending = not deleted and not metadata.get("deletionTimestamp") and is_pending_rt_pod(pod)
         with self._lock:
             if pending:
-                self._pending[uid] = (str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))
+                self._pending[uid] = pending_view(pod)
             else:
                 self._pending.pop(uid, None)
 
@@ -253,13 +275,18 @@ class Reconciler:
             self.metrics.reconcile_releases.labels(reason).inc()
         return node
 
+    def pending_pod(self, uid: str) -> Mapping[str, Any] | None:
+        """The pending real-time pod with ``uid`` as last seen (what bind needs of it), or ``None``."""
+        return self._pending.get(uid)
+
     def requeue_pending(self) -> int:
         """Touch every pending RT pod (at most :data:`REQUEUE_LIMIT`) so kube-scheduler tries it again."""
         with self._lock:
             pending = list(self._pending.items())[:REQUEUE_LIMIT]
         stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         touched = 0
-        for uid, (namespace, name) in pending:
+        for uid, pod in pending:
+            namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
             body = {"metadata": {"annotations": {REQUEUE: stamp}}}
             try:
                 self.core.patch_namespaced_pod(name, namespace, body, _request_timeout=self.request_timeout)

@@ -114,6 +114,8 @@ class NasStore:
         self.max_attempts = max_attempts
         self.request_timeout = request_timeout
         self._objects = client.CustomObjectsApi(api)
+        #: node -> the object as this store last read or wrote it (for ``update(..., reuse_last=True)``).
+        self._last: dict[str, dict[str, Any]] = {}
 
     # -- reading ---------------------------------------------------------------
 
@@ -125,8 +127,11 @@ class NasStore:
         try:
             obj = self._objects.get_namespaced_custom_object(*self._args(), node, _request_timeout=self.request_timeout)
         except ApiException as err:
+            if err.status == 404:
+                self._last.pop(node, None)
             raise _error(err, f"reading NodeAllocationState {self.namespace}/{node}") from None
-        return cast(dict[str, Any], obj)
+        self._last[node] = cast(dict[str, Any], obj)
+        return self._last[node]
 
     def get(self, node: str) -> NodeLedger | None:
         """The node's ledger, or ``None`` if it has none."""
@@ -208,30 +213,54 @@ class NasStore:
             if error.status == 409:
                 raise StoreError(str(error), 409) from None
             raise error from None
-        return NodeLedger.from_nas(cast(dict[str, Any], obj))
+        self._last[ledger.node] = cast(dict[str, Any], obj)
+        return NodeLedger.from_nas(self._last[ledger.node])
 
-    def update(self, node: str, change: Callable[[NodeLedger], NodeLedger]) -> NodeLedger:
+    def update(self, node: str, change: Callable[[NodeLedger], NodeLedger], *, reuse_last: bool = False) -> NodeLedger:
         """Apply ``change`` to the node's current ledger and write it, retrying on conflict.
 
         ``change`` must be pure: it may run several times, each time on the
         latest ledger. If it returns its argument unchanged (the same object)
         nothing is written. Returns the ledger as stored.
+
+        ``reuse_last``: first try the object as this store last read or wrote
+        it, without reading - right whenever this store is the node's only
+        recent writer (one process binding one after the other to the node
+        ``pack`` fills). Only a successful write proves that version was
+        current, so a decision that writes nothing (no change, or ``change``
+        raised) on it is taken again on a fresh read, as is a 409.
         """
-        for attempt in range(self.max_attempts):
-            obj = self.get_object(node)
+        obj = self._last.get(node) if reuse_last else None
+        attempt = 0
+        while attempt < self.max_attempts:
+            remembered = obj is not None
+            if obj is None:
+                obj = self.get_object(node)
             current = NodeLedger.from_nas(obj)
-            wanted = change(current)
+            try:
+                wanted = change(current)
+            except Exception:
+                if not remembered:
+                    raise
+                obj = None  # decided on what may be outdated: decide again on the API's value
+                continue
             if wanted is current:
-                return current
+                if not remembered:
+                    return current
+                obj = None
+                continue
             if wanted.node != node:
                 raise ValueError(f"an update of {node} returned the ledger of {wanted.node}")
             try:
                 return self.replace(_at_version(wanted, current.resource_version), obj.get("metadata") or {})
             except StoreError as err:
-                if err.status != 409:
+                if err.status != 409 and not (remembered and err.status == 404):
                     raise
-            # Someone wrote in between: back off a little (jittered) and decide again.
-            time.sleep(min(0.2, 0.002 * (2**attempt)) * random.random())
+            obj = None
+            attempt += 1
+            if not remembered:
+                # Someone wrote in between: back off a little (jittered) and decide again.
+                time.sleep(min(0.2, 0.002 * (2**attempt)) * random.random())
         raise TooManyConflicts(
             f"NodeAllocationState {self.namespace}/{node}: {self.max_attempts} concurrent writes in a row; try again",
             409,
@@ -239,6 +268,7 @@ class NasStore:
 
     def delete(self, node: str) -> None:
         """Delete the node's object (no error if it is gone already)."""
+        self._last.pop(node, None)
         try:
             self._objects.delete_namespaced_custom_object(*self._args(), node, _request_timeout=self.request_timeout)
         except ApiException as err:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -31,6 +32,7 @@ from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 
 from extender.bind import Binder, BindError
+from extender.reconcile import pending_view
 from rtdra import names
 from rtdra.ledger import NodeLedger
 from rtdra.store import NasStore
@@ -58,12 +60,12 @@ def apply(api: client.ApiClient, path: Path) -> None:
                 raise
 
 
-def establish_crd(api: client.ApiClient) -> None:
-    apply(api, MANIFESTS / "crds" / "nodeallocationstates.yaml")
+def establish_crd(api: client.ApiClient, manifest: str = "nodeallocationstates.yaml", name: str = "") -> None:
+    apply(api, MANIFESTS / "crds" / manifest)
     ext = client.ApiextensionsV1Api(api)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        crd = ext.read_custom_resource_definition(f"{names.NAS_PLURAL}.{names.NAS_GROUP}")
+        crd = ext.read_custom_resource_definition(name or f"{names.NAS_PLURAL}.{names.NAS_GROUP}")
         if any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or [])):
             return
         time.sleep(0.2)
@@ -75,6 +77,7 @@ def extender_kubeconfig(control_plane: Any) -> Path:
     """A kubeconfig for the extender's ServiceAccount with exactly the manifests' RBAC."""
     with control_plane.api_client() as api:
         establish_crd(api)
+        establish_crd(api, "rtclaimparameters.yaml", f"{names.CLAIM_PARAMETERS_PLURAL}.{names.CLAIM_PARAMETERS_GROUP}")
         apply(api, MANIFESTS / "namespace.yaml")
         apply(api, MANIFESTS / "extender" / "serviceaccount.yaml")
         apply(api, MANIFESTS / "extender" / "rbac.yaml")
@@ -221,16 +224,20 @@ def read_pod(api: client.ApiClient, namespace: str, name: str) -> Any:
 # -- bind over HTTP, concurrently ----------------------------------------------------------------------
 
 
+# "read": every bind reads its pod; "watched": the pod watch (which runs with the reconciler) already knows it.
+@pytest.mark.parametrize("reconcile_seconds", [0, 3600], ids=["pods-read", "pods-watched"])
 def test_concurrent_binds_across_workers_never_overcommit_the_last_bandwidth(
     kube_api: client.ApiClient, nas: NasStore, namespace: str, extender_kubeconfig: Path, unique_name: Any,
-    tmp_path: Path,
+    tmp_path: Path, reconcile_seconds: float,
 ) -> None:  # fmt: skip
     node = unique_name("n")
     nas.create(NodeLedger(node, {0: CAP, 1: CAP}))
     # 30% a CPU: three fit on each of the two CPUs - 6 of 16 racing pods can be placed.
     pods = {f"p{i}": rt_pod(kube_api, namespace, f"p{i}", "runtime=30ms,period=100ms") for i in range(16)}
     errors: dict[str, str] = {}
-    with running_extender(extender_kubeconfig, tmp_path, workers=3, threads=4) as url:
+    with running_extender(
+        extender_kubeconfig, tmp_path, workers=3, threads=4, reconcile_seconds=reconcile_seconds
+    ) as url:
         start = threading.Barrier(len(pods))
 
         def one(name: str) -> None:
@@ -329,6 +336,68 @@ def test_a_failed_binding_rolls_the_reservation_back(
         rbac.delete_namespaced_role_binding(sa, NAMESPACE)
 
 
+def watched(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    """The pod as the extender's pod watch would hold it now."""
+    raw: Any = client.CoreV1Api(api).read_namespaced_pod(name, namespace, _preload_content=False)
+    return pending_view(json.loads(raw.data))
+
+
+def test_a_bind_from_an_outdated_view_of_the_pod_binds_it_at_its_current_version(
+    kube_api: client.ApiClient, nas: NasStore, namespace: str, unique_name: Any
+) -> None:
+    node = unique_name("n")
+    nas.create(NodeLedger(node, {0: CAP}))
+    uid = rt_pod(kube_api, namespace, "touched", "runtime=20ms,period=100ms")
+    seen = watched(kube_api, namespace, "touched")
+    core = client.CoreV1Api(kube_api)
+    core.patch_namespaced_pod("touched", namespace, {"metadata": {"annotations": {"team": "a"}}})  # a newer version
+    binder = Binder(kube_api, NasStore(kube_api, NAMESPACE), pods={uid: seen}.get)
+    outcome = binder.bind(namespace, "touched", uid, node)
+    pod = read_pod(kube_api, namespace, "touched")
+    assert pod.spec.node_name == node and not outcome.already_bound
+    assert json.loads(pod.metadata.annotations[names.ALLOCATION])["containers"]["ctr0"]["runtime"] == 20 * MS
+    ledger = nas.get(node)
+    assert ledger is not None and set(ledger.pods) == {uid}
+
+
+def test_a_pod_whose_request_changed_after_it_was_seen_is_refused_and_its_reservation_released(
+    kube_api: client.ApiClient, nas: NasStore, namespace: str, unique_name: Any
+) -> None:
+    node = unique_name("n")
+    nas.create(NodeLedger(node, {0: CAP}))
+    uid = rt_pod(kube_api, namespace, "changed", "runtime=20ms,period=100ms")
+    seen = watched(kube_api, namespace, "changed")
+    client.CoreV1Api(kube_api).patch_namespaced_pod(
+        "changed",
+        namespace,
+        {"metadata": {"annotations": {names.CONTAINER_PREFIX + "ctr0": "runtime=90ms,period=100ms"}}},
+    )
+    binder = Binder(kube_api, NasStore(kube_api, NAMESPACE), pods={uid: seen}.get)
+    with pytest.raises(BindError, match="its real-time request changed while it was being bound"):
+        binder.bind(namespace, "changed", uid, node)
+    assert read_pod(kube_api, namespace, "changed").spec.node_name is None
+    assert (nas.get(node) or NodeLedger(node, {})).pods == {}
+
+
+def test_a_pod_recreated_after_it_was_seen_is_not_bound_and_nothing_stays_reserved(
+    kube_api: client.ApiClient, nas: NasStore, namespace: str, unique_name: Any
+) -> None:
+    node = unique_name("n")
+    nas.create(NodeLedger(node, {0: CAP}))
+    old = rt_pod(kube_api, namespace, "again", "runtime=20ms,period=100ms")
+    seen = watched(kube_api, namespace, "again")
+    core = client.CoreV1Api(kube_api)
+    core.delete_namespaced_pod("again", namespace, grace_period_seconds=0)
+    wait_for(lambda: not any(p.metadata.name == "again" for p in core.list_namespaced_pod(namespace).items))
+    new = rt_pod(kube_api, namespace, "again", "runtime=20ms,period=100ms")
+    binder = Binder(kube_api, NasStore(kube_api, NAMESPACE), pods={old: seen}.get)
+    with pytest.raises(BindError, match="was recreated"):
+        binder.bind(namespace, "again", old, node)
+    pod = read_pod(kube_api, namespace, "again")
+    assert pod.metadata.uid == new and pod.spec.node_name is None
+    assert (nas.get(node) or NodeLedger(node, {})).pods == {}
+
+
 def test_bind_refusals_name_the_problem(
     kube_api: client.ApiClient, nas: NasStore, namespace: str, control_plane: Any, unique_name: Any
 ) -> None:
@@ -373,6 +442,47 @@ def test_a_restarted_extender_rebuilds_its_view_from_the_api(
     assert reply.json()["NodeNames"] == [empty]
     assert reply.json()["FailedNodes"][full].startswith("insufficient deadline bandwidth")
     assert scores.json() == [{"Host": empty, "Score": 5}]
+
+
+def test_a_pod_naming_rt_claim_parameters_without_the_webhook_is_filtered_and_bound_by_them(
+    kube_api: client.ApiClient, nas: NasStore, namespace: str, extender_kubeconfig: Path, unique_name: Any,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    small, big = unique_name("n"), unique_name("n")
+    nas.create(NodeLedger(small, {0: CAP}))
+    nas.create(NodeLedger(big, {0: CAP, 1: CAP}))
+    custom = client.CustomObjectsApi(kube_api)
+    group, version, plural = names.CLAIM_PARAMETERS_GROUP, names.CLAIM_PARAMETERS_VERSION, names.CLAIM_PARAMETERS_PLURAL
+    body = {
+        "apiVersion": f"{group}/{version}",
+        "kind": names.CLAIM_PARAMETERS_KIND,
+        "metadata": {"name": "two-cpus"},
+        "spec": {"count": 2, "runtime": 25000, "period": 100000},
+    }
+    custom.create_namespaced_custom_object(group, version, namespace, plural, body)
+    pod = {
+        "metadata": {"name": "legacy", "annotations": {names.CLAIM_PARAMETERS_PREFIX + "ctr0": "two-cpus"}},
+        "spec": {"containers": [{"name": "ctr0", "image": "registry.example/rt:1"}]},
+    }
+    created = client.CoreV1Api(kube_api).create_namespaced_pod(namespace, pod)
+    as_sent = json.loads(json.dumps(kube_api.sanitize_for_serialization(created)))
+    missing = copy.deepcopy(as_sent)
+    missing["metadata"]["annotations"][names.CLAIM_PARAMETERS_PREFIX + "ctr0"] = "absent"
+    with running_extender(extender_kubeconfig, tmp_path, workers=1) as url:
+        reply = requests.post(
+            f"{url}/filter", json={"Pod": as_sent, "Nodes": None, "NodeNames": [small, big]}, timeout=10
+        )
+        refused = requests.post(f"{url}/filter", json={"Pod": missing, "Nodes": None, "NodeNames": [big]}, timeout=10)
+        error = bind(url, namespace, "legacy", created.metadata.uid, big)
+    assert reply.json()["NodeNames"] == [big]
+    assert "needs 2 CPUs" in reply.json()["FailedNodes"][small]
+    assert "RtClaimParameters 'absent' does not exist" in refused.json()["FailedAndUnresolvableNodes"][big]
+    assert error == ""
+    ledger = nas.get(big)
+    assert ledger is not None
+    assert sorted(ledger.pods[created.metadata.uid].cpus_of("ctr0")) == [0, 1]
+    slots = ledger.pods[created.metadata.uid].containers["ctr0"]
+    assert {(s.runtime_ns, s.period_ns) for s in slots} == {(25 * MS, 100 * MS)}
 
 
 # -- with the real kube-scheduler ------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from extender.cache import WatchedLedgerCache
 from extender.reconcile import Reconciler
+from extender.writes import NodeWrites
 from rtdra import names
 from rtdra.ledger import NodeLedger, Overcommit, PodAllocation, Slot
 from rtdra.store import AlreadyExists, NasStore, StoreError
@@ -177,6 +178,105 @@ def test_concurrent_writers_never_overcommit_and_every_fitting_reservation_lands
     for cpu in final.cpus:
         assert final.used(cpu) <= final.capacities[cpu]
         assert len(final.slots_on(cpu)) == 3
+
+
+def test_reuse_last_writes_without_reading_after_its_own_write_and_redecides_after_someone_elses(
+    store: NasStore, kube_api: client.ApiClient
+) -> None:
+    store.create(NodeLedger("n1", {0: CAP, 1: CAP}))
+    store.update("n1", lambda ledger: ledger.reserve(pod_allocation("u1", 0)))
+    reads: list[str] = []
+    original = store.get_object
+
+    def counted(node: str) -> dict[str, Any]:
+        reads.append(node)
+        return original(node)
+
+    store.get_object = counted  # type: ignore[method-assign]
+    seen: list[set[str]] = []
+
+    def reserve(uid: str) -> Any:
+        def change(ledger: NodeLedger) -> NodeLedger:
+            seen.append(set(ledger.pods))
+            return ledger.reserve(pod_allocation(uid, 1))
+
+        return change
+
+    store.update("n1", reserve("u2"), reuse_last=True)
+    assert reads == [] and seen == [{"u1"}]  # this store wrote last: no read
+    other = NasStore(kube_api, store.namespace)  # another process releases u1 meanwhile
+    other.update("n1", lambda ledger: ledger.release("u1"))
+    seen.clear()
+    stored = store.update("n1", reserve("u3"), reuse_last=True)
+    assert seen == [{"u1", "u2"}, {"u2"}]  # decided on the remembered version, 409, decided again on a read
+    assert reads == ["n1"] and set(stored.pods) == {"u2", "u3"}
+
+
+def test_reuse_last_never_trusts_a_remembered_version_for_a_decision_that_writes_nothing(store: NasStore) -> None:
+    store.create(NodeLedger("n1", {0: CAP}))
+    store.update("n1", lambda ledger: ledger.reserve(pod_allocation("u1", 0, runtime_ms=80)))
+    NasStore(store.api, store.namespace).update("n1", lambda ledger: ledger.release("u1"))  # unseen by `store`
+
+    def keep_or_reserve(ledger: NodeLedger) -> NodeLedger:  # a retried bind: "already reserved" writes nothing
+        return ledger if "u1" in ledger.pods else ledger.reserve(pod_allocation("u1", 0, runtime_ms=80))
+
+    assert "u1" in store.update("n1", keep_or_reserve, reuse_last=True).pods
+    assert "u1" in (store.get("n1") or NodeLedger("n1", {})).pods  # re-decided on a read, and written
+    store.update("n1", lambda ledger: ledger.release("u1"))
+    NasStore(store.api, store.namespace).update("n1", lambda ledger: ledger.reserve(pod_allocation("u9", 0)))
+    # On the remembered (empty) version u2 fits; the write is refused (409) and the fresh decision raises.
+    with pytest.raises(Overcommit):
+        store.update("n1", lambda ledger: ledger.reserve(pod_allocation("u2", 0, runtime_ms=80)), reuse_last=True)
+
+
+def test_writes_waiting_for_one_node_go_out_together_and_a_change_that_no_longer_fits_fails_alone(
+    store: NasStore,
+) -> None:
+    store.create(NodeLedger("n1", {0: CAP}))
+    writes = NodeWrites(store)
+    written: list[set[str]] = []
+    replace = store.replace
+
+    def counted(ledger: NodeLedger, metadata: Any = None) -> NodeLedger:
+        written.append(set(ledger.pods))
+        return replace(ledger, metadata)
+
+    store.replace = counted  # type: ignore[method-assign]
+    entered, release = threading.Event(), threading.Event()
+    results: dict[str, str] = {}
+
+    def slow_first(ledger: NodeLedger) -> NodeLedger:
+        entered.set()
+        release.wait(10)  # hold the node's write open while the others queue up
+        return ledger.reserve(pod_allocation("first", 0, runtime_ms=30))
+
+    def reserve(uid: str) -> Any:
+        return lambda ledger: ledger.reserve(pod_allocation(uid, 0, runtime_ms=30))
+
+    def run(uid: str, step: Any) -> None:
+        try:
+            writes.apply("n1", step)
+            results[uid] = "reserved"
+        except Overcommit:
+            results[uid] = "full"
+
+    first = threading.Thread(target=run, args=("first", slow_first))
+    first.start()
+    assert entered.wait(10)
+    queued = [threading.Thread(target=run, args=(f"q{i}", reserve(f"q{i}"))) for i in range(4)]
+    for t in queued:
+        t.start()
+    time.sleep(0.5)
+    release.set()
+    for t in [first, *queued]:
+        t.join(30)
+    final = store.get("n1")
+    assert final is not None
+    # 30% each on a 90% CPU: the first and two queued ones fit; the other two fail alone.
+    assert results["first"] == "reserved" and sorted(results.values()).count("reserved") == 3
+    assert set(final.pods) == {uid for uid, r in results.items() if r == "reserved"}
+    assert final.used(0) <= final.capacities[0]
+    assert written == [{"first"}, set(final.pods)], "the four queued changes went out as one write"
 
 
 def test_the_watch_fed_cache_follows_creates_updates_and_deletes(store: NasStore) -> None:

@@ -13,7 +13,7 @@ import pytest
 from extender.bind import allocation_annotation
 from extender.cli import gunicorn_options, parser
 from extender.config import ConfigError, ExtenderConfig
-from extender.reconcile import PodState, is_pending_rt_pod, stale_reason
+from extender.reconcile import PodState, is_pending_rt_pod, pending_view, stale_reason
 from rtdra.ledger import PodAllocation, Slot
 
 MS = 1_000_000
@@ -141,3 +141,32 @@ def test_the_cli_leaves_prometheus_client_unimported_until_multiprocess_metrics_
 )
 def test_only_unbound_real_time_pods_are_requeued_after_a_release(pod: dict[str, object], pending: bool) -> None:
     assert is_pending_rt_pod(pod) is pending
+
+
+def test_bind_keeps_of_a_pending_pod_only_its_identity_version_our_annotations_and_container_names() -> None:
+    pod = {
+        "metadata": {
+            "name": "p",
+            "namespace": "ns",
+            "uid": "u-1",
+            "resourceVersion": "42",
+            "labels": {"app": "x"},
+            "annotations": {"rt.resource.example.com/spec": "{}", "other": "y"},
+            "managedFields": [{"manager": "kubectl"}],
+        },
+        "spec": {
+            "containers": [{"name": "a", "image": "i", "env": [{"name": "E", "value": "1"}]}],
+            "initContainers": [{"name": "setup", "image": "i"}],
+        },
+        "status": {"phase": "Pending"},
+    }
+    assert pending_view(pod) == {
+        "metadata": {
+            "name": "p",
+            "namespace": "ns",
+            "uid": "u-1",
+            "resourceVersion": "42",
+            "annotations": {"rt.resource.example.com/spec": "{}"},
+        },
+        "spec": {"containers": [{"name": "a"}], "initContainers": [{"name": "setup"}]},
+    }

@@ -350,3 +350,49 @@ def test_the_fixture_pods_are_unchanged_by_a_decision(client: FlaskClient) -> No
     before = copy.deepcopy(body)
     post(client, "filter", body)
     assert body == before
+
+
+# -- claim-parameters (pods that bypassed the webhook) ---------------------------------------------------
+
+
+def claims_pod(**annotations: str) -> dict[str, Any]:
+    pod = k8s_pod({f"{names.CLAIM_PARAMETERS_PREFIX}ctr0": "two-cpus", **annotations})
+    pod["metadata"]["namespace"] = "team-a"
+    return pod
+
+
+def test_filter_resolves_claim_parameters_of_a_pod_that_bypassed_the_webhook(cluster: LedgerCache) -> None:
+    asked: list[tuple[str, str]] = []
+
+    def lookup(namespace: str, name: str) -> dict[str, int] | None:
+        asked.append((namespace, name))
+        return {"count": 2, "runtime": 2000, "period": 10000} if name == "two-cpus" else None
+
+    app = create_app(ExtenderConfig(), cache=cluster, claim_parameters=lookup).test_client()
+    reply = post(app, "filter", args_names(claims_pod(), ["roomy", "full", "single"]))
+    assert reply["NodeNames"] == ["roomy"]  # 2 CPUs with 20% each: "full" has 10% left, "single" one CPU
+    assert set(reply["FailedNodes"]) == {"full", "single"}
+    assert asked and set(asked) == {("team-a", "two-cpus")}
+    scores = post(app, "prioritize", args_names(claims_pod(), ["roomy"]))
+    assert scores[0]["Score"] > 0
+
+
+def test_claim_parameters_naming_no_object_are_unresolvable_with_the_name(cluster: LedgerCache) -> None:
+    app = create_app(ExtenderConfig(), cache=cluster, claim_parameters=lambda _ns, _name: None).test_client()
+    reply = post(app, "filter", args_names(claims_pod(), ["roomy"]))
+    assert reply["NodeNames"] == []
+    assert (
+        "RtClaimParameters 'two-cpus' does not exist in namespace 'team-a'"
+        in reply["FailedAndUnresolvableNodes"]["roomy"]
+    )
+
+
+def test_an_unreadable_claim_parameters_object_fails_the_attempt_instead_of_the_pod(cluster: LedgerCache) -> None:
+    from extender.claims import ClaimParametersUnavailable
+
+    def broken(namespace: str, name: str) -> None:
+        raise ClaimParametersUnavailable(f"cannot read RtClaimParameters {namespace}/{name}: 503 Unavailable")
+
+    app = create_app(ExtenderConfig(), cache=cluster, claim_parameters=broken).test_client()
+    reply = post(app, "filter", args_names(claims_pod(), ["roomy"]))
+    assert reply == {"Error": "cannot read RtClaimParameters team-a/two-cpus: 503 Unavailable"}
