@@ -11,25 +11,30 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-install: $(PY)
+# Reinstalls only when the packaging changed (a stamp in the venv).
+STAMP := $(VENV)/.installed
+$(STAMP): setup.cfg pyproject.toml | $(PY)
 	$(BIN)/pip install --quiet -e '.[test,dev]'
+	touch $@
+
+install: $(STAMP)
 
 # The whole suite: unit, property, real-kernel and real-control-plane tests.
-test: $(PY)
+test: $(STAMP)
 	$(BIN)/pytest
 
 # Unit and property tests only (no root, no control plane).
-test-fast: $(PY)
+test-fast: $(STAMP)
 	$(BIN)/pytest -m 'not kernel and not e2e'
 
-lint: $(PY)
+lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy rtdra webhook agent extender
 	$(BIN)/lint-imports
 
 # Benchmarks print tables with ratios to a floor measured in the same run.
-bench: $(PY)
+bench: $(STAMP)
 	$(BIN)/rtdra simulate --nodes 10 --cpus 8 --load 0.6 --load 0.8 --load 1.0
 	$(PY) bench/bench_extender.py
 	$(PY) bench/bench_webhook.py
@@ -38,25 +43,25 @@ bench: $(PY)
 # The main job: the whole chain on a local control plane, the four demo apps,
 # a report of placements and kernel reservations; then everything is torn down.
 # Needs root (real SCHED_DEADLINE reservations on this machine) and Go.
-demo: install
+demo: $(STAMP)
 	$(PY) demo/run.py
 
 # Build (or reuse from ~/.cache/rt-dra) the upstream kube-apiserver,
 # kube-scheduler, kube-controller-manager and etcd. The first build compiles
 # Kubernetes from source: about 10 minutes on 2 cores.
-controlplane: $(PY)
+controlplane: $(STAMP)
 	$(PY) hack/cluster.py build
 
 # A local control plane in the background; the last line printed is the
 # admin kubeconfig (.cluster/kubeconfig).
-cluster-up: $(PY)
+cluster-up: $(STAMP)
 	$(PY) hack/cluster.py up --dir .cluster
 
-cluster-down: $(PY)
+cluster-down: $(STAMP)
 	$(PY) hack/cluster.py down --dir .cluster
 
 # Only the end-to-end tests (real control plane).
-e2e: $(PY)
+e2e: $(STAMP)
 	$(BIN)/pytest -m e2e
 
 clean:
