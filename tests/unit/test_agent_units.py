@@ -35,7 +35,8 @@ from rtdra import host, names
 from rtdra.ledger import NodeLedger, PodAllocation, Slot
 
 REPO = Path(__file__).resolve().parents[2]
-SCHEMA_DIRS = [Path("/work/shared/data/cdi-schema"), REPO.parent / "shared/data/cdi-schema"]
+# shared/ lies beside the checkout (CI copies it there); /work/shared is the development layout.
+SCHEMA_DIRS = [REPO.parent / "shared/data/cdi-schema", Path("/work/shared/data/cdi-schema")]
 
 
 def cdi_validator() -> jsonschema.Draft7Validator:
