@@ -175,6 +175,25 @@ def cpu_summary(before: dict[str, float], after: dict[str, float], pods: int) ->
     return f"  CPU ms/pod: {', '.join(parts)}; whole machine {100 * busy / total:.0f}% busy (other users included)"
 
 
+def apiserver_writes(cp: ControlPlane) -> dict[str, float]:
+    """kube-apiserver's request counts so far: ledger writes and Bindings (for writes per pod)."""
+    with urllib.request.urlopen(f"{cp.server}/metrics", timeout=10, context=cp.admin_ssl_context()) as r:
+        text = r.read().decode()
+    counts: dict[str, float] = defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        if family.name != "apiserver_request":
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name != "apiserver_request_total":
+                continue
+            if labels.get("resource") == "nodeallocationstates" and labels.get("verb") in ("PUT", "PATCH"):
+                counts["ledger writes"] += sample.value
+            elif labels.get("resource") == "pods" and labels.get("subresource") == "binding":
+                counts["bindings"] += sample.value
+    return counts
+
+
 def wait_all_bound(core: client.CoreV1Api, ns: str, count: int, resource_version: str, timeout: float) -> float:
     """Follow the namespace's pods from ``resource_version``; the monotonic time the last one was bound."""
     bound: set[str] = set()
@@ -222,12 +241,15 @@ def phase(cp: ControlPlane, stack: Stack, label: str, count: int, rt: bool, qps:
     # burst 100) caps the plain phase's Bindings but not the extender's, which
     # makes RT look better than it is: by default it is lifted for both.
     config["clientConnection"] = {"qps": qps, "burst": int(qps * 2)}
+    writes = apiserver_writes(cp)
     cp.configure_scheduler(config)  # returns once kube-scheduler is ready
     start = time.monotonic()
     cpu = cpu_snapshot(cp, stack)
     last = wait_all_bound(core, ns, count, version, timeout=600)
     cpu_after = cpu_snapshot(cp, stack)
-    return count / (last - start), cpu_summary(cpu, cpu_after, count)
+    writes_after = apiserver_writes(cp)
+    per_pod = ", ".join(f"{k} {(writes_after[k] - writes.get(k, 0.0)) / count:.2f}" for k in sorted(writes_after))
+    return count / (last - start), f"{cpu_summary(cpu, cpu_after, count)}\n  API writes per pod: {per_pod}"
 
 
 def check_ledgers(stack: Stack, nodes: list[str], count: int) -> str:

@@ -236,9 +236,13 @@ class Binder:
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         }
         # The reply is a Status, which the generated client cannot read as a V1Binding.
-        self.core.create_namespaced_pod_binding(
+        response: Any = self.core.create_namespaced_pod_binding(
             name, namespace, body, _preload_content=False, _request_timeout=self.request_timeout
         )
+        # Read it to the end, or its connection never goes back to the pool: every bind
+        # would then open (and the API server accept) a new TLS connection.
+        response.drain_conn()
+        response.release_conn()
 
     def _after_failed_binding(
         self,

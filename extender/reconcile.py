@@ -221,7 +221,10 @@ class Reconciler:
                 log.warning("reconcile: watching pods failed: %s", err)
                 self._stop.wait(1.0)
             except Exception:  # the watch must survive anything
-                log.exception("reconcile: watching pods failed")
+                # Includes the client's KeyError on an ERROR event (a 410 among them) with
+                # deserialize=False: list again rather than re-watch the same version forever.
+                log.exception("reconcile: watching pods failed; listing again")
+                version = ""
                 self._stop.wait(1.0)
 
     def _list_pending(self) -> str:

@@ -35,14 +35,16 @@ kept as read when the object is replaced.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal, cast
 
-from kubernetes import client, watch
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
 
 from rtdra import names
 from rtdra.ledger import NodeLedger
@@ -156,28 +158,44 @@ class NasStore:
         """Changes after ``resource_version`` until the server ends the watch (after ``timeout_seconds``).
 
         Raises :class:`Expired` when the version is too old: list again.
+
+        Each event line is parsed once (``json.loads``): the client's ``Watch``
+        parses every object, dumps it and parses it again, which for a ledger
+        ``pack`` is filling - every bind rewrites it - was most of this
+        thread's work.
         """
-        stream = watch.Watch()
+        what = f"watching NodeAllocationStates in {self.namespace}"
         try:
-            for event in stream.stream(
-                self._objects.list_namespaced_custom_object,
+            response: Any = self._objects.list_namespaced_custom_object(
                 *self._args(),
+                watch=True,
                 resource_version=resource_version,
                 timeout_seconds=timeout_seconds,
                 allow_watch_bookmarks=True,
+                _preload_content=False,
                 _request_timeout=timeout_seconds + self.request_timeout,
-            ):
+            )
+        except ApiException as err:
+            raise _error(err, what) from None
+        try:
+            for line in iter_resp_lines(response):
+                if not line.strip():
+                    continue
+                event = json.loads(line)
                 kind = event.get("type")
-                obj: Mapping[str, Any] = event.get("raw_object") or event.get("object") or {}
+                obj: Mapping[str, Any] = event.get("object") or {}
+                if kind == "ERROR":
+                    status = int(obj.get("code") or 0)
+                    message = f"{what}: {status} {obj.get('reason', '')}: {obj.get('message', '')}"
+                    raise Expired(message, status) if status == 410 else StoreError(message, status)
                 rv = str((obj.get("metadata") or {}).get("resourceVersion", ""))
                 if kind == "BOOKMARK":
                     yield NasEvent("BOOKMARK", None, rv)
                 elif kind in ("ADDED", "MODIFIED", "DELETED"):
                     yield NasEvent(kind, NodeLedger.from_nas(obj), rv)
-        except ApiException as err:
-            raise _error(err, f"watching NodeAllocationStates in {self.namespace}") from None
         finally:
-            stream.stop()
+            response.close()
+            response.release_conn()
 
     # -- writing ---------------------------------------------------------------
 
@@ -203,7 +221,10 @@ class NasStore:
         """
         body = ledger.to_nas(self.namespace)
         if metadata is not None:
-            body["metadata"] = {**metadata, **body["metadata"]}
+            # managedFields stay out: the API server keeps the stored ones when a write
+            # has none, and sending them back doubles what it decodes for every write.
+            kept = {k: v for k, v in metadata.items() if k != "managedFields"}
+            body["metadata"] = {**kept, **body["metadata"]}
         try:
             obj = self._objects.replace_namespaced_custom_object(
                 *self._args(), ledger.node, body, _request_timeout=self.request_timeout

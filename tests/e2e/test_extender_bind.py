@@ -360,6 +360,27 @@ def test_a_bind_from_an_outdated_view_of_the_pod_binds_it_at_its_current_version
     assert ledger is not None and set(ledger.pods) == {uid}
 
 
+def test_binds_one_after_another_reuse_one_api_connection(
+    control_plane: Any, kube_api: client.ApiClient, nas: NasStore, namespace: str, unique_name: Any
+) -> None:
+    node = unique_name("n")
+    nas.create(NodeLedger(node, {0: CAP}))
+    api = control_plane.api_client()
+    try:
+        binder = Binder(api, NasStore(api, NAMESPACE))
+        for i in range(3):
+            uid = rt_pod(kube_api, namespace, f"p{i}", "runtime=10ms,period=100ms")
+            binder.bind(namespace, f"p{i}", uid, node)
+        pools = api.rest_client.pool_manager.pools
+        # urllib3's pool container refuses iteration; keys() is its thread-safe listing.
+        opened = sum(pools[key].num_connections for key in pools.keys())  # noqa: SIM118
+        assert opened == 1, f"{opened} connections for 3 binds in a row: a reply was left unread"
+        ledger = nas.get(node)
+        assert ledger is not None and len(ledger.pods) == 3
+    finally:
+        api.close()
+
+
 def test_a_pod_whose_request_changed_after_it_was_seen_is_refused_and_its_reservation_released(
     kube_api: client.ApiClient, nas: NasStore, namespace: str, unique_name: Any
 ) -> None:

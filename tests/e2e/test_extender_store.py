@@ -131,6 +131,21 @@ def test_update_keeps_labels_and_writes_nothing_when_unchanged(store: NasStore) 
     assert created.resource_version != store.get_object("n1")["metadata"]["resourceVersion"]
 
 
+def test_a_ledger_write_leaves_out_managed_fields_and_the_api_server_keeps_every_owner(store: NasStore) -> None:
+    store.create(NodeLedger("n1", {0: CAP}))
+    client.CustomObjectsApi(store.api).patch_namespaced_custom_object(
+        names.NAS_GROUP, names.NAS_VERSION, store.namespace, names.NAS_PLURAL, "n1",
+        {"metadata": {"labels": {"owner": "agent"}}}, field_manager="rtdra-agent",
+    )  # fmt: skip
+    read = store.get_object("n1")
+    assert any(e.get("manager") == "rtdra-agent" for e in read["metadata"]["managedFields"])
+    sent = store.update("n1", lambda ledger: ledger.reserve(pod_allocation("u1", 0)))
+    stored = store.get_object("n1")["metadata"]
+    assert "u1" in sent.pods
+    assert any(e.get("manager") == "rtdra-agent" for e in stored["managedFields"]), "the agent's ownership was lost"
+    assert stored["labels"] == {"owner": "agent"}
+
+
 def test_an_overcommitting_update_raises_and_writes_nothing(store: NasStore) -> None:
     store.create(NodeLedger("n1", {0: CAP}).reserve(pod_allocation("u1", 0, runtime_ms=80)))
     before = store.get_object("n1")["metadata"]["resourceVersion"]
