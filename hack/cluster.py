@@ -46,7 +46,8 @@ Processes started by a ControlPlane (not ``up``) get SIGKILL if the Python
 process that started them dies (PR_SET_PDEATHSIG), so a crashed test run
 leaves nothing behind.
 
-Only stdlib + cryptography + PyYAML + kubernetes.
+Only stdlib, PyYAML, kubernetes and the project's own ``rtdra.certs`` (the
+same certificate authority code ``rtdra certs`` uses).
 """
 
 from __future__ import annotations
@@ -74,13 +75,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes import client
 from kubernetes import config as kconfig
 from kubernetes.client.rest import ApiException
+
+from rtdra.certs import CertificateAuthority
 
 HACK = Path(__file__).resolve().parent
 BUILD_SCRIPT = HACK / "controlplane" / "build.sh"
@@ -209,109 +210,6 @@ def _key_pem(key) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-
-
-def _cert_pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-class CertificateAuthority:
-    """A throw-away CA; ``issue`` signs serving and client certificates."""
-
-    def __init__(self, common_name: str = "rt-dra-e2e-ca", key=None, cert: x509.Certificate | None = None):
-        if key is not None and cert is not None:
-            self.key, self.cert = key, cert
-            return
-        self.key = _new_key()
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(_now() - _dt.timedelta(minutes=5))
-            .not_valid_after(_now() + _dt.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
-
-    @classmethod
-    def load(cls, cert_file: Path, key_file: Path) -> CertificateAuthority:
-        cert = x509.load_pem_x509_certificate(Path(cert_file).read_bytes())
-        key = serialization.load_pem_private_key(Path(key_file).read_bytes(), password=None)
-        return cls(key=key, cert=cert)
-
-    @property
-    def cert_pem(self) -> bytes:
-        return _cert_pem(self.cert)
-
-    def issue(
-        self,
-        common_name: str,
-        organizations: Sequence[str] = (),
-        *,
-        server: bool = False,
-        client: bool = False,
-        dns: Sequence[str] = (),
-        ips: Sequence[str] = (),
-        days: int = 30,
-    ) -> tuple[bytes, bytes]:
-        """Return (cert_pem, key_pem)."""
-        key = _new_key()
-        attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
-        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
-        usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
-            [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
-        )
-        b = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name(attrs))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(_now() - _dt.timedelta(minutes=5))
-            .not_valid_after(_now() + _dt.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_encipherment=False,
-                    content_commitment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
-        )
-        if usages:
-            b = b.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
-        sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-        if sans:
-            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = b.sign(self.key, hashes.SHA256())
-        return _cert_pem(cert), _key_pem(key)
 
 
 def _b64(data: bytes) -> str:
@@ -543,7 +441,7 @@ class ControlPlane:
     @property
     def ca(self) -> CertificateAuthority:
         if self._ca is None:
-            self._ca = CertificateAuthority.load(self.ca_file, self.pki / "ca.key")
+            self._ca = CertificateAuthority.from_pem(self.ca_file.read_bytes(), (self.pki / "ca.key").read_bytes())
         return self._ca
 
     def _write(self, name: str, data: bytes, mode: int = 0o600) -> Path:
@@ -554,9 +452,9 @@ class ControlPlane:
         return p
 
     def _write_pki(self) -> None:
-        self._ca = ca = CertificateAuthority("rt-dra-e2e-ca")
+        self._ca = ca = CertificateAuthority.create("rt-dra-e2e-ca", days=30)
         self._write("ca.crt", ca.cert_pem, 0o644)
-        self._write("ca.key", _key_pem(ca.key))
+        self._write("ca.key", ca.key_pem)
         svc_ip = str(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))  # 10.96.0.1
         cert, key = ca.issue(
             "kube-apiserver",
@@ -579,7 +477,7 @@ class ControlPlane:
         # front-proxy (request-header) CA and client, as kubeadm does: lets aggregated
         # API servers and kube-scheduler's delegated authn find a complete
         # extension-apiserver-authentication ConfigMap.
-        fp = CertificateAuthority("rt-dra-e2e-front-proxy-ca")
+        fp = CertificateAuthority.create("rt-dra-e2e-front-proxy-ca", days=30)
         self._write("front-proxy-ca.crt", fp.cert_pem, 0o644)
         cert, key = fp.issue("front-proxy-client", client=True)
         self._write("front-proxy-client.crt", cert, 0o644)

@@ -115,20 +115,30 @@ class CertificateAuthority:
     def key_pem(self) -> bytes:
         return _key_pem(self.key)
 
-    def issue_serving(
-        self, dns_names: Sequence[str], ip_addresses: Sequence[str] = (), days: int = 365
+    def issue(
+        self,
+        common_name: str,
+        organizations: Sequence[str] = (),
+        *,
+        server: bool = False,
+        client: bool = False,
+        dns: Sequence[str] = (),
+        ips: Sequence[str] = (),
+        days: int = 365,
     ) -> tuple[bytes, bytes]:
-        """A server certificate for ``dns_names`` and ``ip_addresses`` (all as SANs): ``(cert_pem, key_pem)``."""
-        if not dns_names and not ip_addresses:
-            raise ValueError("a serving certificate needs at least one DNS name or IP address")
-        sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns_names]
-        sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
+        """A leaf certificate signed by this CA: ``(cert_pem, key_pem)``.
+
+        ``organizations`` become the subject's O= (Kubernetes groups of a client
+        certificate); ``server``/``client`` set the extended key usages; ``dns``
+        and ``ips`` become subject alternative names.
+        """
         key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, (list(dns_names) or list(ip_addresses))[-1])])
+        attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
         now = dt.datetime.now(dt.UTC)
-        cert = (
+        builder = (
             x509.CertificateBuilder()
-            .subject_name(subject)
+            .subject_name(x509.Name(attrs))
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -136,12 +146,26 @@ class CertificateAuthority:
             .not_valid_after(now + dt.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_usage(signer=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
-            .sign(self.key, hashes.SHA256())
         )
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH] * server + [ExtendedKeyUsageOID.CLIENT_AUTH] * client
+        if usages:
+            builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+        sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        cert = builder.sign(self.key, hashes.SHA256())
         return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+    def issue_serving(
+        self, dns_names: Sequence[str], ip_addresses: Sequence[str] = (), days: int = 365
+    ) -> tuple[bytes, bytes]:
+        """A server certificate for ``dns_names`` and ``ip_addresses`` (all as SANs): ``(cert_pem, key_pem)``."""
+        if not dns_names and not ip_addresses:
+            raise ValueError("a serving certificate needs at least one DNS name or IP address")
+        subject = (list(dns_names) or list(ip_addresses))[-1]
+        return self.issue(subject, server=True, dns=dns_names, ips=ip_addresses, days=days)
 
 
 def ca_bundle(ca_pem: bytes) -> str:

@@ -247,7 +247,7 @@ class _Recorder(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def webhook_server(tmp_path):
-    ca = CertificateAuthority("e2e-webhook-ca")
+    ca = CertificateAuthority.create("e2e-webhook-ca")
     cert, key = ca.issue("127.0.0.1", server=True, ips=["127.0.0.1"], dns=["localhost"])
     (tmp_path / "tls.crt").write_bytes(cert)
     (tmp_path / "tls.key").write_bytes(key)

@@ -196,7 +196,7 @@ class TLS:
     def make(cls, directory: Path) -> TLS:
         from hack.cluster import CertificateAuthority
 
-        ca = CertificateAuthority("rtdra-extender-test-ca")
+        ca = CertificateAuthority.create("rtdra-extender-test-ca")
         paths = {
             name: directory / f"{name}.pem" for name in ("ca", "server_cert", "server_key", "client_cert", "client_key")
         }
