@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO))
 from kubernetes import client, watch  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from hack.cluster import Binaries, ControlPlane, _kill, ensure_binaries  # noqa: E402
+from hack.cluster import Binaries, ControlPlane, ensure_binaries, kill  # noqa: E402
 from hack.stack import NAMESPACE, Stack, apply, manifest_documents  # noqa: E402
 from rtdra import host, names  # noqa: E402
 from rtdra.ledger import NodeLedger  # noqa: E402
@@ -81,7 +81,7 @@ def pod(name: str, rt: bool) -> dict[str, Any]:
 def stop_scheduler(cp: ControlPlane) -> None:
     pid = cp.pids.pop("kube-scheduler", None)
     if pid is not None:
-        _kill(pid, cp._procs.pop("kube-scheduler", None))
+        kill(pid, cp._procs.pop("kube-scheduler", None))
 
 
 def extender_metrics(stack: Stack) -> dict[str, float]:

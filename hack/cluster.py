@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """A real, local Kubernetes control plane for the e2e tests and the demo.
 
-Runs the upstream programs - etcd, kube-apiserver and kube-scheduler, built from
-source by hack/controlplane/build.sh and cached under ~/.cache/rt-dra/ - on
-127.0.0.1 with free ports, fresh certificates and RBAC on. There is no kubelet
-and no kube-controller-manager: ``create_node`` writes Ready Node objects
-itself, and pods stay Pending after kube-scheduler binds them. The same build
+Runs the upstream programs - etcd, kube-apiserver, kube-scheduler and (opt-in,
+``controller_manager=True``) kube-controller-manager, built from source by
+hack/controlplane/build.sh and cached under ~/.cache/rt-dra/ - on 127.0.0.1
+with free ports, fresh certificates and RBAC on. It runs no kubelet: either
+``create_node`` writes Ready Node objects itself (pods bound there stay
+Pending unless something plays the node, e.g. ``hack/nodesim.py``), or a real
+kubelet + containerd node joins it (``hack/node.py``). The same build
 provides ``kubectl`` (``Binaries.kubectl``) for tests that drive the cluster as an
 operator would.
 
@@ -21,7 +23,7 @@ CLI (``make cluster-up`` / ``make cluster-down``)::
     python hack/cluster.py up --dir .cluster     # last line: .cluster/kubeconfig
     python hack/cluster.py down --dir .cluster
 
-Consequences of running without kube-controller-manager (deliberate):
+Consequences of running without kube-controller-manager (the default; deliberate):
 - The ServiceAccount admission plugin is disabled: it rejects every pod whose
   ServiceAccount does not exist, and the "default" ServiceAccount of each
   namespace is created by kube-controller-manager's serviceaccount controller.
@@ -54,15 +56,11 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
-import ctypes
 import datetime as _dt
 import ipaddress
 import json
 import os
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -81,6 +79,10 @@ from kubernetes import client
 from kubernetes import config as kconfig
 from kubernetes.client.rest import ApiException
 
+if __package__ in (None, ""):  # run as a script: make ``hack`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hack.procs import die_with_parent, free_port, kill, pid_alive, pid_cmdline, tail
 from rtdra.certs import CertificateAuthority
 
 HACK = Path(__file__).resolve().parent
@@ -247,72 +249,6 @@ def write_kubeconfig(
     return path
 
 
-# --------------------------------------------------------------------------- helpers
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        data = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return f"(no log at {path})"
-    return "\n".join(data[-lines:])
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is as good as dead
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _pid_cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGKILL when the Python process that started us dies,
-    so a crashed test run leaves no etcd/kube-apiserver behind (Linux prctl PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(OSError, AttributeError):  # not Linux: best effort only
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
-
-
-def _kill(pid: int, proc: subprocess.Popen | None, grace: float = 10.0) -> None:
-    if not _pid_alive(pid):
-        if proc is not None:
-            proc.poll()
-        return
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if proc is not None:
-                if proc.poll() is not None:
-                    return
-            elif not _pid_alive(pid):
-                return
-            time.sleep(0.05)
-    if proc is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
-
-
 # --------------------------------------------------------------------------- control plane
 class ControlPlane:
     """etcd + kube-apiserver + kube-scheduler on 127.0.0.1, with RBAC.
@@ -402,7 +338,7 @@ class ControlPlane:
         for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
             pid = self.pids.pop(name, None)
             if pid is not None:
-                _kill(pid, self._procs.pop(name, None))
+                kill(pid, self._procs.pop(name, None))
         self._started = False
         if not self.keep_workdir and self.workdir.exists():
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -524,7 +460,7 @@ class ControlPlane:
                 start_new_session=True,
                 close_fds=True,
                 # runs only prctl() between fork and exec; we start no threads of our own
-                preexec_fn=None if self._detached else _die_with_parent,  # noqa: PLW1509
+                preexec_fn=None if self._detached else die_with_parent,  # noqa: PLW1509
             )
         self._procs[name] = proc
         self.pids[name] = proc.pid
@@ -538,7 +474,7 @@ class ControlPlane:
             if proc is not None and proc.poll() is not None:
                 raise ControlPlaneError(
                     f"{name} exited with code {proc.returncode} during start-up; "
-                    f"last lines of {self.logs / (name + '.log')}:\n{_tail(self.logs / (name + '.log'))}"
+                    f"last lines of {self.logs / (name + '.log')}:\n{tail(self.logs / (name + '.log'))}"
                 )
             try:
                 with urllib.request.urlopen(url, timeout=3, context=ssl_ctx) as r:
@@ -553,7 +489,7 @@ class ControlPlane:
             time.sleep(0.2)
         raise ControlPlaneError(
             f"{name} not healthy at {url} after {timeout:.0f}s (last answer: {last}); "
-            f"last lines of {self.logs / (name + '.log')}:\n{_tail(self.logs / (name + '.log'))}"
+            f"last lines of {self.logs / (name + '.log')}:\n{tail(self.logs / (name + '.log'))}"
         )
 
     def admin_ssl_context(self) -> ssl.SSLContext:
@@ -692,7 +628,7 @@ class ControlPlane:
         self.scheduler_config_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
         old = self.pids.pop("kube-scheduler", None)
         if old is not None:
-            _kill(old, self._procs.pop("kube-scheduler", None))
+            kill(old, self._procs.pop("kube-scheduler", None))
         assert self.binaries is not None
         port = self.ports["scheduler"]
         proc = self._spawn(
@@ -714,7 +650,7 @@ class ControlPlane:
         try:
             self._wait("kube-scheduler", f"https://127.0.0.1:{port}/readyz", self.start_timeout, ctx)
         except ControlPlaneError:
-            _kill(proc.pid, proc)
+            kill(proc.pid, proc)
             self.pids.pop("kube-scheduler", None)
             self._procs.pop("kube-scheduler", None)
             raise
@@ -852,7 +788,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     workdir = Path(args.dir)
     if (workdir / STATE_FILE).exists():
         cp = ControlPlane.attach(workdir)
-        if all(_pid_alive(p) for p in cp.pids.values()):
+        if all(pid_alive(p) for p in cp.pids.values()):
             print(f"control plane already running at {cp.server}", file=sys.stderr)
             print(workdir / "kubeconfig")
             return 0
@@ -880,8 +816,8 @@ def _down(workdir: Path) -> None:
         for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
             pid = cp.pids.get(name)
             # only kill what is really ours: its command line names this workdir
-            if pid and _pid_alive(pid) and str(cp.workdir) in _pid_cmdline(pid):
-                _kill(pid, None)
+            if pid and pid_alive(pid) and str(cp.workdir) in pid_cmdline(pid):
+                kill(pid, None)
     shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from hack.cluster import BuildError, ControlPlane, ControlPlaneError, _pid_alive, ensure_binaries  # noqa: E402
+from hack.cluster import BuildError, ControlPlane, ControlPlaneError, ensure_binaries, pid_alive  # noqa: E402
 
 _BINARIES: dict = {}
 
@@ -88,7 +88,7 @@ def control_plane(k8s_binaries, tmp_path_factory):
         cp.stop()
         with contextlib.suppress(OSError):
             workdir.parent.rmdir()
-        left = {n: p for n, p in pids.items() if _pid_alive(p)}
+        left = {n: p for n, p in pids.items() if pid_alive(p)}
         assert not left, f"control plane processes survived teardown: {left}"
 
 

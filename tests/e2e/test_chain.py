@@ -20,7 +20,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from hack.cluster import ControlPlane, _pid_alive
+from hack.cluster import ControlPlane, pid_alive
 from hack.stack import NodeSpec, Stack, wait_for
 from rtdra import names
 from rtdra.ledger import NodeLedger
@@ -49,7 +49,7 @@ def stack(k8s_binaries: Any) -> Iterator[Stack]:
         cp.stop()
         with contextlib.suppress(OSError):
             workdir.parent.rmdir()
-    left = {n: p for n, p in pids.items() if _pid_alive(p)}
+    left = {n: p for n, p in pids.items() if pid_alive(p)}
     assert not left, f"processes survived teardown: {left}"
 
 

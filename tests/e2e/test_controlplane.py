@@ -21,7 +21,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from hack.cluster import Binaries, CertificateAuthority, ControlPlane, ControlPlaneError, _pid_alive, _pid_cmdline
+from hack.cluster import Binaries, CertificateAuthority, ControlPlane, ControlPlaneError, pid_alive, pid_cmdline
 
 pytestmark = pytest.mark.e2e
 
@@ -112,7 +112,7 @@ def test_configure_scheduler_restarts_with_our_config(control_plane, kube_api, m
         assert "rtdra-e2e-scheduler" in path.read_text()
         assert "leaderElect: false" in path.read_text()
         assert control_plane.pids["kube-scheduler"] != old_pid
-        assert not _pid_alive(old_pid)
+        assert not pid_alive(old_pid)
         name = unique_name("prof")
         pods(pod_body(name, node_selector={"e2e-group": group}, scheduler_name="rtdra-e2e-scheduler"))
         assert wait_for(lambda: core.read_namespaced_pod(name, "default").spec.node_name) == n
@@ -406,7 +406,7 @@ def _check_rbac(control_plane, rbac, reader, unique_name):
 # ----------------------------------------------------------------------------- teardown
 def _assert_gone(pids, workdir):
     for name, pid in pids.items():
-        assert not _pid_alive(pid), f"{name} (pid {pid}) still running"
+        assert not pid_alive(pid), f"{name} (pid {pid}) still running"
     assert not Path(workdir).exists(), f"{workdir} left behind"
 
 
@@ -416,7 +416,7 @@ def test_context_manager_stop_leaves_nothing(k8s_binaries):
         with ControlPlane(workdir, k8s_binaries) as cp:
             pids = cp.all_pids()
             assert set(pids) == {"etcd", "kube-apiserver", "kube-scheduler"}
-            assert all(_pid_alive(p) for p in pids.values())
+            assert all(pid_alive(p) for p in pids.values())
             assert (cp.logs / "kube-apiserver.log").exists()
             with cp.api_client() as api:
                 assert client.VersionApi(api).get_code().git_version == k8s_binaries.versions["kubernetes"]
@@ -443,7 +443,7 @@ def test_cli_up_down_daemonizes_and_cleans_up(k8s_binaries, tmp_path):
         cp = ControlPlane.attach(d)
         pids = cp.all_pids()
         assert set(pids) == {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"} and all(
-            _pid_alive(p) for p in pids.values()
+            pid_alive(p) for p in pids.values()
         )  # outlived `up`
         with cp.api_client() as api:
             assert client.CoreV1Api(api).read_namespace("default").metadata.name == "default"
@@ -456,7 +456,7 @@ def test_cli_up_down_daemonizes_and_cleans_up(k8s_binaries, tmp_path):
             timeout=120,
         )
     assert down.returncode == 0, down.stderr
-    wait_for(lambda: not any(_pid_alive(p) for p in pids.values()), timeout=15, what="processes to exit")
+    wait_for(lambda: not any(pid_alive(p) for p in pids.values()), timeout=15, what="processes to exit")
     _assert_gone(pids, d)
 
 
@@ -475,8 +475,8 @@ def test_start_failure_raises_with_log_tail_and_cleans_up(k8s_binaries, tmp_path
     assert cp.pids == {}
     assert not workdir.exists()
     # etcd, started before the failing apiserver, was killed too
-    assert not any(str(workdir) in _pid_cmdline(p) for p in _all_pids())
+    assert not any(str(workdir) in pid_cmdline(p) for p in _all_pids())
 
 
 def _all_pids():
-    return [int(d) for d in os.listdir("/proc") if d.isdigit() and _pid_alive(int(d))]
+    return [int(d) for d in os.listdir("/proc") if d.isdigit() and pid_alive(int(d))]

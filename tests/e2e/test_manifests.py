@@ -40,7 +40,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from hack.cluster import Binaries, ControlPlane, _pid_alive, free_port
+from hack.cluster import Binaries, ControlPlane, free_port, pid_alive
 from hack.stack import BIN, NodeSpec, Stack, wait_for
 from rtdra import names
 from rtdra.ledger import NodeLedger
@@ -172,7 +172,7 @@ def _stop(cp: ControlPlane, pids: dict[str, int]) -> None:
     cp.stop()
     with contextlib.suppress(OSError):
         cp.workdir.parent.rmdir()
-    left = {n: p for n, p in pids.items() if _pid_alive(p)}
+    left = {n: p for n, p in pids.items() if pid_alive(p)}
     assert not left, f"processes survived teardown: {left}"
 
 

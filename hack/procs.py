@@ -1,0 +1,138 @@
+"""Processes the test harness starts: spawn them so they die with us, and stop them for sure.
+
+Every long-running program the harness runs (etcd, kube-apiserver, kubelet,
+containerd, the RT-DRA components) is started through :func:`spawn`: its own
+session (so a signal reaches its whole group), its output appended to a log
+file, and - unless it is meant to outlive us (``make up``) - the kernel's
+``PR_SET_PDEATHSIG`` so that a crashed or killed test run leaves nothing
+behind. :func:`kill` stops one: SIGTERM, a grace period, then SIGKILL.
+
+Only the standard library: the harness modules (``hack.cluster``,
+``hack.node``, ``hack.stack`` ...) all build on this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In the child before exec: get SIGKILL when the Python process that started us dies.
+
+    Runs only ``prctl()`` between fork and exec (safe as a ``preexec_fn``).
+    """
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: best effort only
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def pid_cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def pids_matching(needle: str) -> list[int]:
+    """Every live process whose command line contains ``needle`` (e.g. a work directory)."""
+    pids = (int(e) for e in os.listdir("/proc") if e.isdigit())
+    return [p for p in pids if p != os.getpid() and needle in pid_cmdline(p) and pid_alive(p)]
+
+
+def kill(pid: int, proc: subprocess.Popen[bytes] | None = None, grace: float = 10.0) -> None:
+    """SIGTERM, up to ``grace`` seconds, then SIGKILL; reaps ``proc`` when given."""
+    if not pid_alive(pid):
+        if proc is not None:
+            proc.poll()
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if proc is not None:
+                if proc.poll() is not None:
+                    return
+            elif not pid_alive(pid):
+                return
+            time.sleep(0.05)
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+
+
+def kill_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """Stop ``proc`` (see :func:`kill`), then SIGKILL whatever is left in its process group."""
+    kill(proc.pid, proc, grace)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def spawn(
+    argv: Sequence[str],
+    log: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    detach: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in its own session, output appended to ``log``.
+
+    ``env`` is added to this process's environment. Unless ``detach``, the
+    child gets SIGKILL when this Python process dies.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:  # Popen dup()s the fd into the child; ours closes here
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+            close_fds=True,
+            preexec_fn=None if detach else die_with_parent,  # noqa: PLW1509 - only prctl() before exec
+        )
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log file (or a note that there is none)."""
+    try:
+        data = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(data[-lines:])
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
