@@ -49,8 +49,9 @@ from kubernetes.client.rest import ApiException
 HACK = Path(__file__).resolve().parent
 sys.path.insert(0, str(HACK.parent))
 
-from hack.cluster import ControlPlane, _die_with_parent, _kill, free_port, write_kubeconfig  # noqa: E402
+from hack.cluster import ControlPlane, write_kubeconfig  # noqa: E402
 from hack.nodesim import NodeSimulator, SimNode  # noqa: E402
+from hack.procs import die_with_parent, free_port, kill  # noqa: E402
 
 REPO = HACK.parent
 MANIFESTS = REPO / "manifests"
@@ -230,7 +231,7 @@ class Stack:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **(env or {})},
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl() between fork and exec
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl() between fork and exec
             )
         self.procs[name] = proc
         return proc
@@ -242,7 +243,7 @@ class Stack:
         if sig != signal.SIGTERM and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, sig)
-        _kill(proc.pid, proc)
+        kill(proc.pid, proc)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # gunicorn workers and any hook left over
 
