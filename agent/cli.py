@@ -82,6 +82,28 @@ def install_hook(config: AgentConfig) -> list[str]:
     )
 
 
+def start_nri(config: AgentConfig, enforcer: Enforcer) -> threading.Event | None:
+    """Connect to the runtime over NRI if the mode says so; the event that stops it, or None.
+
+    The hook socket is served in every mode: a container that still carries the CDI device
+    (an NRI device injector next to us) gets its answer, and an idempotent one.
+    """
+    use_nri = config.mode == "nri" or (config.mode == "auto" and config.nri_socket.is_socket())
+    if not use_nri:
+        log.info(
+            "mode %s: container starts come from the CDI hook (no NRI socket at %s)", config.mode, config.nri_socket
+        )
+        return None
+    from agent.nri.plugin import RtPlugin  # noqa: PLC0415 - protobuf only when NRI is used
+    from agent.nri.stub import Stub  # noqa: PLC0415
+
+    log.info("mode %s: container starts come from the runtime over NRI at %s", config.mode, config.nri_socket)
+    stop = threading.Event()
+    stub = Stub(config.nri_socket, RtPlugin(enforcer))
+    threading.Thread(target=stub.run, args=(stop,), name="nri", daemon=True).start()
+    return stop
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = parse_args(argv)
@@ -159,6 +181,7 @@ def _run(config: AgentConfig, store: LedgerStore, events: EventSink, partitions:
     server = HookServer(config.socket_path, enforcer)
     server.start()
     log.info("serving hooks on %s", config.socket_path)
+    nri_stop = start_nri(config, enforcer)
 
     stop = threading.Event()
 
@@ -172,6 +195,8 @@ def _run(config: AgentConfig, store: LedgerStore, events: EventSink, partitions:
     worker = threading.Thread(target=loop.run, name="reconcile", daemon=True)
     worker.start()
     stop.wait()
+    if nri_stop is not None:
+        nri_stop.set()
     server.stop()
     worker.join(timeout=10)
     if config.release_on_exit:

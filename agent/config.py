@@ -19,6 +19,9 @@ from rtdra.host import parse_cpulist
 
 ENV_PREFIX = "RTDRA_AGENT_"
 BackendName = Literal["deadline", "hcbs", "none"]
+#: How the agent hears of container starts: NRI (the runtime's plugin socket), the CDI hook, or
+#: NRI where the socket exists at start-up and the hook elsewhere.
+ModeName = Literal["auto", "nri", "cdi"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,8 @@ class AgentConfig:
     sim_cpus: int | None = None
     #: Backend ``none``: publish this per-CPU capacity (kernel fixed point, 1<<20 = one CPU) instead of measuring.
     capacity: int | None = None
+    mode: ModeName = "auto"
+    nri_socket: Path = Path("/var/run/nri/nri.sock")
 
     @property
     def socket_path(self) -> Path:
@@ -119,6 +124,14 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
         help="backend none: each CPU's capacity in the kernel's fixed point (1048576 = a whole CPU); "
         "default: measured on this host",
     )
+    p.add_argument(
+        "--mode",
+        choices=("auto", "nri", "cdi"),
+        default=e("MODE", "auto"),
+        help="hear of container starts from the runtime over NRI, or from the CDI hook; "
+        "auto: NRI if --nri-socket exists at start-up, else the hook (default: auto)",
+    )
+    p.add_argument("--nri-socket", type=Path, default=Path(e("NRI_SOCKET", "/var/run/nri/nri.sock") or ""))
     a = p.parse_args(argv)
     if a.backend != "none" and (a.cpus is not None or a.capacity is not None):
         p.error("--cpus and --capacity simulate a node: they need --backend none")
@@ -148,4 +161,6 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
         hook_python=a.hook_python,
         sim_cpus=int(a.cpus) if a.cpus is not None else None,
         capacity=int(a.capacity) if a.capacity is not None else None,
+        mode=a.mode,
+        nri_socket=a.nri_socket,
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -197,6 +197,21 @@ class Enforcer:
         with self.lock:
             for container in list(self.applied.get(uid, {})):
                 self.release_container(uid, container)
+
+    def sync(self, running: Iterable[oci.ContainerRef], running_ids: Collection[str]) -> list[Outcome]:
+        """Agree with the runtime's own list (an NRI Synchronize, after either side restarted).
+
+        Releases what is held for containers the runtime no longer runs (``running_ids``: the ids
+        of every container it runs), then puts ``running`` - its running RT containers - under
+        their allocations: what is already held is kept as it is, what started while the agent
+        was away is reserved now.
+        """
+        with self.lock:
+            for uid, held_by in list(self.applied.items()):
+                for container, held in list(held_by.items()):
+                    if held.container_id and held.container_id not in running_ids:
+                        self.release_container(uid, container, held.container_id)
+        return [self.prepare(ref) for ref in running]
 
     def reconcile(self) -> None:
         """Release what is no longer allocated or alive; adopt tasks that appeared."""
