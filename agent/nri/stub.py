@@ -170,12 +170,11 @@ class Stub:
                 log.warning("NRI: registering as %s-%s at %s failed: %s", self.index, self.name, self.socket_path, err)
                 return False
             log.info("NRI: registered as %s-%s at %s", self.index, self.name, self.socket_path)
-            if (
-                not self._configured.wait(self.registration_timeout_s + self.request_timeout_s)
-                and not conn.closed.is_set()
-            ):
-                log.warning("NRI: the runtime registered us but did not configure us; hanging up")
-                return False
+            configure_by = time.monotonic() + self.registration_timeout_s + self.request_timeout_s
+            while not self._configured.wait(0.05) and not conn.closed.is_set():
+                if time.monotonic() > configure_by:
+                    log.warning("NRI: the runtime registered us but did not configure us; hanging up")
+                    return False
             while not conn.wait_closed(0.5):
                 if stop is not None and stop.is_set():
                     break
