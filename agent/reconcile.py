@@ -19,6 +19,9 @@ from rtdra.ledger import NodeLedger
 
 log = logging.getLogger(__name__)
 
+#: How long a publish waits after the Enforcer's hint (see :meth:`Loop.run`).
+DIRTY_DELAY_S = 0.02
+
 
 def publish(store: LedgerStore, facts: NodeFacts, enforcer: Enforcer, *, ready: bool) -> NodeLedger:
     """Write the agent's fields of the NAS (capacity, readiness, preparedClaims), keeping the extender's."""
@@ -66,4 +69,7 @@ class Loop:
                 self.step()
             except Exception:
                 log.exception("reconcile step failed")
-            self.dirty.wait(self.interval_s)
+            if self.dirty.wait(self.interval_s):
+                # A hint comes from a request still being answered: let the answer go out first
+                # (on a busy machine, this thread taking the GIL can delay it by milliseconds).
+                self.stopping.wait(DIRTY_DELAY_S)
