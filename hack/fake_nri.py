@@ -48,6 +48,8 @@ class FakeRuntime:
         self, sock: socket.socket, *, registration_timeout_s: float = 5.0, request_timeout_s: float = 2.0
     ) -> None:
         self.sock = sock
+        #: When set, RegisterPlugin is refused with this message (as the adaptation refuses a bad name).
+        self.refuse_registration = ""
         self.registration_timeout_s = registration_timeout_s
         self.request_timeout_s = request_timeout_s
         self.registered = threading.Event()
@@ -191,7 +193,10 @@ class FakeRuntime:
         request = ttrpc_pb2.Request()
         request.ParseFromString(message.payload)
         response = ttrpc_pb2.Response()
-        if (request.service, request.method) == (wire.RUNTIME_SERVICE, "RegisterPlugin"):
+        if (request.service, request.method) == (wire.RUNTIME_SERVICE, "RegisterPlugin") and self.refuse_registration:
+            response.status.code = wire.Code.UNKNOWN
+            response.status.message = self.refuse_registration
+        elif (request.service, request.method) == (wire.RUNTIME_SERVICE, "RegisterPlugin"):
             self.registration = api_pb2.RegisterPluginRequest.FromString(request.payload)
             response.payload = api_pb2.Empty().SerializeToString()
             self.registered.set()

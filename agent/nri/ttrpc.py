@@ -43,7 +43,10 @@ class RpcError(Exception):
 
     def __init__(self, code: Code | int, message: str) -> None:
         super().__init__(message)
-        self.code = Code(code) if code in Code._value2member_map_ else code
+        try:
+            self.code: Code | int = Code(code)
+        except ValueError:  # a status code newer than our table: kept as the number
+            self.code = code
         self.message = message
 
     def __str__(self) -> str:
@@ -251,7 +254,7 @@ class Connection:
         self._answer(stream_id, Code.OK, payload=payload)
 
     def _on_response(self, message: wire.Message) -> None:
-        if message.kind != MessageType.RESPONSE or message.oversized:
+        if message.kind != MessageType.RESPONSE:
             log.warning(
                 "NRI: ignoring a message of type %d on stream %d of the runtime service",
                 message.kind,
@@ -264,10 +267,14 @@ class Connection:
             log.warning("NRI: dropping a response on stream %d: no call waits for it", message.stream_id)
             return
         response = ttrpc_pb2.Response()
-        try:
-            response.ParseFromString(message.payload)
-        except DecodeError as err:
-            response.status.code = Code.INTERNAL
-            response.status.message = f"the runtime's response is not a ttrpc Response: {err}"
+        if message.oversized:
+            response.status.code = Code.RESOURCE_EXHAUSTED
+            response.status.message = f"the runtime's response exceeds {wire.MAX_MESSAGE} bytes"
+        else:
+            try:
+                response.ParseFromString(message.payload)
+            except DecodeError as err:
+                response.status.code = Code.INTERNAL
+                response.status.message = f"the runtime's response is not a ttrpc Response: {err}"
         pending.response = response
         pending.done.set()

@@ -365,6 +365,19 @@ def test_a_runtime_that_never_answers_registration_is_given_up_on(tmp_path: Path
     assert time.monotonic() - started < 1.0
 
 
+def test_a_refused_registration_ends_the_session_with_the_runtime_s_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ours, theirs = socket.socketpair()
+    runtime = FakeRuntime(theirs)
+    runtime.refuse_registration = "invalid plugin index"
+    try:
+        assert Stub(tmp_path / "nri.sock", RtPlugin(make_enforcer(tmp_path))).session(ours) is False
+    finally:
+        runtime.close()
+    assert "UNKNOWN: invalid plugin index" in caplog.text
+
+
 def test_the_stub_dials_again_when_the_runtime_restarts(tmp_path: Path, child: subprocess.Popen[bytes]) -> None:
     path = tmp_path / "nri.sock"
     enforcer = make_enforcer(tmp_path, "u1")
