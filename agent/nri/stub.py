@@ -129,6 +129,7 @@ class Stub:
     def run(self, stop: threading.Event) -> None:
         """Stay connected until ``stop`` is set."""
         backoff = self.backoff_min_s
+        last_error = ""
         while not stop.is_set():
             try:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -139,10 +140,18 @@ class Stub:
                     raise
                 configured = self.session(sock, stop)
             except (OSError, RpcError) as err:
-                log.info("NRI: no connection to %s: %s; trying again in %.1f s", self.socket_path, err, backoff)
-                configured = False
+                # Said once, not at every retry (a runtime without NRI would fill the log).
+                level = logging.DEBUG if str(err) == last_error else logging.INFO
+                log.log(
+                    level,
+                    "NRI: no connection to %s: %s; trying again (every <= %g s)",
+                    self.socket_path,
+                    err,
+                    self.backoff_max_s,
+                )
+                last_error, configured = str(err), False
             if configured:
-                backoff = self.backoff_min_s
+                backoff, last_error = self.backoff_min_s, ""
             if stop.wait(backoff):
                 break
             if not configured:
