@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,8 @@ if str(REPO) not in sys.path:  # hack/ is the harness, as in tests/e2e
 from agent._generated.nri import api_pb2, ttrpc_pb2  # noqa: E402
 from agent.backends import Applied  # noqa: E402
 from agent.backends.none import NoneBackend  # noqa: E402
+from agent.cli import start_nri  # noqa: E402
+from agent.config import parse_args  # noqa: E402
 from agent.enforce import Enforcer  # noqa: E402
 from agent.events import LogEvents  # noqa: E402
 from agent.nri import wire  # noqa: E402
@@ -404,3 +407,41 @@ def test_the_stub_dials_again_when_the_runtime_restarts(tmp_path: Path, child: s
         stop.set()
         runner.join(5)
     assert not runner.is_alive()
+
+
+# -- choosing the mode ------------------------------------------------------------------------------
+
+
+def test_mode_and_socket_come_from_flags_or_the_environment() -> None:
+    assert (parse_args(["--node-name", "n"], env={}).mode, parse_args(["--node-name", "n"], env={}).nri_socket) == (
+        "auto",
+        Path("/var/run/nri/nri.sock"),
+    )
+    config = parse_args(["--node-name", "n"], env={"RTDRA_AGENT_MODE": "nri", "RTDRA_AGENT_NRI_SOCKET": "/x/nri.sock"})
+    assert (config.mode, config.nri_socket) == ("nri", Path("/x/nri.sock"))
+    with pytest.raises(SystemExit):
+        parse_args(["--node-name", "n", "--mode", "both"], env={})
+
+
+def test_auto_uses_nri_only_where_the_socket_exists(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO")
+    enforcer = make_enforcer(tmp_path)
+    path = tmp_path / "nri.sock"
+    config = parse_args(["--node-name", "n", "--nri-socket", str(path)], env={})
+    assert start_nri(config, enforcer) is None
+    assert "mode auto: container starts come from the CDI hook (no NRI socket at" in caplog.text
+    assert start_nri(replace(config, mode="cdi"), enforcer) is None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(1)
+        stop = start_nri(config, enforcer)
+        assert stop is not None
+        try:
+            listener.settimeout(5)
+            conn, _ = listener.accept()
+            runtime = FakeRuntime(conn)
+            runtime.handshake()
+            runtime.close()
+        finally:
+            stop.set()
+    assert f"mode auto: container starts come from the runtime over NRI at {path}" in caplog.text
