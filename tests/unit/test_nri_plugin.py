@@ -32,7 +32,7 @@ from agent.config import parse_args  # noqa: E402
 from agent.enforce import Enforcer  # noqa: E402
 from agent.events import LogEvents  # noqa: E402
 from agent.nri import wire  # noqa: E402
-from agent.nri.plugin import RtPlugin  # noqa: E402
+from agent.nri.plugin import RtPlugin, granted, requested  # noqa: E402
 from agent.nri.stub import Stub, event_mask  # noqa: E402
 from agent.store import FileStore  # noqa: E402
 from hack.fake_nri import CallFailed, FakeRuntime, PluginTimedOut  # noqa: E402
@@ -445,3 +445,17 @@ def test_auto_uses_nri_only_where_the_socket_exists(tmp_path: Path, caplog: pyte
         finally:
             stop.set()
     assert f"mode auto: container starts come from the runtime over NRI at {path}" in caplog.text
+
+
+def test_rt_containers_are_named_by_the_allocation_or_the_spec_annotation_and_malformed_ones_name_none() -> None:
+    assert set(granted({names.ALLOCATION: ALLOCATION})) == {"rt"}
+    assert granted({names.ALLOCATION: ALLOCATION})["rt"].env() == {
+        "RT_RUNTIME_NS": "2000000",
+        "RT_DEADLINE_NS": "10000000",
+        "RT_PERIOD_NS": "10000000",
+        "RT_CPUS": "1",
+    }
+    for bad in ("", "{", "[]", '{"containers": {"rt": {"cpus": "x"}}}', '{"containers": 3}'):
+        assert granted({names.ALLOCATION: bad}) == {}
+    assert requested({names.SPEC: '{"a": {"runtime": 1}, "b": {}}'}) == {"a", "b"}
+    assert requested({names.SPEC: "not json"}) == frozenset()
