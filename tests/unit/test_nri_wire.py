@@ -159,3 +159,18 @@ def test_nri_enums_are_nri_s_not_the_kernel_s() -> None:
     # NRI numbers SCHED_DEADLINE 7 (the kernel: 6) and flags by position - never pass one for the other.
     assert api_pb2.SCHED_DEADLINE == 7
     assert api_pb2.SCHED_FLAG_RESET_ON_FORK == 0
+
+
+def test_the_generated_messages_are_the_version_the_agent_announces() -> None:
+    from pathlib import Path
+
+    from agent.nri import stub
+
+    script = (Path(__file__).resolve().parents[2] / "hack" / "proto" / "gen_nri.sh").read_text()
+    assert f"NRI_VERSION={stub.NRI_VERSION}\n" in script
+    assert api_pb2.DESCRIPTOR.package == "nri.pkg.api.v1alpha1"
+    assert api_pb2.DESCRIPTOR.name == "agent/_generated/nri/api.proto"  # unique in protobuf's descriptor pool
+    plugin = api_pb2.DESCRIPTOR.services_by_name["Plugin"]
+    assert {"Configure", "Synchronize", "StartContainer", "PostStartContainer", "Shutdown"} <= set(
+        plugin.methods_by_name
+    )
