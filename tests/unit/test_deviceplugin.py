@@ -113,6 +113,21 @@ def first_update(stub: api_pb2_grpc.DevicePluginStub) -> api_pb2.ListAndWatchRes
         stream.cancel()
 
 
+def test_stubs_use_kubelets_service_and_method_names() -> None:
+    # What goes on the wire: /v1beta1.Registration/Register etc., as in upstream api.proto (package v1beta1).
+    services = api_pb2.DESCRIPTOR.services_by_name
+    assert api_pb2.DESCRIPTOR.package == "v1beta1"
+    assert [m.full_name for m in services["Registration"].methods] == ["v1beta1.Registration.Register"]
+    assert [m.name for m in services["DevicePlugin"].methods] == [
+        "GetDevicePluginOptions",
+        "ListAndWatch",
+        "GetPreferredAllocation",
+        "Allocate",
+        "PreStartContainer",
+    ]
+    assert api_pb2.ContainerAllocateResponse.DESCRIPTOR.fields_by_name["cdi_devices"].number == 5
+
+
 def test_plugin_registers_the_routing_resource_with_kubelet(kubelet: FakeKubelet, plugin: DevicePlugin) -> None:
     request = kubelet.next_request()
     assert request == api_pb2.RegisterRequest(
