@@ -7,8 +7,9 @@ The plugin's life, in one thread (:meth:`DevicePlugin.start`):
 2. serve ``v1beta1.DevicePlugin`` on ``<dir>/rtdra-agent.sock``, then call
    ``Registration.Register`` on kubelet's socket (kubelet dials the plugin back at once);
 3. watch both sockets: a kubelet restart deletes every plugin socket in the
-   directory and creates a new ``kubelet.sock`` (another inode), so either sign
-   means "serve again and register again".
+   directory and creates a new ``kubelet.sock``, so either sign means "serve
+   again and register again". A socket file is told apart by inode *and* change
+   time: a recreated file may get the freed inode number back.
 
 A failed registration never stops the agent: it is logged and retried with
 exponential backoff (capped), and retried at once when kubelet's socket is
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Final
 
@@ -46,12 +48,16 @@ DEFAULT_BACKOFF_MAX_S: Final = 30.0
 REGISTER_TIMEOUT_S: Final = 5.0
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
+#: Which socket file: a recreated one may get the freed inode number back, but not the same change time.
+Identity = tuple[int, int, int]
+
+
+def _identity(path: Path) -> Identity | None:
     try:
         info = path.stat()
     except (FileNotFoundError, NotADirectoryError):
         return None
-    return info.st_dev, info.st_ino
+    return info.st_dev, info.st_ino, info.st_ctime_ns
 
 
 class DevicePlugin:
@@ -91,7 +97,7 @@ class DevicePlugin:
 
     def run(self) -> None:
         """Until :meth:`stop`: serve and stay registered with whichever kubelet owns the directory."""
-        registered_with: tuple[int, int] | None = None
+        registered_with: Identity | None = None
         backoff = self.poll_s
         waiting_logged = False
         try:
@@ -123,7 +129,7 @@ class DevicePlugin:
                         backoff,
                     )
                     registered_with = None
-                    self._stop.wait(backoff)
+                    self._wait_backoff(backoff, kubelet)
                     backoff = min(backoff * 2, self.backoff_max_s)
                     continue
                 registered_with, backoff = kubelet, self.poll_s
@@ -139,6 +145,13 @@ class DevicePlugin:
             self._close()
 
     # -- steps --------------------------------------------------------------------
+
+    def _wait_backoff(self, seconds: float, kubelet: Identity) -> None:
+        """Sleep ``seconds`` before the next attempt, but not past a new kubelet socket: that one may answer."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.wait(min(self.poll_s, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline or _identity(self.kubelet_socket) != kubelet:
+                return
 
     def _serve(self) -> None:
         """(Re)start the server unless it is serving on its socket already."""

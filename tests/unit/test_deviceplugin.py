@@ -214,6 +214,31 @@ def test_plugin_waits_for_kubelet_and_retries_a_refused_registration(plugin_dir:
         fake.stop()
 
 
+def test_a_new_kubelet_is_registered_with_at_once_not_after_the_backoff(plugin_dir: Path) -> None:
+    dp = DevicePlugin(plugin_dir, devices=2, poll_s=0.05, backoff_max_s=60.0)
+    dead = FakeKubelet(plugin_dir)
+    dead.refuse = 1_000  # a kubelet that refuses: the plugin backs off towards a minute
+    dead.start()
+    dp.start()
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while 1_000 - dead.refuse < 6:  # refused at 0, 0.05, 0.15, 0.35, 0.75, 1.55 s: the next try is 1.6 s away
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert dp.registrations == 0
+        dead.stop()
+        fresh = FakeKubelet(plugin_dir)  # kubelet restarted: a new kubelet.sock
+        fresh.start()
+        try:
+            started = time.monotonic()
+            assert fresh.next_request().resource_name == names.DL_RESOURCE
+            assert time.monotonic() - started < 1.0
+        finally:
+            fresh.stop()
+    finally:
+        dp.stop()
+
+
 def test_stop_ends_the_stream_and_removes_the_plugin_socket(
     plugin_dir: Path, kubelet: FakeKubelet, plugin: DevicePlugin
 ) -> None:
