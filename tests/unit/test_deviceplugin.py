@@ -222,7 +222,7 @@ def test_a_new_kubelet_is_registered_with_at_once_not_after_the_backoff(plugin_d
     dp.start()
     try:
         deadline = time.monotonic() + TIMEOUT_S
-        while 1_000 - dead.refuse < 6:  # refused at 0, 0.05, 0.15, 0.35, 0.75, 1.55 s: the next try is 1.6 s away
+        while 1_000 - dead.refuse < 7:  # refused at 0, .05, .15, .35, .75, 1.55, 3.15 s: the next try is 3.2 s away
             assert time.monotonic() < deadline
             time.sleep(0.01)
         assert dp.registrations == 0
@@ -232,7 +232,7 @@ def test_a_new_kubelet_is_registered_with_at_once_not_after_the_backoff(plugin_d
         try:
             started = time.monotonic()
             assert fresh.next_request().resource_name == names.DL_RESOURCE
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < 2.0  # a poll (0.05 s) and a call, with room for a loaded machine
         finally:
             fresh.stop()
     finally:
