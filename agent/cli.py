@@ -22,6 +22,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from agent import cdi, hostview
 from agent.backends.base import Backend
@@ -37,6 +38,9 @@ from agent.reconcile import Loop, publish
 from agent.server import HookServer
 from agent.store import FileStore, LedgerStore
 from rtdra import host
+
+if TYPE_CHECKING:
+    from agent.deviceplugin import DevicePlugin
 
 log = logging.getLogger("rtdra-agent")
 
@@ -80,6 +84,20 @@ def install_hook(config: AgentConfig) -> list[str]:
     return cdi.hook_command(
         config.socket_path, hook_dir=config.hook_dir, python=config.hook_python, fail_open=config.fail_open
     )
+
+
+def start_device_plugin(config: AgentConfig) -> DevicePlugin | None:
+    """Start the kubelet device plugin (docs/agent.md, "How the CDI device reaches a container"), if configured.
+
+    Started after the hook server: kubelet may allocate, and the runtime run our hooks, as soon as it registers.
+    """
+    if config.device_plugin_dir is None:
+        return None
+    from agent.deviceplugin import DevicePlugin  # noqa: PLC0415 - gRPC only when used
+
+    plugin = DevicePlugin(config.device_plugin_dir, devices=config.device_plugin_devices)
+    plugin.start()
+    return plugin
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -159,6 +177,7 @@ def _run(config: AgentConfig, store: LedgerStore, events: EventSink, partitions:
     server = HookServer(config.socket_path, enforcer)
     server.start()
     log.info("serving hooks on %s", config.socket_path)
+    plugin = start_device_plugin(config)
 
     stop = threading.Event()
 
@@ -172,6 +191,8 @@ def _run(config: AgentConfig, store: LedgerStore, events: EventSink, partitions:
     worker = threading.Thread(target=loop.run, name="reconcile", daemon=True)
     worker.start()
     stop.wait()
+    if plugin is not None:
+        plugin.stop()
     server.stop()
     worker.join(timeout=10)
     if config.release_on_exit:

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from rtdra import names
 from rtdra.bandwidth import BW_UNIT
@@ -19,6 +19,10 @@ from rtdra.host import parse_cpulist
 
 ENV_PREFIX = "RTDRA_AGENT_"
 BackendName = Literal["deadline", "hcbs", "none"]
+#: kubelet's fixed device-plugin directory (k8s.io/kubelet deviceplugin/v1beta1 ``DevicePluginPath``).
+DEVICE_PLUGIN_DIR: Final = "/var/lib/kubelet/device-plugins"
+#: ``agent.deviceplugin.DEFAULT_DEVICES``, not imported from there: that would load gRPC for every flag parse.
+DEVICE_PLUGIN_DEVICES: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +49,10 @@ class AgentConfig:
     sim_cpus: int | None = None
     #: Backend ``none``: publish this per-CPU capacity (kernel fixed point, 1<<20 = one CPU) instead of measuring.
     capacity: int | None = None
+    #: kubelet's device-plugin directory (``agent.deviceplugin``); ``None``: no device plugin.
+    device_plugin_dir: Path | None = None
+    #: Slots of ``rt.resource.example.com/dl`` the device plugin advertises (RT containers at once).
+    device_plugin_devices: int = DEVICE_PLUGIN_DEVICES
 
     @property
     def socket_path(self) -> Path:
@@ -119,6 +127,16 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
         help="backend none: each CPU's capacity in the kernel's fixed point (1048576 = a whole CPU); "
         "default: measured on this host",
     )
+    # The device plugin (how the CDI device reaches containers through kubelet, docs/agent.md).
+    p.add_argument(
+        "--device-plugin-dir",
+        default=e("DEVICE_PLUGIN_DIR"),
+        help=f"kubelet's device-plugin directory (default {DEVICE_PLUGIN_DIR}; backend none: off); empty: off",
+    )
+    p.add_argument("--no-device-plugin", action="store_true", default=_bool(e("NO_DEVICE_PLUGIN")))
+    p.add_argument(
+        "--device-plugin-devices", type=_positive_int, default=e("DEVICE_PLUGIN_DEVICES", str(DEVICE_PLUGIN_DEVICES))
+    )
     a = p.parse_args(argv)
     if a.backend != "none" and (a.cpus is not None or a.capacity is not None):
         p.error("--cpus and --capacity simulate a node: they need --backend none")
@@ -129,6 +147,13 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
             f"--hook-python must be an absolute path on the host (no PATH lookup for OCI hooks), not {a.hook_python}"
         )
     state_dir = Path(a.state_dir) if a.state_dir else Path("/var/run/rt-dra") / a.node_name
+    device_plugin_dir: Path | None
+    if a.no_device_plugin or a.device_plugin_dir == "":
+        device_plugin_dir = None
+    elif a.device_plugin_dir:
+        device_plugin_dir = Path(a.device_plugin_dir)
+    else:  # not given: kubelet's directory where the agent enforces; simulated nodes have no kubelet here
+        device_plugin_dir = None if a.backend == "none" else Path(DEVICE_PLUGIN_DIR)
     return AgentConfig(
         node_name=a.node_name,
         backend=a.backend,
@@ -148,4 +173,6 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
         hook_python=a.hook_python,
         sim_cpus=int(a.cpus) if a.cpus is not None else None,
         capacity=int(a.capacity) if a.capacity is not None else None,
+        device_plugin_dir=device_plugin_dir,
+        device_plugin_devices=int(a.device_plugin_devices),
     )
