@@ -166,7 +166,15 @@ def _run(config: AgentConfig, store: LedgerStore, events: EventSink, partitions:
         publish=lambda: loop_ref[0].mark_dirty() if loop_ref else None,
     )
     enforcer.load()
-    loop = Loop(store, facts, enforcer, config.reconcile_interval_s)
+    plugin_box: list[DevicePlugin] = []
+    # With a device plugin, the node takes RT pods only once kubelet has registered it (docs/agent.md).
+    loop = Loop(
+        store,
+        facts,
+        enforcer,
+        config.reconcile_interval_s,
+        ready=lambda: config.device_plugin_dir is None or any(p.registered.is_set() for p in plugin_box),
+    )
     loop_ref.append(loop)
     hook_argv = install_hook(config) if config.write_cdi else None
     loop.step()
@@ -178,6 +186,9 @@ def _run(config: AgentConfig, store: LedgerStore, events: EventSink, partitions:
     server.start()
     log.info("serving hooks on %s", config.socket_path)
     plugin = start_device_plugin(config)
+    if plugin is not None:
+        plugin_box.append(plugin)
+        log.info("NAS %s stays NotReady until kubelet registers the device plugin", config.node_name)
 
     stop = threading.Event()
 
