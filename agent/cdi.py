@@ -1,7 +1,8 @@
 """The agent's CDI spec (device ``rt.resource.example.com/cpu=deadline``) and the hook it runs.
 
-Injecting the device into a container (via the NRI device injector or a DRA
-driver) adds OCI hooks: at ``createRuntime`` (the container's process exists,
+Injecting the device into a container (kubelet does it for every container
+that requests ``rt.resource.example.com/dl``, from the agent's device plugin:
+``agent.deviceplugin``) adds OCI hooks: at ``createRuntime`` (the container's process exists,
 its program has not started: it never runs unreserved) and at ``poststop``
 (release). The spec is rewritten whenever it would change, atomically (write,
 then rename) so the runtime never reads half.

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from agent import cdi, hostview
 from agent.backends.base import Backend
@@ -37,6 +38,9 @@ from agent.reconcile import Loop, publish
 from agent.server import HookServer
 from agent.store import FileStore, LedgerStore
 from rtdra import host
+
+if TYPE_CHECKING:
+    from agent.deviceplugin import DevicePlugin
 
 log = logging.getLogger("rtdra-agent")
 
@@ -85,8 +89,10 @@ def install_hook(config: AgentConfig) -> list[str]:
 def start_nri(config: AgentConfig, enforcer: Enforcer) -> threading.Event | None:
     """Connect to the runtime over NRI if the mode says so; the event that stops it, or None.
 
-    The hook socket is served in every mode: a container that still carries the CDI device
-    (an NRI device injector next to us) gets its answer, and an idempotent one.
+    With NRI the device plugin hands out its slots without the CDI device, so no hook runs; the hook
+    socket is served in every mode all the same, so a container that carries the device anyway
+    (allocated before a restart in the other mode, or by another injector) gets its answer - an
+    idempotent one.
     """
     use_nri = config.mode == "nri" or (config.mode == "auto" and config.nri_socket.is_socket())
     if not use_nri:
@@ -102,6 +108,21 @@ def start_nri(config: AgentConfig, enforcer: Enforcer) -> threading.Event | None
     stub = Stub(config.nri_socket, RtPlugin(enforcer))
     threading.Thread(target=stub.run, args=(stop,), name="nri", daemon=True).start()
     return stop
+
+
+def start_device_plugin(config: AgentConfig, *, cdi_device: bool = True) -> DevicePlugin | None:
+    """Start the kubelet device plugin (docs/agent.md, "How the CDI device reaches a container"), if configured.
+
+    Started after the hook server: kubelet may allocate, and the runtime run our hooks, as soon as it registers.
+    ``cdi_device=False`` (NRI mode): the slots are handed out without the CDI device (and its hooks).
+    """
+    if config.device_plugin_dir is None:
+        return None
+    from agent.deviceplugin import DevicePlugin  # noqa: PLC0415 - gRPC only when used
+
+    plugin = DevicePlugin(config.device_plugin_dir, devices=config.device_plugin_devices, cdi_device=cdi_device)
+    plugin.start()
+    return plugin
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -170,7 +191,15 @@ def _run(config: AgentConfig, store: LedgerStore, events: EventSink, partitions:
         publish=lambda: loop_ref[0].mark_dirty() if loop_ref else None,
     )
     enforcer.load()
-    loop = Loop(store, facts, enforcer, config.reconcile_interval_s)
+    plugin_box: list[DevicePlugin] = []
+    # With a device plugin, the node takes RT pods only once kubelet has registered it (docs/agent.md).
+    loop = Loop(
+        store,
+        facts,
+        enforcer,
+        config.reconcile_interval_s,
+        ready=lambda: config.device_plugin_dir is None or any(p.registered.is_set() for p in plugin_box),
+    )
     loop_ref.append(loop)
     hook_argv = install_hook(config) if config.write_cdi else None
     loop.step()
@@ -182,6 +211,10 @@ def _run(config: AgentConfig, store: LedgerStore, events: EventSink, partitions:
     server.start()
     log.info("serving hooks on %s", config.socket_path)
     nri_stop = start_nri(config, enforcer)
+    plugin = start_device_plugin(config, cdi_device=nri_stop is None)
+    if plugin is not None:
+        plugin_box.append(plugin)
+        log.info("NAS %s stays NotReady until kubelet registers the device plugin", config.node_name)
 
     stop = threading.Event()
 
@@ -197,6 +230,8 @@ def _run(config: AgentConfig, store: LedgerStore, events: EventSink, partitions:
     stop.wait()
     if nri_stop is not None:
         nri_stop.set()
+    if plugin is not None:
+        plugin.stop()
     server.stop()
     worker.join(timeout=10)
     if config.release_on_exit:

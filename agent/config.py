@@ -11,7 +11,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from rtdra import names
 from rtdra.bandwidth import BW_UNIT
@@ -22,6 +22,10 @@ BackendName = Literal["deadline", "hcbs", "none"]
 #: How the agent hears of container starts: NRI (the runtime's plugin socket), the CDI hook, or
 #: NRI where the socket exists at start-up and the hook elsewhere.
 ModeName = Literal["auto", "nri", "cdi"]
+#: kubelet's fixed device-plugin directory (k8s.io/kubelet deviceplugin/v1beta1 ``DevicePluginPath``).
+DEVICE_PLUGIN_DIR: Final = "/var/lib/kubelet/device-plugins"
+#: ``agent.deviceplugin.DEFAULT_DEVICES``, not imported from there: that would load gRPC for every flag parse.
+DEVICE_PLUGIN_DEVICES: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,10 @@ class AgentConfig:
     capacity: int | None = None
     mode: ModeName = "auto"
     nri_socket: Path = Path("/var/run/nri/nri.sock")
+    #: kubelet's device-plugin directory (``agent.deviceplugin``); ``None``: no device plugin.
+    device_plugin_dir: Path | None = None
+    #: Slots of ``rt.resource.example.com/dl`` the device plugin advertises (RT containers at once).
+    device_plugin_devices: int = DEVICE_PLUGIN_DEVICES
 
     @property
     def socket_path(self) -> Path:
@@ -132,6 +140,16 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
         "auto: NRI if --nri-socket exists at start-up, else the hook (default: auto)",
     )
     p.add_argument("--nri-socket", type=Path, default=Path(e("NRI_SOCKET", "/var/run/nri/nri.sock") or ""))
+    # The device plugin (how the CDI device reaches containers through kubelet, docs/agent.md).
+    p.add_argument(
+        "--device-plugin-dir",
+        default=e("DEVICE_PLUGIN_DIR"),
+        help=f"kubelet's device-plugin directory (default {DEVICE_PLUGIN_DIR}; backend none: off); empty: off",
+    )
+    p.add_argument("--no-device-plugin", action="store_true", default=_bool(e("NO_DEVICE_PLUGIN")))
+    p.add_argument(
+        "--device-plugin-devices", type=_positive_int, default=e("DEVICE_PLUGIN_DEVICES", str(DEVICE_PLUGIN_DEVICES))
+    )
     a = p.parse_args(argv)
     if a.backend != "none" and (a.cpus is not None or a.capacity is not None):
         p.error("--cpus and --capacity simulate a node: they need --backend none")
@@ -142,6 +160,13 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
             f"--hook-python must be an absolute path on the host (no PATH lookup for OCI hooks), not {a.hook_python}"
         )
     state_dir = Path(a.state_dir) if a.state_dir else Path("/var/run/rt-dra") / a.node_name
+    device_plugin_dir: Path | None
+    if a.no_device_plugin or a.device_plugin_dir == "":
+        device_plugin_dir = None
+    elif a.device_plugin_dir:
+        device_plugin_dir = Path(a.device_plugin_dir)
+    else:  # not given: kubelet's directory where the agent enforces; simulated nodes have no kubelet here
+        device_plugin_dir = None if a.backend == "none" else Path(DEVICE_PLUGIN_DIR)
     return AgentConfig(
         node_name=a.node_name,
         backend=a.backend,
@@ -163,4 +188,6 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
         capacity=int(a.capacity) if a.capacity is not None else None,
         mode=a.mode,
         nri_socket=a.nri_socket,
+        device_plugin_dir=device_plugin_dir,
+        device_plugin_devices=int(a.device_plugin_devices),
     )

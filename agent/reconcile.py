@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 
 from agent.discovery import NodeFacts
@@ -42,11 +43,21 @@ def publish(store: LedgerStore, facts: NodeFacts, enforcer: Enforcer, *, ready: 
 
 
 class Loop:
-    def __init__(self, store: LedgerStore, facts: NodeFacts, enforcer: Enforcer, interval_s: float) -> None:
+    def __init__(
+        self,
+        store: LedgerStore,
+        facts: NodeFacts,
+        enforcer: Enforcer,
+        interval_s: float,
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.store = store
         self.facts = facts
         self.enforcer = enforcer
         self.interval_s = interval_s
+        #: Whether the node can take RT containers now (e.g. kubelet has registered the agent's device plugin:
+        #: before that kubelet would start an RT container without the CDI device, so without its reservation).
+        self.ready = ready
         self.stopping = threading.Event()
         self.dirty = threading.Event()
         self.published: dict[str, object] | None = None
@@ -58,9 +69,10 @@ class Loop:
         self.enforcer.reconcile()
         current = self.enforcer.prepared_json()
         ledger = self.enforcer.ledger
-        if current != self.published or ledger is None or not ledger.ready or self.dirty.is_set():
+        ready = self.ready()
+        if current != self.published or ledger is None or ledger.ready != ready or self.dirty.is_set():
             self.dirty.clear()
-            publish(self.store, self.facts, self.enforcer, ready=True)
+            publish(self.store, self.facts, self.enforcer, ready=ready)
             self.published = current
 
     def run(self) -> None:

@@ -76,7 +76,7 @@ def start_agent(tmp: Path) -> subprocess.Popen[bytes]:
     nas.write_text(json.dumps(ledger.to_nas()))
     argv = [sys.executable, "-m", "agent.cli", "--node-name", "bench", "--nas-file", str(nas)]
     argv += ["--state-dir", str(tmp / "s"), "--cdi-dir", str(tmp / "cdi"), "--release-on-exit"]
-    argv += ["--reconcile-interval", "60"]
+    argv += ["--reconcile-interval", "60", "--no-device-plugin"]  # not this host's kubelet's
     return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

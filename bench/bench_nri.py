@@ -76,7 +76,7 @@ def start_agent(tmp: Path, nri_socket: Path) -> subprocess.Popen[bytes]:
     (tmp / "nas.json").write_text(json.dumps(ledger.to_nas()))
     argv = [sys.executable, "-m", "agent.cli", "--node-name", "bench", "--nas-file", str(tmp / "nas.json")]
     argv += ["--state-dir", str(tmp / "s"), "--cdi-dir", str(tmp / "cdi"), "--release-on-exit"]
-    argv += ["--reconcile-interval", "60", "--mode", "nri", "--nri-socket", str(nri_socket)]
+    argv += ["--reconcile-interval", "60", "--mode", "nri", "--nri-socket", str(nri_socket), "--no-device-plugin"]
     return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

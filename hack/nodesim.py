@@ -6,8 +6,9 @@ pods bound to the simulated nodes it is given, as far as RT-DRA is concerned:
 
 - for each container of a newly bound pod it starts a local process (in its
   own session, so it can be stopped as a group);
-- where the pod's NRI device-injector annotation
-  (``cdi-devices.noderesource.dev/container.<name>``) names CDI devices, it
+- to each container that requests ``rt.resource.example.com/dl`` it gives the
+  CDI device ``rt.resource.example.com/cpu=deadline``, as kubelet does with
+  the agent's device plugin (whose ``Allocate`` answers just that): it
   loads the node's CDI specs (JSON or YAML, from the node's CDI directory),
   applies their ``env`` edits to the process and runs their OCI hooks with a
   real OCI state document on stdin, in the order a runtime does:
@@ -53,7 +54,9 @@ from kubernetes.client.rest import ApiException
 
 log = logging.getLogger("nodesim")
 
-CDI_ANNOTATION_PREFIX = "cdi-devices.noderesource.dev/container."
+#: The agent's device-plugin resource, and the CDI device its Allocate gives each container requesting it.
+DL_RESOURCE = "rt.resource.example.com/dl"
+CDI_DEVICE = "rt.resource.example.com/cpu=deadline"
 HOOK_ORDER_START = ("createRuntime", "createContainer", "startContainer")
 HOOK_TIMEOUT_S = 10.0
 #: What each simulated container runs: sleeps, so a real reservation costs no CPU.
@@ -251,7 +254,9 @@ class NodeSimulator:
         self._report(pod, sim, failures)
 
     def _start_container(self, pod: SimPod, spec: client.V1Container, devices: Mapping[str, Any]) -> Container:
-        wanted = yaml.safe_load(pod.annotations.get(CDI_ANNOTATION_PREFIX + spec.name, "") or "[]") or []
+        resources = spec.resources
+        requested = {**((resources and resources.requests) or {}), **((resources and resources.limits) or {})}
+        wanted = [CDI_DEVICE] if DL_RESOURCE in requested else []
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         env.update({e.name: e.value or "" for e in spec.env or [] if e.value is not None})
         hooks: dict[str, list[Mapping[str, Any]]] = {}

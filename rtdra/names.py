@@ -22,13 +22,13 @@ ALLOCATION: Final = f"{PREFIX}allocation"
 #: tries them again (it never sees a ledger change by itself).
 REQUEUE: Final = f"{PREFIX}requeue"
 
-# CDI: the NRI device-injector's per-container annotation and our device.
-CDI_ANNOTATION_PREFIX: Final = "cdi-devices.noderesource.dev/container."
+# CDI: our device (the agent's device plugin hands it to every container that requests DL_RESOURCE).
 CDI_KIND: Final = f"{DOMAIN}/cpu"
 CDI_DEVICE: Final = "deadline"
 CDI_DEVICE_NAME: Final = f"{CDI_KIND}={CDI_DEVICE}"
 
-# The opt-in extended resource that routes a pod to the extender.
+# The extended resource each RT container requests: it routes the pod to the extender, and it is
+# the agent's kubelet device plugin resource (its allocation carries the CDI device).
 DL_RESOURCE: Final = f"{DOMAIN}/dl"
 # Namespace label that opts a namespace in.
 NAMESPACE_OPT_IN_LABEL: Final = f"{DOMAIN}/enabled"

@@ -12,9 +12,8 @@ Rules, in order (docs/webhook.md explains them for users):
 3. ``rt.resource.example.com/allocation`` on a new pod is denied (403): only the
    extender writes it, at bind time.
 4. A pod that asks for nothing real-time but carries ``rt.resource.example.com/spec``
-   has it removed (with a warning) and is otherwise untouched; a CDI annotation
-   naming our device on a container without a request is denied (403). Users
-   must not be able to forge what the extender and the agent read.
+   has it removed (with a warning) and is otherwise untouched. Users must not be
+   able to forge what the extender and the agent read.
 5. With ``verify_namespace``, the namespace must carry the opt-in label (403).
 6. The request must be valid (422, naming container, field and rule).
 7. Otherwise: allowed, with the patch of :func:`webhook.mutate.build_patch`.
@@ -33,7 +32,7 @@ from typing import Any, Final, cast
 from rtdra import names
 from rtdra.request import ClaimParametersLookup, InvalidRequest, PodRequest, has_rt_request, parse_pod
 from webhook.config import WebhookConfig
-from webhook.mutate import Mutation, build_patch, cdi_devices, escape, request_warnings
+from webhook.mutate import Mutation, build_patch, escape, request_warnings
 from webhook.reviews import (
     API_VERSION,
     KIND,
@@ -133,27 +132,6 @@ def check_pod_shape(pod: Any) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _names_our_device(value: str) -> bool:
-    try:
-        devices = cdi_devices(value, "")
-    except InvalidRequest:
-        return names.CDI_KIND in value  # unreadable, and mentions us: treat as ours
-    return any(d.startswith(names.CDI_KIND + "=") for d in devices)
-
-
-def _forged_cdi(annotations: Mapping[str, str], request: PodRequest | None) -> list[str]:
-    """Containers whose CDI annotation names our device without a real-time request."""
-    wanted = request.containers if request is not None else {}
-    return sorted(
-        key[len(names.CDI_ANNOTATION_PREFIX) :]
-        for key, value in annotations.items()
-        if key.startswith(names.CDI_ANNOTATION_PREFIX)
-        and key[len(names.CDI_ANNOTATION_PREFIX) :] not in wanted
-        and names.CDI_KIND in value
-        and _names_our_device(value)
-    )
-
-
 def _check_namespace(namespace: str, lookup: NamespaceLabelsLookup | None) -> None:
     if lookup is None:
         raise Denied(CODE_UNAVAILABLE, "cannot verify the namespace's opt-in label: no API access configured")
@@ -194,8 +172,7 @@ def decide(request: AdmissionRequest, config: WebhookConfig, lookups: Lookups) -
     assert isinstance(pod, dict)
     metadata = pod.get("metadata") or {}
     annotations: Mapping[str, str] = metadata.get("annotations") or {}
-    ours = [k for k in annotations if k.startswith(names.PREFIX)]
-    if not ours and not _forged_cdi(annotations, None):
+    if not any(k.startswith(names.PREFIX) for k in annotations):
         return Mutation((), ())
     if names.ALLOCATION in annotations:
         raise Denied(
@@ -204,9 +181,6 @@ def decide(request: AdmissionRequest, config: WebhookConfig, lookups: Lookups) -
             "(remove it, e.g. when re-creating a pod from `kubectl get -o yaml`)",
         )
     if not has_rt_request(annotations):
-        forged = _forged_cdi(annotations, None)
-        if forged:
-            raise Denied(CODE_FORBIDDEN, _forged_cdi_message(forged))
         if names.SPEC in annotations:
             op: PatchOperation = {"op": "remove", "path": "/metadata/annotations/" + escape(names.SPEC)}
             return Mutation(
@@ -225,23 +199,9 @@ def decide(request: AdmissionRequest, config: WebhookConfig, lookups: Lookups) -
     except InvalidRequest as err:
         raise Denied(CODE_INVALID, f"invalid real-time request: {err}") from None
     assert parsed is not None
-    forged = _forged_cdi(annotations, parsed)
-    if forged:
-        raise Denied(CODE_FORBIDDEN, _forged_cdi_message(forged))
-    try:
-        mutation = build_patch(pod, parsed, config)
-    except InvalidRequest as err:
-        raise Denied(CODE_INVALID, f"invalid real-time request: {err}") from None
+    mutation = build_patch(pod, parsed, config)
     warnings = [*request_warnings(parsed), *_legacy_warnings(annotations, parsed), *mutation.warnings]
     return Mutation(mutation.patch, tuple(warnings))
-
-
-def _forged_cdi_message(containers: list[str]) -> str:
-    listed = ", ".join(f'"{c}"' for c in containers)
-    return (
-        f"container(s) {listed}: {names.CDI_ANNOTATION_PREFIX}<name> names {names.CDI_DEVICE_NAME} without a "
-        f"real-time request; request one with {names.CONTAINER_PREFIX}<name> instead"
-    )
 
 
 class BadReview(ValueError):

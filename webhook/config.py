@@ -55,7 +55,8 @@ class Toleration:
 class WebhookConfig:
     """What the webhook adds to real-time pods and what it checks."""
 
-    #: Add the opt-in extended resource ``rt.resource.example.com/dl: 1`` (routes the pod to the extender).
+    #: Add ``rt.resource.example.com/dl: 1`` to each RT container: it routes the pod to the extender, and the
+    #: agent's kubelet device plugin answers it with the CDI device (off: something else must bring that).
     extended_resource: bool = True
     #: Set ``spec.schedulerName`` to this profile (``None``: leave it).
     scheduler_name: str | None = None

@@ -11,12 +11,14 @@ harmless.
 What it writes (see ARCHITECTURE.md, "What the webhook writes"):
 
 - ``rt.resource.example.com/spec``: the canonical request (ours alone);
-- ``cdi-devices.noderesource.dev/container.<name>``: the CDI device, merged into
-  any devices the user already lists for that container;
 - ``RT_RUNTIME_NS``/``RT_DEADLINE_NS``/``RT_PERIOD_NS``/``RT_CPUS`` in each RT
   container's environment;
-- the routing: the opt-in extended resource and/or ``schedulerName``, an
-  optional toleration, an optional bandwidth resource for ResourceQuota.
+- ``rt.resource.example.com/dl: 1`` in the requests and limits of *each* RT
+  container: it routes the pod to the extender, and it is the resource of the
+  agent's kubelet device plugin, whose allocation gives that container the CDI
+  device (and so the hooks that apply the reservation) - kubelet allocates per
+  container, so every RT container needs its own;
+- optionally ``schedulerName``, a toleration, a bandwidth resource for ResourceQuota.
 
 It assumes the pod's shape was checked (:func:`webhook.admission.check_pod_shape`)
 and does no validation of the reservations themselves: that is the core's job.
@@ -28,19 +30,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import yaml
-
 from rtdra import names
 from rtdra.bandwidth import BW_UNIT, format_ns, percent
-from rtdra.request import InvalidRequest, PodRequest, Problem, Reservation
+from rtdra.request import PodRequest, Reservation
 from webhook.config import Toleration, WebhookConfig
 from webhook.reviews import PatchOperation
 
 DEFAULT_SCHEDULER: Final = "default-scheduler"
-#: The CDI annotation of a container that lists only our device (the common case: no YAML emitter needed).
-CDI_VALUE: Final = f"- {names.CDI_DEVICE_NAME}\n"
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 #: A deadline at most this fraction of the period earns a warning.
 _SHORT_DEADLINE_DIVISOR: Final = 4
 
@@ -71,27 +67,6 @@ def container_env(reservation: Reservation) -> dict[str, str]:
 def bandwidth_millicpus(reservation: Reservation) -> int:
     """The reservation's bandwidth over all its CPUs in thousandths of a CPU, rounded up (for quota)."""
     return -(-reservation.bandwidth * reservation.cpus * 1000 // BW_UNIT)
-
-
-def cdi_devices(value: str | None, container: str) -> list[str]:
-    """The CDI device names of a ``cdi-devices.noderesource.dev`` annotation (a YAML list)."""
-    if value is None or not value.strip():
-        return []
-    try:
-        devices = yaml.load(value, Loader=_Loader)
-    except yaml.YAMLError:
-        devices = None
-    if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
-        raise InvalidRequest(
-            [
-                Problem(
-                    container,
-                    names.CDI_ANNOTATION_PREFIX + container,
-                    "must be a YAML list of CDI device names (e.g. '- vendor.com/class=name')",
-                )
-            ]
-        )
-    return devices
 
 
 def request_warnings(request: PodRequest) -> list[str]:
@@ -162,11 +137,7 @@ def _set_resources(ops: list[PatchOperation], path: str, resources: Any, desired
 
 
 def build_patch(pod: Mapping[str, Any], request: PodRequest, config: WebhookConfig) -> Mutation:
-    """The operations that make ``pod`` carry ``request`` the way RT-DRA reads it.
-
-    Raises :class:`InvalidRequest` only for an RT container's CDI annotation that
-    is not a YAML list (we must add to it and cannot).
-    """
+    """The operations that make ``pod`` carry ``request`` the way RT-DRA reads it."""
     ops: list[PatchOperation] = []
     warnings: list[str] = []
     metadata: Mapping[str, Any] = pod.get("metadata") or {}
@@ -178,27 +149,8 @@ def build_patch(pod: Mapping[str, Any], request: PodRequest, config: WebhookConf
     current_spec = annotations.get(names.SPEC)
     if current_spec is not None and current_spec != desired_annotations[names.SPEC]:
         warnings.append(f"{names.SPEC} was replaced: only RT-DRA writes it")
-    problems: list[Problem] = []
-    for container in containers:
-        name = container["name"]
-        if name not in request.containers:
-            continue
-        key = names.CDI_ANNOTATION_PREFIX + name
-        try:
-            devices = cdi_devices(annotations.get(key), name)
-        except InvalidRequest as err:
-            problems += err.problems
-            continue
-        if names.CDI_DEVICE_NAME not in devices:
-            merged = [*devices, names.CDI_DEVICE_NAME]
-            desired_annotations[key] = (
-                CDI_VALUE if len(merged) == 1 else yaml.dump(merged, Dumper=_Dumper, default_flow_style=False)
-            )
-    if problems:
-        raise InvalidRequest(problems)
     _set_map_entries(ops, "/metadata/annotations", metadata.get("annotations"), desired_annotations)
 
-    routed = False
     for index, container in enumerate(containers):
         reservation = request.containers.get(container["name"])
         if reservation is None:
@@ -206,9 +158,8 @@ def build_patch(pod: Mapping[str, Any], request: PodRequest, config: WebhookConf
         base = f"/spec/containers/{index}"
         _set_env(ops, f"{base}/env", container.get("env"), container_env(reservation))
         extended: dict[str, str] = {}
-        if config.extended_resource and not routed:
+        if config.extended_resource:
             extended[names.DL_RESOURCE] = "1"
-        routed = True
         if config.bandwidth_resource:
             extended[config.bandwidth_resource] = str(bandwidth_millicpus(reservation))
         _set_resources(ops, f"{base}/resources", container.get("resources"), extended)

@@ -148,6 +148,7 @@ class AgentProcess:
         self.log = tmp / f"agent-{ident.node}.log"
         argv = [sys.executable, "-m", "agent.cli", "--node-name", ident.node, "--kubeconfig", str(ident.kubeconfig)]
         argv += ["--namespace", NS, "--state-dir", str(self.state), "--no-cdi", "--reconcile-interval", "0.2", *flags]
+        argv += ["--no-device-plugin"]  # never register with a kubelet that may run on this host
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
 

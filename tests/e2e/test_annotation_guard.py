@@ -45,14 +45,16 @@ PAUSE = "registry.k8s.io/pause:3.10"  # never pulled: there is no kubelet
 USER = "guard-user"
 MERGE = "application/merge-patch+json"
 OUR_DEVICE = f"- {names.CDI_DEVICE_NAME}"
-CDI_APP = f"{names.CDI_ANNOTATION_PREFIX}app"
-CDI_SIDE = f"{names.CDI_ANNOTATION_PREFIX}side"
+#: The NRI device-injector's annotation: RT-DRA no longer writes or reads it, so the guard leaves it alone.
+INJECTOR_PREFIX = "cdi-devices.noderesource.dev/container."
+CDI_APP = f"{INJECTOR_PREFIX}app"
+CDI_SIDE = f"{INJECTOR_PREFIX}side"
+ONE_SLOT = {"requests": {names.DL_RESOURCE: "1"}, "limits": {names.DL_RESOURCE: "1"}}
 REQUEST = f"{names.CONTAINER_PREFIX}app"
 SPEC = json.dumps({"app": {"runtime": 1_000_000, "deadline": 10_000_000, "period": 10_000_000, "cpus": 1}})
 FIXED_AT_CREATION = "RT-DRA request annotations are fixed when the pod is created"
 ONLY_THE_EXTENDER = "only the RT-DRA scheduler extender (system:serviceaccount:rt-dra:rtdra-extender)"
 NOT_REMOVED = f"{names.ALLOCATION} cannot be removed"
-DEVICE_FIXED = f"the CDI device {names.CDI_KIND} is fixed when the pod is created"
 
 
 def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
@@ -67,9 +69,11 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
 
 
 def rt_pod(name: str, **extra: str) -> dict[str, Any]:
-    """A real-time pod as the webhook leaves it: request, canonical spec, our CDI device on ``app``."""
-    annotations = {REQUEST: "runtime=1ms,period=10ms", names.PLACEMENT: "pack", names.SPEC: SPEC, CDI_APP: OUR_DEVICE}
-    return plain_pod(name, {**annotations, **extra})
+    """A real-time pod as the webhook leaves it: request, canonical spec, one device-plugin slot on ``app``."""
+    annotations = {REQUEST: "runtime=1ms,period=10ms", names.PLACEMENT: "pack", names.SPEC: SPEC}
+    body = plain_pod(name, {**annotations, **extra})
+    body["spec"]["containers"][0]["resources"] = ONE_SLOT
+    return body
 
 
 def plain_pod(name: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
@@ -267,26 +271,31 @@ def test_the_status_subresource_cannot_carry_annotation_changes_past_the_policy(
 
 def test_a_binding_cannot_carry_rt_dra_annotations_onto_the_pod(guarded: Guarded) -> None:
     name = guarded.create(rt_pod("rt"))
-    for carried in ({names.SPEC: "{}"}, {names.ALLOCATION: "{}"}, {CDI_SIDE: OUR_DEVICE}):
+    for carried in ({names.SPEC: "{}"}, {names.ALLOCATION: "{}"}):
         denied(lambda a=carried: bind(guarded.user, guarded.namespace, name, a))
     assert guarded.admin.read_namespaced_pod(name, guarded.namespace).spec.node_name is None
     bind(guarded.user, guarded.namespace, name, {"example.com/bound-by": USER})  # copied onto the pod, allowed
     assert guarded.annotations(name)["example.com/bound-by"] == USER
 
 
-def test_our_cdi_device_cannot_be_added_to_or_removed_from_a_container_after_creation(guarded: Guarded) -> None:
+def test_which_containers_get_our_cdi_device_is_fixed_in_the_pod_spec_not_in_annotations(guarded: Guarded) -> None:
+    # The device comes from the agent's device plugin, per container requesting the resource: kube-apiserver
+    # keeps containers' resources (other than a resize of cpu/memory) fixed, with or without the guard.
     name = guarded.create(rt_pod("rt"))
-    for changes in (
-        {CDI_SIDE: OUR_DEVICE},  # would run our hooks for a container without a request
-        {CDI_APP: None},  # would start the RT container unreserved at its next restart
-        {CDI_APP: "- vendor.example.com/gpu=0"},
-        {CDI_APP: f"{OUR_DEVICE}\n- vendor.example.com/gpu=0"},
-    ):
-        assert DEVICE_FIXED in denied(lambda c=changes: annotate(guarded.user, guarded.namespace, name, c))
-    plain = guarded.create(plain_pod("plain"))
-    assert DEVICE_FIXED in denied(lambda: annotate(guarded.user, guarded.namespace, plain, {CDI_APP: OUR_DEVICE}))
-    annotate(guarded.user, guarded.namespace, name, {CDI_SIDE: "- vendor.example.com/gpu=0"})  # others' devices: free
-    assert guarded.annotations(name)[CDI_APP] == OUR_DEVICE
+    pod = guarded.user.read_namespaced_pod(name, guarded.namespace)
+    pod.spec.containers[1].resources = client.V1ResourceRequirements(**ONE_SLOT)
+    with pytest.raises(ApiException) as err:
+        guarded.user.replace_namespaced_pod(name, guarded.namespace, pod)
+    assert err.value.status == 422 and "pod updates may not change fields" in err.value.body
+    # The device injector's annotation is nothing to RT-DRA any more: editing it is not the guard's business.
+    annotate(guarded.user, guarded.namespace, name, {CDI_SIDE: OUR_DEVICE})
+    annotate(guarded.user, guarded.namespace, name, {CDI_SIDE: None, CDI_APP: "- vendor.example.com/gpu=0"})
+    read = guarded.admin.read_namespaced_pod(name, guarded.namespace)
+    assert (
+        read.metadata.annotations[CDI_APP] == "- vendor.example.com/gpu=0" and CDI_SIDE not in read.metadata.annotations
+    )
+    assert read.spec.containers[0].resources.limits == {names.DL_RESOURCE: "1"}
+    assert not read.spec.containers[1].resources.limits
 
 
 # -- the extender, and who is not the extender -------------------------------------------------------------

@@ -285,7 +285,8 @@ def test_pod_in_opted_in_namespace_is_mutated(env: dict[str, Any]) -> None:
     assert json.loads(annotations[names.SPEC]) == {
         "app": {"runtime": 2_000_000, "deadline": 10_000_000, "period": 10_000_000, "cpus": 2}
     }
-    assert yaml.safe_load(annotations[names.CDI_ANNOTATION_PREFIX + "app"]) == [names.CDI_DEVICE_NAME]
+    # No NRI device-injector annotation: the CDI device comes from the agent's device plugin (the dl request).
+    assert not [k for k in annotations if k.startswith("cdi-devices.noderesource.dev/")]
     app, sidecar = stored.spec.containers
     assert {e.name: e.value for e in app.env} == {
         "RT_RUNTIME_NS": "2000000",
@@ -358,8 +359,10 @@ def test_namespace_without_the_opt_in_label_is_untouched(env: dict[str, Any]) ->
 
 def test_pods_without_our_annotations_are_not_sent_to_the_webhook(env: dict[str, Any]) -> None:
     before = env["server"].admissions()
-    made = _create_pod(env, env["enabled"], pod("plain", {"team": "a"}))
-    assert made.metadata.annotations == {"team": "a"}
+    # The NRI device injector's annotation, even naming our device, is no longer RT-DRA's: not sent either.
+    plain = {"team": "a", "cdi-devices.noderesource.dev/container.app": f"- {names.CDI_DEVICE_NAME}"}
+    made = _create_pod(env, env["enabled"], pod("plain", plain))
+    assert made.metadata.annotations == plain
     assert env["server"].admissions() == before  # filtered by the matchConditions CEL expression
     _create_pod(env, env["enabled"], pod("rt-counted", {RT: "runtime=1ms,period=10ms"}))
     assert env["server"].admissions() == before + 1

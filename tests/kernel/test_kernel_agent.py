@@ -133,7 +133,7 @@ class Agent:
         argv += ["--state-dir", str(self.state), "--cdi-dir", str(self.cdi)]
         argv += ["--hook-dir", str(self.hook_dir), "--hook-python", HOST_PYTHON]
         argv += ["--release-on-exit"] if self.release_on_exit else []
-        argv += ["--reconcile-interval", "0.2", *self.extra]
+        argv += ["--reconcile-interval", "0.2", "--no-device-plugin", *self.extra]  # not this host's kubelet's
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30

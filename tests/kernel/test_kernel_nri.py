@@ -81,7 +81,8 @@ class Agent:
             "--hook-dir",
             str(self.tmp / "hooks"),
         ]
-        argv += ["--mode", "nri", "--nri-socket", str(self.socket), "--reconcile-interval", "0.2", *extra]
+        argv += ["--mode", "nri", "--nri-socket", str(self.socket), "--reconcile-interval", "0.2", "--no-device-plugin"]
+        argv += extra  # never the device plugin: kubelet's directory is fixed per host (a real kubelet may run here)
         with open(self.tmp / "agent.log", "ab") as log:
             self.proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 

@@ -586,3 +586,21 @@ def test_hook_flags_default_to_the_state_dir_and_this_interpreter_and_come_from_
     assert (config.hook_dir, config.hook_python) == (Path("/opt/rt-dra/bin"), "/usr/bin/python3")
     with pytest.raises(SystemExit):
         parse_args(["--node-name", "n", "--hook-python", "python3"], env={})  # OCI: no PATH lookup
+
+
+def test_the_nas_is_not_ready_until_the_node_can_give_rt_containers_their_device(tmp_path: Path) -> None:
+    """With a device plugin, kubelet must have registered it before the extender may place RT pods here."""
+    from agent.reconcile import Loop
+
+    store = nas_with(tmp_path)
+    registered = threading.Event()
+    loop = Loop(store, simulate(2, 1 << 19, None), make_enforcer(tmp_path, store, NoneBackend()), 1.0,
+                ready=registered.is_set)  # fmt: skip
+    loop.step()
+    assert store.read().ready is False
+    registered.set()
+    loop.step()
+    assert store.read().ready is True
+    registered.clear()  # kubelet restarted: until the plugin registers again
+    loop.step()
+    assert store.read().ready is False

@@ -459,3 +459,14 @@ def test_rt_containers_are_named_by_the_allocation_or_the_spec_annotation_and_ma
         assert granted({names.ALLOCATION: bad}) == {}
     assert requested({names.SPEC: '{"a": {"runtime": 1}, "b": {}}'}) == {"a", "b"}
     assert requested({names.SPEC: "not json"}) == frozenset()
+
+
+def test_in_nri_mode_the_device_plugin_hands_out_slots_without_the_cdi_device() -> None:
+    from agent._generated.deviceplugin.v1beta1 import api_pb2 as dp
+    from agent.deviceplugin.service import DevicePluginService
+
+    request = dp.AllocateRequest(container_requests=[dp.ContainerAllocateRequest(devices_ids=["slot-0"])])
+    with_hook = DevicePluginService(4).Allocate(request, None)  # type: ignore[arg-type]
+    assert [d.name for d in with_hook.container_responses[0].cdi_devices] == [names.CDI_DEVICE_NAME]
+    without = DevicePluginService(4, cdi_device=False).Allocate(request, None)  # type: ignore[arg-type]
+    assert list(without.container_responses) == [dp.ContainerAllocateResponse()]  # no device, so no hook process

@@ -16,7 +16,6 @@ from typing import Any
 
 import jsonpatch
 import pytest
-import yaml
 
 from rtdra import names
 from rtdra.request import read_pod_request
@@ -28,7 +27,9 @@ CAPTURED = json.loads(
     r"""{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid":"7f07c9f5-1e01-4b4c-9d32-eb0197975488","kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":"","version":"v1","resource":"pods"},"requestKind":{"group":"","version":"v1","kind":"Pod"},"requestResource":{"group":"","version":"v1","resource":"pods"},"namespace":"default","operation":"CREATE","userInfo":{"username":"kubernetes-admin","groups":["system:masters","system:authenticated"],"extra":{"authentication.kubernetes.io/credential-id":["X509SHA256=eafd1906d9f1349e31fdf58eb25e99c53eb16fc8ab9b7e7b809fe56b144fc8ee"]}},"object":{"kind":"Pod","apiVersion":"v1","metadata":{"generateName":"rt-","namespace":"default","annotations":{"rt.resource.example.com/container.app":"runtime=2ms,period=10ms"}},"spec":{"initContainers":[{"name":"init","image":"busybox","resources":{},"terminationMessagePath":"/dev/termination-log","terminationMessagePolicy":"File","imagePullPolicy":"Always"}],"containers":[{"name":"app","image":"registry.k8s.io/pause:3.10","resources":{},"terminationMessagePath":"/dev/termination-log","terminationMessagePolicy":"File","imagePullPolicy":"IfNotPresent"},{"name":"sidecar","image":"busybox","env":[{"name":"A","value":"1"}],"resources":{"requests":{"cpu":"100m"}},"terminationMessagePath":"/dev/termination-log","terminationMessagePolicy":"File","imagePullPolicy":"Always"}],"restartPolicy":"Always","terminationGracePeriodSeconds":30,"dnsPolicy":"ClusterFirst","securityContext":{},"schedulerName":"default-scheduler","tolerations":[{"key":"node.kubernetes.io/not-ready","operator":"Exists","effect":"NoExecute","tolerationSeconds":300},{"key":"node.kubernetes.io/unreachable","operator":"Exists","effect":"NoExecute","tolerationSeconds":300}],"priority":0,"enableServiceLinks":true,"preemptionPolicy":"PreemptLowerPriority"},"status":{}},"oldObject":null,"dryRun":false,"options":{"kind":"CreateOptions","apiVersion":"meta.k8s.io/v1"}}}"""
 )
 APP = "rt.resource.example.com/container.app"
-CDI_APP = names.CDI_ANNOTATION_PREFIX + "app"
+#: The NRI device-injector's annotation, which RT-DRA used to write and no longer reads or writes.
+INJECTOR_PREFIX = "cdi-devices.noderesource.dev/container."
+CDI_APP = INJECTOR_PREFIX + "app"
 
 
 def captured_pod() -> dict[str, Any]:
@@ -112,15 +113,15 @@ def test_pod_without_rt_annotation_is_allowed_unpatched(webhook: Webhook) -> Non
     assert "patch" not in response
 
 
-def test_valid_request_gets_spec_cdi_env_and_extended_resource(webhook: Webhook) -> None:
+def test_valid_request_gets_spec_env_and_extended_resource(webhook: Webhook) -> None:
     pod = captured_pod()
     _, patched = webhook.admit(pod)
     annotations = patched["metadata"]["annotations"]
     assert json.loads(annotations[names.SPEC]) == {
         "app": {"runtime": 2_000_000, "deadline": 10_000_000, "period": 10_000_000, "cpus": 1}
     }
-    assert yaml.safe_load(annotations[CDI_APP]) == ["rt.resource.example.com/cpu=deadline"]
     assert annotations[APP] == pod["metadata"]["annotations"][APP]
+    assert set(annotations) == {APP, names.SPEC}  # no CDI annotation: the device comes from the device plugin
     app, sidecar = patched["spec"]["containers"]
     assert env_of(app) == {
         "RT_RUNTIME_NS": "2000000",
@@ -132,7 +133,6 @@ def test_valid_request_gets_spec_cdi_env_and_extended_resource(webhook: Webhook)
     # what is not real-time is untouched
     assert sidecar == pod["spec"]["containers"][1]
     assert patched["spec"]["initContainers"] == pod["spec"]["initContainers"]
-    assert names.CDI_ANNOTATION_PREFIX + "sidecar" not in annotations
     assert patched["spec"]["schedulerName"] == "default-scheduler"
     # and what the extender and agent will read back is the same request
     request = read_pod_request(patched)
@@ -192,26 +192,35 @@ def test_patch_is_correct_for_a_pod_with_empty_annotations_env_and_no_resources(
     assert patched["spec"]["containers"][0]["resources"]["limits"] == {names.DL_RESOURCE: "1"}
 
 
-def test_extended_resource_is_requested_once_per_pod_on_the_first_rt_container(webhook: Webhook) -> None:
+def test_every_rt_container_requests_one_slot_of_the_extended_resource(webhook: Webhook) -> None:
+    # kubelet asks the device plugin for the CDI device per container that requests the resource.
     containers = [{"name": f"c{i}", "image": "x"} for i in range(4)]
     pod = pod_with(
         {f"{names.CONTAINER_PREFIX}c{i}": "runtime=1ms,period=10ms" for i in (1, 2, 3)}, containers=containers
     )
     _, patched = webhook.admit(pod)
-    requested = [
-        c.get("resources", {}).get("requests", {}).get(names.DL_RESOURCE) for c in patched["spec"]["containers"]
-    ]
-    assert requested == [None, "1", None, None]
+    for part in ("requests", "limits"):
+        requested = [c.get("resources", {}).get(part, {}).get(names.DL_RESOURCE) for c in patched["spec"]["containers"]]
+        assert requested == [None, "1", "1", "1"]
     assert [bool(c.get("env")) for c in patched["spec"]["containers"]] == [False, True, True, True]
+    again, twice = webhook.admit(patched)
+    assert "patch" not in again and twice == patched
 
 
-def test_existing_cdi_devices_of_a_container_are_kept(webhook: Webhook) -> None:
+def test_a_user_set_slot_count_is_corrected_to_one_in_requests_and_limits(webhook: Webhook) -> None:
+    pod = pod_with({APP: "runtime=1ms,period=10ms"})
+    pod["spec"]["containers"][0]["resources"] = {"limits": {names.DL_RESOURCE: "3", "cpu": "1"}}
+    _, patched = webhook.admit(pod)
+    assert patched["spec"]["containers"][0]["resources"] == {
+        "requests": {names.DL_RESOURCE: "1"},
+        "limits": {names.DL_RESOURCE: "1", "cpu": "1"},
+    }
+
+
+def test_device_injector_annotations_are_left_as_the_user_wrote_them(webhook: Webhook) -> None:
     pod = pod_with({APP: "runtime=1ms,period=10ms", CDI_APP: "- vendor.com/gpu=0\n"})
     _, patched = webhook.admit(pod)
-    assert yaml.safe_load(patched["metadata"]["annotations"][CDI_APP]) == [
-        "vendor.com/gpu=0",
-        names.CDI_DEVICE_NAME,
-    ]
+    assert patched["metadata"]["annotations"][CDI_APP] == "- vendor.com/gpu=0\n"
 
 
 def test_scheduler_name_toleration_and_bandwidth_resource_follow_the_configuration() -> None:
@@ -340,20 +349,18 @@ def test_user_supplied_spec_without_a_request_is_removed_and_nothing_else_change
     assert any("removed" in w for w in response["warnings"])
 
 
-def test_cdi_annotation_naming_our_device_without_a_request_is_denied(webhook: Webhook) -> None:
-    sidecar_cdi = names.CDI_ANNOTATION_PREFIX + "sidecar"
-    status = webhook.deny(pod_with({APP: "runtime=1ms,period=10ms", sidecar_cdi: f"- {names.CDI_DEVICE_NAME}\n"}))
-    assert status["code"] == 403 and '"sidecar"' in status["message"]
-    status = webhook.deny(pod_with({sidecar_cdi: f"- {names.CDI_DEVICE_NAME}\n"}))
-    assert status["code"] == 403
-    # other vendors' devices are not our business
-    response, _ = webhook.admit(pod_with({APP: "runtime=1ms,period=10ms", sidecar_cdi: "- vendor.com/gpu=0\n"}))
+def test_device_injector_annotations_are_no_longer_judged(webhook: Webhook) -> None:
+    # Naming our device there grants nothing: the agent's hook refuses a container the extender
+    # allocated nothing to (NoAllocation), and RT-DRA no longer relies on an NRI device injector.
+    sidecar_cdi = INJECTOR_PREFIX + "sidecar"
+    ours = f"- {names.CDI_DEVICE_NAME}\n"
+    response, _ = webhook.admit(pod_with({sidecar_cdi: ours}))
+    assert response["allowed"] and "patch" not in response
+    pod = pod_with({APP: "runtime=1ms,period=10ms", sidecar_cdi: ours, CDI_APP: "{not: [a list"})
+    response, patched = webhook.admit(pod)
     assert response["allowed"]
-
-
-def test_unreadable_cdi_annotation_on_an_rt_container_is_denied(webhook: Webhook) -> None:
-    status = webhook.deny(pod_with({APP: "runtime=1ms,period=10ms", CDI_APP: "{not: [a list"}))
-    assert status["code"] == 422 and CDI_APP in status["message"]
+    assert patched["metadata"]["annotations"][sidecar_cdi] == ours
+    assert patched["metadata"]["annotations"][CDI_APP] == "{not: [a list"
 
 
 # --------------------------------------------------------------------------- RtClaimParameters and namespaces
