@@ -28,7 +28,7 @@ NODE_BUILD_SCRIPT = HACK / "node" / "build.sh"
 CACHE_ROOT = Path(os.environ.get("RTDRA_CACHE", Path.home() / ".cache" / "rt-dra"))
 
 #: The CNI plugins the build provides (``cni_bin_dir``).
-CNI_PLUGINS = ("loopback", "dummy", "host-local")
+CNI_PLUGINS = ("loopback", "dummy", "tap", "host-local")
 
 
 class NodeBuildError(RuntimeError):
@@ -48,7 +48,7 @@ class NodeBinaries:
     ctr: Path
     runc: Path
     crictl: Path
-    #: Holds at least ``loopback``, ``dummy`` and ``host-local``.
+    #: Holds at least ``loopback``, ``dummy``, ``tap`` and ``host-local``.
     cni_bin_dir: Path
     #: The VERSIONS file: upstream versions, Go version, build seconds per binary.
     versions: Mapping[str, str] = field(default_factory=dict)

@@ -37,12 +37,17 @@ has an IP: containerd's CRI refuses the sandbox otherwise ("failed to find netwo
 info for sandbox"). The CNI ``dummy`` plugin creates ``eth0`` as a *dummy* link
 inside the pod's own network namespace, addressed by ``host-local`` IPAM (its
 dataDir in the work dir), with no routes: the pod is connected to nothing and no
-host-side interface exists (``loopback`` brings up the pod's ``lo``). Addresses
-come from ``POD_CIDR`` = ``198.18.0.0/24``, inside ``198.18.0.0/15``, the range RFC
-2544/RFC 6815 reserve for benchmarking network devices: not a private range any
-LAN uses (10/8, 172.16/12, 192.168/16), not routed on the Internet, so an address
-leaking into a log or a probe can never reach a real machine. Never dial pod IPs
-from the host anyway.
+host-side interface exists (``loopback`` brings up the pod's ``lo``). **Some kernels
+have no dummy driver** (e.g. Firecracker guest kernels built without
+``CONFIG_DUMMY``; the plugin then fails with "failed to create dummy: operation not
+supported"). There the CNI ``tap`` plugin is used instead (``pod_link_plugin()``):
+a persistent tap device created directly inside the pod's netns with no process
+attached to it and no bridge - just as unconnected (NO-CARRIER), same IPAM, no
+routes. Addresses come from ``POD_CIDR`` = ``198.18.0.0/24``, inside
+``198.18.0.0/15``, the range RFC 2544/RFC 6815 reserve for benchmarking network
+devices: not a private range any LAN uses (10/8, 172.16/12, 192.168/16), not routed
+on the Internet, so an address leaking into a log or a probe can never reach a real
+machine. Never dial pod IPs from the host anyway.
 
 Host changes and crash recovery. Each instance writes a record file
 ``/run/rt-dra-node/<token>.json`` (owner pid and start time, dirs, sockets, cgroup
@@ -63,6 +68,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gzip
 import json
 import os
 import secrets
@@ -188,6 +194,26 @@ def shim_pids(socket: Path) -> list[int]:
     return pids
 
 
+def _kernel_config(option: str) -> str:
+    """``y``/``m``/``""`` for a kernel config option, from /proc/config.gz when the kernel has it."""
+    with contextlib.suppress(OSError):
+        with gzip.open("/proc/config.gz", "rt") as f:
+            for line in f:
+                if line.startswith(option + "="):
+                    return line.strip().split("=", 1)[1]
+        return ""
+    return "?"
+
+
+def pod_link_plugin() -> str:
+    """The CNI plugin that gives pods an unconnected ``eth0`` on this kernel: ``dummy`` or ``tap``."""
+    if Path("/sys/module/dummy").exists() or _kernel_config("CONFIG_DUMMY") in ("y", "m", "?"):
+        return "dummy"
+    if Path("/dev/net/tun").exists() or _kernel_config("CONFIG_TUN") in ("y", "m"):
+        return "tap"
+    raise ContainerdError("this kernel has neither dummy links (CONFIG_DUMMY) nor tap devices (CONFIG_TUN)")
+
+
 # --------------------------------------------------------------------------- TOML
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
@@ -236,6 +262,7 @@ class Containerd:
         cni_bin_dir: Path | str | None = None,
         image: ImageInfo | None = None,
         pod_cidr: str = POD_CIDR,
+        link_plugin: str | None = None,
         start_timeout: float = 60.0,
         keep_workdir: bool = False,
     ):
@@ -246,6 +273,8 @@ class Containerd:
         self.cni_conf_dir = Path(cni_conf_dir).resolve() if cni_conf_dir else self.workdir / "cni" / "net.d"
         self._cni_bin_dir = Path(cni_bin_dir).resolve() if cni_bin_dir else None
         self.pod_cidr = pod_cidr
+        #: ``dummy`` or ``tap`` (see the module docstring); chosen for this kernel by default.
+        self.link_plugin = link_plugin or pod_link_plugin()
         self.start_timeout = start_timeout
         self.keep_workdir = keep_workdir or os.environ.get("RTDRA_KEEP_NODE", "") not in ("", "0")
         self.token = secrets.token_hex(4)
@@ -305,7 +334,7 @@ class Containerd:
                 d.mkdir(parents=True, exist_ok=True)
             self._write_record()
             self.config_file.write_text(to_toml(self.config()))
-            (self.cni_conf_dir / "10-rtdra-dummy.conflist").write_text(json.dumps(self.cni_config(), indent=2))
+            (self.cni_conf_dir / "10-rtdra-pods.conflist").write_text(json.dumps(self.cni_config(), indent=2))
             self.crictl_config.write_text(
                 f"runtime-endpoint: unix://{self.socket}\nimage-endpoint: unix://{self.socket}\n"
                 "timeout: 30\ndebug: false\npull-image-on-create: false\ndisable-pull-on-run: true\n"
@@ -398,21 +427,18 @@ class Containerd:
         }
 
     def cni_config(self) -> dict[str, Any]:
-        """A CNI network: a dummy ``eth0`` in the pod's netns, host-local addresses, no routes."""
-        return {
-            "cniVersion": "1.0.0",
-            "name": "rtdra-dummy",
-            "plugins": [
-                {
-                    "type": "dummy",
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": self.pod_cidr}]],
-                        "dataDir": str(self.workdir / "cni" / "ipam"),
-                    },
-                }
-            ],
+        """A CNI network: an unconnected ``eth0`` in the pod's netns, host-local addresses, no routes."""
+        link: dict[str, Any] = {"type": self.link_plugin}
+        if self.link_plugin == "tap":
+            # owner and group set: the plugin creates the tap over netlink, inside the pod's
+            # netns, instead of running the host's `ip tuntap`
+            link.update(owner=0, group=0)
+        link["ipam"] = {
+            "type": "host-local",
+            "ranges": [[{"subnet": self.pod_cidr}]],
+            "dataDir": str(self.workdir / "cni" / "ipam"),
         }
+        return {"cniVersion": "1.0.0", "name": "rtdra-pods", "plugins": [link]}
 
     # ----------------------------------------------------------------- clients
     def _run(self, argv: list[str], timeout: float, input: str | None = None) -> str:

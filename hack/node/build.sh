@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Build (or reuse) the real upstream node programs used by the e2e tests:
 # kubelet, containerd + containerd-shim-runc-v2 + ctr, runc, crictl and the CNI
-# plugins loopback, dummy and host-local.
+# plugins loopback, dummy, tap and host-local (tap: for kernels built without
+# CONFIG_DUMMY, see hack/runtime.py).
 #
 #   hack/node/build.sh      build if not cached; print the output dir last
 #
 # Output: ${RTDRA_CACHE:-~/.cache/rt-dra}/node-<key>/
 #   bin/  kubelet containerd containerd-shim-runc-v2 ctr runc crictl
-#   cni/  loopback dummy host-local
+#   cni/  loopback dummy tap host-local
 #   VERSIONS  versions, Go, and the seconds each binary took to build
 # <key> hashes this script, every go.mod/go.sum it builds from and the Go
 # version: changing a pin builds a new directory; an unchanged one is reused.
@@ -64,7 +65,7 @@ KEY="$({ cat "$HERE/build.sh" "${MODULE_FILES[@]}"; "$GO" env GOVERSION; } | sha
 OUT="$CACHE_ROOT/node-$KEY"
 
 BINS=(kubelet containerd containerd-shim-runc-v2 ctr runc crictl)
-CNI_PLUGINS=(loopback dummy host-local)
+CNI_PLUGINS=(loopback dummy tap host-local)
 
 have_binaries() {
   [ -f "$OUT/.complete" ] || return 1
@@ -174,7 +175,8 @@ step crictl "$HERE/critools" 0 "" "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Ve
 
 CNI=github.com/containernetworking/plugins
 step cni-plugins "$HERE/cni" 0 "" "-s -w -X $CNI/pkg/utils/buildversion.BuildVersion=$CNI_VERSION" \
-  "$TMP/cni" "$CNI/plugins/main/loopback" "$CNI/plugins/main/dummy" "$CNI/plugins/ipam/host-local"
+  "$TMP/cni" "$CNI/plugins/main/loopback" "$CNI/plugins/main/dummy" "$CNI/plugins/main/tap" \
+  "$CNI/plugins/ipam/host-local"
 
 total=$(( $(date +%s) - all_start ))
 {

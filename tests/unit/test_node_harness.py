@@ -94,13 +94,16 @@ def test_a_long_workdir_moves_only_the_shim_sockets_out(tmp_path: Path) -> None:
     assert not ctd.shim_socket_dir.is_relative_to(ctd.workdir)
 
 
-def test_pods_get_a_dummy_eth0_from_a_range_no_lan_uses_and_no_route(tmp_path: Path) -> None:
+@pytest.mark.parametrize("link", ["dummy", "tap"])
+def test_pods_get_an_unconnected_eth0_from_a_range_no_lan_uses_and_no_route(tmp_path: Path, link: str) -> None:
     net = ipaddress.ip_network(POD_CIDR)
     for private in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"):
         assert not net.overlaps(ipaddress.ip_network(private))
     assert net.subnet_of(ipaddress.ip_network("198.18.0.0/15"))
-    (plugin,) = _containerd(tmp_path).cni_config()["plugins"]
-    assert plugin["type"] == "dummy"
+    ctd = _containerd(tmp_path)
+    ctd.link_plugin = link
+    (plugin,) = ctd.cni_config()["plugins"]
+    assert plugin["type"] == link and "bridge" not in plugin
     assert plugin["ipam"]["type"] == "host-local" and "routes" not in plugin["ipam"]
     assert plugin["ipam"]["ranges"] == [[{"subnet": POD_CIDR}]]
 
