@@ -58,6 +58,10 @@ name its socket and the processes in its cgroups, unmounts everything under its
 dirs, removes dirs and cgroups. Pods should use ``cgroup_parent`` (a per-instance
 path under every cgroup hierarchy, removed by ``stop()``); pods without one land in
 containerd's default ``/k8s.io/<id>``, which is cleaned per container id too.
+containerd's CNI library caches each attachment's result in ``/var/lib/cni/results``
+(a fixed path: containerd offers no setting for it); a crashed run's files are
+removed by sandbox id, and ``/var/lib/cni`` itself when this instance created it
+and it is empty again.
 Not undone: kernel modules loaded on first use (``overlay``, ``dummy``) stay
 loaded, and Debian packages installed by the builds stay installed.
 
@@ -89,6 +93,8 @@ from hack.nodebins import NodeBinaries, ensure_node_binaries
 POD_CIDR = "198.18.0.0/24"
 #: Where instance records live (one JSON file per running Containerd).
 RECORD_DIR = Path("/run/rt-dra-node")
+#: libcni's cache (containerd cannot move it); see the module docstring.
+CNI_CACHE_DIR = Path("/var/lib/cni")
 #: containerd's limit for ``socket_dir`` on Linux (core/runtime/v2/socket_linux.go).
 MAX_SHIM_SOCKET_DIR = 42
 CRI_NAMESPACE = "k8s.io"
@@ -294,6 +300,8 @@ class Containerd:
         self.pid: int | None = None
         self._proc: subprocess.Popen | None = None
         self._started = False
+        #: Host paths outside the work dir that did not exist before start(): removed when empty.
+        self._created: list[str] = []
 
     # ----------------------------------------------------------------- lifecycle
     def __enter__(self) -> Containerd:
@@ -332,6 +340,7 @@ class Containerd:
             t0 = time.monotonic()
             for d in (self.workdir, self.logs, self.shim_socket_dir, self.cni_conf_dir, *self.cdi_spec_dirs):
                 d.mkdir(parents=True, exist_ok=True)
+            self._created = [str(p) for p in (CNI_CACHE_DIR / "results", CNI_CACHE_DIR) if not p.exists()]
             self._write_record()
             self.config_file.write_text(to_toml(self.config()))
             (self.cni_conf_dir / "10-rtdra-pods.conflist").write_text(json.dumps(self.cni_config(), indent=2))
@@ -352,6 +361,8 @@ class Containerd:
 
     def stop(self) -> None:
         """Remove all pods, kill containerd, shims and containers, unmount, remove dirs and cgroups."""
+        if not self._started:
+            return  # never started (or stopped): the workdir may not be ours to remove
         if self._proc is not None and self._proc.poll() is None:
             with contextlib.suppress(ContainerdError, subprocess.TimeoutExpired):
                 self.crictl("rmp", "--force", "--all", timeout=60)
@@ -529,6 +540,8 @@ class Containerd:
             "dirs": [str(self.workdir), str(self.shim_socket_dir)],
             "socket": str(self.socket),
             "cgroup_parent": self.cgroup_parent,
+            "cni_networks": ["cni-loopback", self.cni_config()["name"]],
+            "created": self._created,
             "containerd_pid": self.pid,
             "containerd_start": _proc_start_time(self.pid) if self.pid else "",
         }
@@ -541,10 +554,25 @@ class Containerd:
 
 
 def _task_ids(state_dir: Path) -> list[str]:
-    tasks = state_dir / "io.containerd.runtime.v2.task" / CRI_NAMESPACE
-    with contextlib.suppress(OSError):
-        return [p.name for p in tasks.iterdir()]
-    return []
+    """Ids of every container and sandbox containerd still has state for."""
+    ids: set[str] = set()
+    for d in (
+        state_dir / "io.containerd.runtime.v2.task" / CRI_NAMESPACE,
+        state_dir / "io.containerd.grpc.v1.cri" / "sandboxes",
+        state_dir / "io.containerd.grpc.v1.cri" / "containers",
+    ):
+        with contextlib.suppress(OSError):
+            ids.update(p.name for p in d.iterdir())
+    return sorted(ids)
+
+
+def _remove_cni_cache(networks: Sequence[str], ids: Sequence[str]) -> None:
+    results = CNI_CACHE_DIR / "results"
+    for net in networks:
+        for sandbox in ids:
+            for f in results.glob(f"{net}-{sandbox}-*"):
+                with contextlib.suppress(OSError):
+                    f.unlink()
 
 
 def _cleanup(record: Mapping[str, Any], *, keep_workdir: bool = False) -> None:
@@ -553,8 +581,9 @@ def _cleanup(record: Mapping[str, Any], *, keep_workdir: bool = False) -> None:
     if pid and _proc_start_time(pid) == record.get("containerd_start"):
         _kill(pid, None, grace=5)
     workdir = Path(record["workdir"])
+    ids = _task_ids(workdir / "state")
     # containers first (no shim left to restart or report them), then their shims
-    cgroups = [record["cgroup_parent"]] + [f"/{CRI_NAMESPACE}/{i}" for i in _task_ids(workdir / "state")]
+    cgroups = [record["cgroup_parent"]] + [f"/{CRI_NAMESPACE}/{i}" for i in ids]
     for rel in cgroups:
         _kill_cgroup(rel)
     for shim in shim_pids(Path(record["socket"])):
@@ -568,6 +597,10 @@ def _cleanup(record: Mapping[str, Any], *, keep_workdir: bool = False) -> None:
         if d == workdir and keep_workdir:
             continue
         shutil.rmtree(d, ignore_errors=True)
+    _remove_cni_cache(record.get("cni_networks", []), ids)
+    for created in record.get("created", []):
+        with contextlib.suppress(OSError):
+            Path(created).rmdir()  # only when empty: another instance may use it now
     with contextlib.suppress(OSError):
         Path(record["record_file"]).unlink()
     with contextlib.suppress(OSError):

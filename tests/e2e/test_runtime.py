@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from hack.cluster import _pid_alive
-from hack.runtime import POD_CIDR, RECORD_DIR, Containerd, _cgroup_dirs, mounts_under, shim_pids
+from hack.runtime import CNI_CACHE_DIR, POD_CIDR, RECORD_DIR, Containerd, _cgroup_dirs, mounts_under, shim_pids
 
 pytestmark = pytest.mark.e2e
 
@@ -117,6 +117,7 @@ def test_a_pod_runs_from_our_image_with_its_cdi_device_a_dummy_eth0_and_stop_lea
     node_binaries, node_image, base: Path
 ) -> None:
     value = uuid.uuid4().hex
+    cni_cache_existed = CNI_CACHE_DIR.exists()
     cdi_dir, hook_out = base / "cdi", base / "hook-state.json"
     cdi_dir.mkdir()
     write_probe_cdi_spec(cdi_dir, value, hook_out)
@@ -163,6 +164,9 @@ def test_a_pod_runs_from_our_image_with_its_cdi_device_a_dummy_eth0_and_stop_lea
     assert not ctd.workdir.exists() and not ctd.shim_socket_dir.exists()
     assert not _cgroup_dirs(ctd.cgroup_parent)
     assert not ctd.record_file.exists()
+    assert not list(CNI_CACHE_DIR.glob(f"results/*{pod_id}*"))
+    if not cni_cache_existed:
+        assert not CNI_CACHE_DIR.exists()
 
 
 CRASHING_RUN = """
@@ -181,7 +185,7 @@ ctd.start()
 pod_id, ctr_id, log_file = run_probe_pod(ctd, base, "crash")
 wait_for_log(log_file, "PROBE-READY")
 state = json.loads((base / "hook-state.json").read_text())
-print(json.dumps({"socket": str(ctd.socket), "workdir": str(ctd.workdir), "containerd": ctd.pid,
+print(json.dumps({"socket": str(ctd.socket), "pod": pod_id, "workdir": str(ctd.workdir), "containerd": ctd.pid,
                   "container": state["pid"], "cgroup_parent": ctd.cgroup_parent,
                   "record": str(ctd.record_file)}), flush=True)
 os.kill(os.getpid(), signal.SIGKILL)  # a crash: no stop(), no finally
@@ -211,6 +215,7 @@ def test_the_next_start_cleans_up_after_a_crashed_run(node_binaries, node_image,
     assert shim_pids(Path(left["socket"])) and _pid_alive(left["container"])
     assert mounts_under([Path(left["workdir"])])
     assert Path(left["record"]).exists()
+    assert list(CNI_CACHE_DIR.glob(f"results/*{left['pod']}*"))
 
     ctd = Containerd(base / "next", node_binaries, image=node_image)
     try:
@@ -221,6 +226,7 @@ def test_the_next_start_cleans_up_after_a_crashed_run(node_binaries, node_image,
         assert not Path(left["workdir"]).exists()
         assert not _cgroup_dirs(left["cgroup_parent"])
         assert not Path(left["record"]).exists()
+        assert not list(CNI_CACHE_DIR.glob(f"results/*{left['pod']}*"))
     finally:
         ctd.stop()
     assert not mounts_under([base])
