@@ -153,7 +153,7 @@ def cgroup_mounts() -> list[Path]:
     return out
 
 
-def _cgroup_dirs(rel: str) -> list[Path]:
+def cgroup_dirs(rel: str) -> list[Path]:
     """``rel`` (an absolute cgroup path) in every hierarchy where it exists, children first."""
     found: list[Path] = []
     for mount in cgroup_mounts():
@@ -168,16 +168,16 @@ def _kill_cgroup(rel: str) -> None:
     """SIGKILL every process in cgroup ``rel`` and below, then remove the cgroups."""
     for _ in range(50):
         pids: set[int] = set()
-        for d in _cgroup_dirs(rel):
+        for d in cgroup_dirs(rel):
             with contextlib.suppress(OSError):
                 pids.update(int(p) for p in (d / "cgroup.procs").read_text().split())
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        for d in _cgroup_dirs(rel):
+        for d in cgroup_dirs(rel):
             with contextlib.suppress(OSError):
                 d.rmdir()
-        if not _cgroup_dirs(rel):
+        if not cgroup_dirs(rel):
             return
         time.sleep(0.1)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from hack.cluster import _pid_alive
-from hack.runtime import CNI_CACHE_DIR, POD_CIDR, RECORD_DIR, Containerd, _cgroup_dirs, mounts_under, shim_pids
+from hack.runtime import CNI_CACHE_DIR, POD_CIDR, RECORD_DIR, Containerd, cgroup_dirs, mounts_under, shim_pids
 
 pytestmark = pytest.mark.e2e
 
@@ -162,7 +162,7 @@ def test_a_pod_runs_from_our_image_with_its_cdi_device_a_dummy_eth0_and_stop_lea
     assert not shim_pids(ctd.socket)
     assert not mounts_under([base])
     assert not ctd.workdir.exists() and not ctd.shim_socket_dir.exists()
-    assert not _cgroup_dirs(ctd.cgroup_parent)
+    assert not cgroup_dirs(ctd.cgroup_parent)
     assert not ctd.record_file.exists()
     assert not list(CNI_CACHE_DIR.glob(f"results/*{pod_id}*"))
     if not cni_cache_existed:
@@ -224,7 +224,7 @@ def test_the_next_start_cleans_up_after_a_crashed_run(node_binaries, node_image,
         assert not _pid_alive(left["container"])
         assert not mounts_under([Path(left["workdir"])])
         assert not Path(left["workdir"]).exists()
-        assert not _cgroup_dirs(left["cgroup_parent"])
+        assert not cgroup_dirs(left["cgroup_parent"])
         assert not Path(left["record"]).exists()
         assert not list(CNI_CACHE_DIR.glob(f"results/*{left['pod']}*"))
     finally:
