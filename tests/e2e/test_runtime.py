@@ -93,7 +93,7 @@ def run_probe_pod(ctd: Containerd, base: Path, name: str) -> tuple[str, str, Pat
     container = {
         "metadata": {"name": "probe"},
         "image": {"image": ctd.image.name},
-        "command": ["/bin/sh", "-c", "env; ip -4 -o addr show dev eth0; echo PROBE-READY; exec sleep 3600"],
+        "command": ["/bin/sh", "-c", "env; ip -4 -o addr show dev eth0; ip route; echo PROBE-READY; exec sleep 3600"],
         "log_path": "probe/0.log",
         "CDI_devices": [{"name": f"{CDI_KIND}=dev0"}],
         "linux": {},
@@ -146,6 +146,7 @@ def test_a_pod_runs_from_our_image_with_its_cdi_device_a_dummy_eth0_and_stop_lea
         assert m, f"no eth0 address in the container's output: {lines}"
         pod_ip = ipaddress.ip_address(m.group(1))
         assert pod_ip in ipaddress.ip_network(POD_CIDR)
+        assert not [line for line in lines if line.startswith("default")], f"the pod has a default route: {lines}"
         status = json.loads(ctd.crictl("inspectp", "-o", "json", pod_id))["status"]
         assert status["network"]["ip"] == str(pod_ip)
         assert status["linux"]["namespaces"]["options"]["network"] == "POD"
