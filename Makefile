@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: install test test-fast lint bench demo cluster-up cluster-down controlplane e2e clean
+.PHONY: install test test-fast lint bench demo cluster-up cluster-down controlplane node e2e clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,14 @@ demo: $(STAMP)
 # Kubernetes from source: about 10 minutes on 2 cores.
 controlplane: $(STAMP)
 	$(PY) hack/cluster.py build
+
+# Build (or reuse from ~/.cache/rt-dra) the real node's upstream programs -
+# kubelet, containerd, containerd-shim-runc-v2, ctr, runc, crictl, CNI plugins -
+# and the node image rt-dra.local/node-base:1. Installs Debian's libseccomp-dev,
+# pkg-config and busybox-static with apt-get when missing (root).
+node: $(STAMP)
+	$(PY) hack/nodebins.py
+	$(PY) hack/images.py
 
 # A local control plane in the background; the last line printed is the
 # admin kubeconfig (.cluster/kubeconfig).

@@ -25,6 +25,8 @@
 # add `replace k8s.io/<m> => k8s.io/<m> v0.37.x` for each. go.mod and go.sum are
 # committed for reproducibility; binaries are never committed - they are cached
 # in ${RTDRA_CACHE:-~/.cache/rt-dra}/k8s-<version>/ and reused.
+# tools.go also lists k8s.io/kubernetes/cmd/kubelet: hack/node/build.sh builds
+# the node's kubelet from this module (same pins), not this script.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -11,4 +11,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	// kubelet is built by hack/node/build.sh from this same module, so the node
+	// always runs the control plane's Kubernetes version.
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )

@@ -7,10 +7,16 @@
 - ``make_node``: factory ``make_node(name=None, cpu="8", memory="16Gi", labels=None,
   extended=None)`` creating Ready nodes, deleted after the test.
 - ``unique_name``: factory for names that do not collide across tests.
+- ``node_binaries`` / ``node_image`` (session): the real node's programs
+  (``hack.nodebins.NodeBinaries``: kubelet, containerd, runc, crictl, CNI plugins)
+  and its image (``hack.images.ImageInfo``), for tests that run real containers.
+  They need root; without it they skip like any missing prerequisite.
 
 The binaries are built (first time: long) or taken from the cache before the
-first e2e test runs, outside any per-test timeout. If they can't be had the e2e
-tests are skipped with the reason - or FAIL when RTDRA_REQUIRE_E2E=1 (CI).
+first e2e test runs, outside any per-test timeout - each set only when a selected
+test uses it (the control plane's for ``k8s_binaries``/``control_plane``, the
+node's for ``node_binaries``/``node_image``). If they can't be had the tests are
+skipped with the reason - or FAIL when RTDRA_REQUIRE_E2E=1 (CI).
 """
 
 from __future__ import annotations
@@ -29,27 +35,52 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from hack.cluster import BuildError, ControlPlane, ControlPlaneError, ensure_binaries, pid_alive  # noqa: E402
+from hack.images import ImageError, build_image  # noqa: E402
+from hack.nodebins import NodeBuildError, ensure_node_binaries  # noqa: E402
 
 _BINARIES: dict = {}
+_NODE: dict = {}
 
 
 def _require() -> bool:
     return os.environ.get("RTDRA_REQUIRE_E2E", "") not in ("", "0", "false", "no")
 
 
-def _e2e_items(items):
-    return [i for i in items if i.get_closest_marker("e2e") is not None]
+def _e2e_items(items, fixture: str):
+    return [i for i in items if i.get_closest_marker("e2e") is not None and fixture in getattr(i, "fixturenames", ())]
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session, config, items):
-    """Build/reuse the binaries once, after deselection, only if e2e tests will run."""
-    if not _e2e_items(items) or config.option.collectonly:
+    """Build/reuse the binaries once, after deselection, only for the e2e tests that will run."""
+    if config.option.collectonly:
+        return
+    if _e2e_items(items, "k8s_binaries"):
+        try:
+            _BINARIES["ok"] = ensure_binaries()
+        except (BuildError, ControlPlaneError, OSError) as e:
+            _BINARIES["error"] = f"Kubernetes control-plane binaries unavailable: {e}"
+    if _e2e_items(items, "node_binaries") or _e2e_items(items, "node_image"):
+        _ensure_node()
+
+
+def _ensure_node() -> None:
+    if _NODE:
+        return
+    if os.geteuid() != 0:
+        _NODE["error"] = "the real node (containerd, runc) needs root"
         return
     try:
-        _BINARIES["ok"] = ensure_binaries()
-    except (BuildError, ControlPlaneError, OSError) as e:
-        _BINARIES["error"] = f"Kubernetes control-plane binaries unavailable: {e}"
+        _NODE["binaries"] = ensure_node_binaries()
+        _NODE["image"] = build_image()
+    except (NodeBuildError, ImageError, OSError) as e:
+        _NODE["error"] = f"real-node binaries or image unavailable: {e}"
+
+
+def _skip_or_fail(reason: str):
+    if _require():
+        pytest.fail(reason + " (RTDRA_REQUIRE_E2E=1)", pytrace=False)
+    pytest.skip(reason + " (set RTDRA_REQUIRE_E2E=1 to make this a failure)")
 
 
 def _binaries():
@@ -59,15 +90,26 @@ def _binaries():
         except (BuildError, ControlPlaneError, OSError) as e:
             _BINARIES["error"] = f"Kubernetes control-plane binaries unavailable: {e}"
     if "error" in _BINARIES:
-        if _require():
-            pytest.fail(_BINARIES["error"] + " (RTDRA_REQUIRE_E2E=1)", pytrace=False)
-        pytest.skip(_BINARIES["error"] + " (set RTDRA_REQUIRE_E2E=1 to make this a failure)")
+        _skip_or_fail(_BINARIES["error"])
     return _BINARIES["ok"]
 
 
 @pytest.fixture(scope="session")
 def k8s_binaries():
     return _binaries()
+
+
+@pytest.fixture(scope="session")
+def node_binaries():
+    _ensure_node()
+    if "error" in _NODE:
+        _skip_or_fail(_NODE["error"])
+    return _NODE["binaries"]
+
+
+@pytest.fixture(scope="session")
+def node_image(node_binaries):
+    return _NODE["image"]
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,320 @@
+#!/usr/bin/env python3
+"""The one container image the real node needs, built here from host files.
+
+``rt-dra.local/node-base:1`` serves two roles:
+
+- the **sandbox image**: containerd pins it as ``pinned_images.sandbox``, so the
+  pod sandbox runs its ``/pause`` (a static C program from ``hack/node/pause.c``
+  that sleeps until SIGTERM/SIGINT and reaps orphaned children);
+- the **workload image**: ``/bin/busybox`` (Debian's ``busybox-static``) with a
+  symlink per applet in ``/bin`` (``sh``, ``sleep``, ``cat``, ``echo``, ``env``,
+  ``grep``, ...), enough for test and demo containers. Its default command is
+  ``/pause``; workloads set their own.
+
+Why not pull an image: tests must not depend on a registry (none is reachable
+here) nor on a container engine to build one. So the image is an OCI
+image-layout tar (``oci-layout``, ``index.json``, ``blobs/sha256/...``) written
+directly with :mod:`tarfile`; ``ctr -n k8s.io images import`` loads it (see
+``hack/runtime.py``) and pods use ``imagePullPolicy: Never``. The manifest
+descriptor in ``index.json`` carries ``io.containerd.image.name`` (the full
+name, which containerd's importer prefers) and ``org.opencontainers.image.ref.name``
+(the tag ``1``).
+
+Deterministic: the same busybox binary, ``pause.c``, gcc and this file give
+byte-identical tars and so the same manifest digest (every tar entry has mtime
+0, owner 0:0, no user/group names, sorted names; JSON is canonical; ``gcc
+-static`` output is reproducible). Built images are cached under
+``${RTDRA_CACHE:-~/.cache/rt-dra}/image-<key>/`` where the key hashes those
+inputs. Missing ``busybox-static`` is installed with apt-get (needs root on
+Debian); missing gcc is an error.
+
+Library::
+
+    from hack.images import build_image
+    info = build_image()            # ImageInfo(name, tar_path, digest)
+
+CLI: ``python hack/images.py [--out PATH]`` prints name, digest and tar path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import os
+import platform
+import shutil
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+HACK = Path(__file__).resolve().parent
+PAUSE_SOURCE = HACK / "node" / "pause.c"
+CACHE_ROOT = Path(os.environ.get("RTDRA_CACHE", Path.home() / ".cache" / "rt-dra"))
+
+IMAGE_NAME = "rt-dra.local/node-base:1"
+BUSYBOX = Path("/bin/busybox")
+BUSYBOX_PACKAGE = "busybox-static"
+TAR_NAME = "node-base.tar"
+
+MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
+LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
+INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
+PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+_GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}
+
+
+class ImageError(RuntimeError):
+    """The image could not be built (a missing host tool or package)."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    #: Full image reference, as containerd and pod specs name it.
+    name: str
+    #: The OCI image-layout tar (``ctr images import`` input).
+    tar_path: Path
+    #: Manifest digest, ``sha256:<hex>``: what ``ctr images ls`` shows as DIGEST.
+    digest: str
+
+
+# --------------------------------------------------------------------------- host inputs
+def _busybox() -> Path:
+    """Debian's static busybox; installed with apt-get when missing."""
+    if not _is_static_busybox(BUSYBOX):
+        if shutil.which("apt-get") is None:
+            raise ImageError(f"{BUSYBOX} (a static busybox) is missing; install {BUSYBOX_PACKAGE}")
+        print(f"[images] installing {BUSYBOX_PACKAGE} with apt-get", file=sys.stderr, flush=True)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", BUSYBOX_PACKAGE]):
+            proc = subprocess.run(argv, env=env, stdout=sys.stderr, check=False)
+            if proc.returncode != 0:
+                raise ImageError(f"{' '.join(argv)} failed with exit code {proc.returncode}")
+        if not _is_static_busybox(BUSYBOX):
+            raise ImageError(f"{BUSYBOX_PACKAGE} installed but {BUSYBOX} is not a static busybox")
+    return BUSYBOX
+
+
+def _is_static_busybox(path: Path) -> bool:
+    # Debian's dynamically linked `busybox` package also installs /bin/busybox;
+    # a container has no libc, so only a static one (an ELF without PT_INTERP) will do.
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    if data[:4] != b"\x7fELF" or data[4] not in (1, 2):
+        return False
+    end = "<" if data[5] == 1 else ">"
+    if data[4] == 2:  # ELF64
+        (phoff,) = struct.unpack_from(end + "Q", data, 32)
+        phentsize, phnum = struct.unpack_from(end + "HH", data, 54)
+    else:
+        (phoff,) = struct.unpack_from(end + "I", data, 28)
+        phentsize, phnum = struct.unpack_from(end + "HH", data, 42)
+    pt_interp = 3
+    return all(struct.unpack_from(end + "I", data, phoff + i * phentsize)[0] != pt_interp for i in range(phnum))
+
+
+def _applets(busybox: Path) -> list[str]:
+    out = subprocess.run([str(busybox), "--list"], capture_output=True, text=True, check=True).stdout
+    return sorted({a for a in out.split() if a and "/" not in a and a != "busybox"})
+
+
+def _gcc() -> str:
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        raise ImageError("gcc is needed to build the static pause program (apt-get install gcc libc6-dev)")
+    return gcc
+
+
+def _build_pause(gcc: str, out: Path) -> None:
+    proc = subprocess.run(
+        [gcc, "-static", "-O2", "-Wall", "-Wextra", "-o", str(out), str(PAUSE_SOURCE)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise ImageError(f"gcc -static {PAUSE_SOURCE} failed:\n{proc.stderr}")
+
+
+def _cache_key(busybox: Path, gcc: str) -> str:
+    gcc_version = subprocess.run([gcc, "--version"], capture_output=True, text=True, check=True).stdout
+    h = hashlib.sha256()
+    for part in (busybox.read_bytes(), PAUSE_SOURCE.read_bytes(), gcc_version.encode(), Path(__file__).read_bytes()):
+        h.update(hashlib.sha256(part).digest())
+    return h.hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- deterministic tar
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    kind: bytes  # tarfile.DIRTYPE / REGTYPE / SYMTYPE
+    mode: int
+    data: bytes = b""
+    link: str = ""
+
+
+def _tar(entries: Iterable[_Entry]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for e in sorted(entries, key=lambda e: e.name):
+            ti = tarfile.TarInfo(e.name)
+            ti.type, ti.mode, ti.mtime = e.kind, e.mode, 0
+            ti.uid = ti.gid = 0
+            ti.uname = ti.gname = ""
+            if e.kind == tarfile.SYMTYPE:
+                ti.linkname = e.link
+                tf.addfile(ti)
+            elif e.kind == tarfile.REGTYPE:
+                ti.size = len(e.data)
+                tf.addfile(ti, io.BytesIO(e.data))
+            else:
+                tf.addfile(ti)
+    return buf.getvalue()
+
+
+def _json(obj: object) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _rootfs_layer(busybox: bytes, applets: Sequence[str], pause: bytes) -> bytes:
+    entries = [_Entry(d, tarfile.DIRTYPE, 0o755) for d in ("bin", "dev", "etc", "proc", "root", "sys", "var")]
+    entries.append(_Entry("tmp", tarfile.DIRTYPE, 0o1777))
+    entries.append(_Entry("bin/busybox", tarfile.REGTYPE, 0o755, busybox))
+    entries += [_Entry(f"bin/{a}", tarfile.SYMTYPE, 0o777, link="busybox") for a in applets]
+    entries.append(_Entry("pause", tarfile.REGTYPE, 0o755, pause))
+    entries.append(_Entry("etc/passwd", tarfile.REGTYPE, 0o644, b"root:x:0:0:root:/root:/bin/sh\n"))
+    entries.append(_Entry("etc/group", tarfile.REGTYPE, 0o644, b"root:x:0:\n"))
+    return _tar(entries)
+
+
+def image_layout(busybox: bytes, applets: Sequence[str], pause: bytes, name: str = IMAGE_NAME) -> tuple[bytes, str]:
+    """The OCI image-layout tar for these inputs and its manifest digest (pure)."""
+    layer = _rootfs_layer(busybox, applets, pause)
+    config = _json(
+        {
+            "architecture": _GOARCH.get(platform.machine(), platform.machine()),
+            "os": "linux",
+            "config": {"Env": [PATH_ENV], "Cmd": ["/pause"], "WorkingDir": "/"},
+            "rootfs": {"type": "layers", "diff_ids": [_digest(layer)]},
+            "history": [{"created_by": "hack/images.py (busybox-static + hack/node/pause.c)"}],
+        }
+    )
+    manifest = _json(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": _digest(config), "size": len(config)},
+            "layers": [{"mediaType": LAYER_MEDIA_TYPE, "digest": _digest(layer), "size": len(layer)}],
+        }
+    )
+    tag = name.rsplit(":", 1)[1] if ":" in name.rsplit("/", 1)[-1] else "latest"
+    index = _json(
+        {
+            "schemaVersion": 2,
+            "mediaType": INDEX_MEDIA_TYPE,
+            "manifests": [
+                {
+                    "mediaType": MANIFEST_MEDIA_TYPE,
+                    "digest": _digest(manifest),
+                    "size": len(manifest),
+                    "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": tag},
+                }
+            ],
+        }
+    )
+    entries = [
+        _Entry("oci-layout", tarfile.REGTYPE, 0o644, _json({"imageLayoutVersion": "1.0.0"})),
+        _Entry("index.json", tarfile.REGTYPE, 0o644, index),
+        _Entry("blobs", tarfile.DIRTYPE, 0o755),
+        _Entry("blobs/sha256", tarfile.DIRTYPE, 0o755),
+    ]
+    for blob in (layer, config, manifest):
+        entries.append(_Entry(f"blobs/sha256/{_digest(blob).split(':', 1)[1]}", tarfile.REGTYPE, 0o644, blob))
+    return _tar(entries), _digest(manifest)
+
+
+# --------------------------------------------------------------------------- build + cache
+def _atomic_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def build_image(out: Path | None = None, *, quiet: bool = False) -> ImageInfo:
+    """Build (or take from the cache) ``rt-dra.local/node-base:1``.
+
+    ``out``: where to put the tar (copied atomically from the cache); by default the
+    cached tar itself is returned, which callers must not modify.
+    """
+    busybox, gcc = _busybox(), _gcc()
+    key = _cache_key(busybox, gcc)
+    cached = CACHE_ROOT / f"image-{key}"
+    tar_path, digest_file = cached / TAR_NAME, cached / "digest"
+    if not (cached / ".complete").exists():
+        CACHE_ROOT.mkdir(parents=True, exist_ok=True)
+        with open(CACHE_ROOT / f".build-image-{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (cached / ".complete").exists():
+                if not quiet:
+                    print(f"[images] building {IMAGE_NAME} into {cached}", file=sys.stderr, flush=True)
+                tmp = Path(tempfile.mkdtemp(prefix=f"image-{key}.tmp.", dir=CACHE_ROOT))
+                try:
+                    _build_pause(gcc, tmp / "pause")
+                    data, digest = image_layout(busybox.read_bytes(), _applets(busybox), (tmp / "pause").read_bytes())
+                    (tmp / "pause").unlink()
+                    (tmp / TAR_NAME).write_bytes(data)
+                    (tmp / "digest").write_text(digest + "\n")
+                    (tmp / "name").write_text(IMAGE_NAME + "\n")
+                    (tmp / ".complete").touch()
+                    shutil.rmtree(cached, ignore_errors=True)
+                    tmp.rename(cached)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+    digest = digest_file.read_text().strip()
+    if out is not None:
+        out = Path(out).resolve()
+        _atomic_copy(tar_path, out)
+        tar_path = out
+    return ImageInfo(IMAGE_NAME, tar_path, digest)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    ap.add_argument("--out", type=Path, help="write the OCI image-layout tar here (default: the cached tar)")
+    args = ap.parse_args(argv)
+    try:
+        info = build_image(args.out)
+    except ImageError as e:
+        print(f"images.py: {e}", file=sys.stderr)
+        return 1
+    print(f"{info.name} {info.digest}")
+    print(info.tar_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
