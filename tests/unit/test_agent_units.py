@@ -590,7 +590,7 @@ def test_hook_flags_default_to_the_state_dir_and_this_interpreter_and_come_from_
 
 def test_the_nas_is_not_ready_until_the_node_can_give_rt_containers_their_device(tmp_path: Path) -> None:
     """With a device plugin, kubelet must have registered it before the extender may place RT pods here."""
-    from agent.reconcile import Loop  # noqa: PLC0415
+    from agent.reconcile import Loop
 
     store = nas_with(tmp_path)
     registered = threading.Event()
