@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: install test test-fast lint bench demo cluster-up cluster-down controlplane node e2e clean
+.PHONY: install test test-fast lint bench demo up down node cluster-up cluster-down controlplane e2e clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,15 @@ bench: $(STAMP)
 # Needs root (real SCHED_DEADLINE reservations on this machine) and Go.
 demo: $(STAMP)
 	$(PY) demo/run.py
+
+# The whole stack left running in the background - control plane, webhook,
+# extender, agent and this machine as a real node (kubelet, containerd, runc) -
+# for your own RT pods. The last line printed is the admin kubeconfig.
+up: $(STAMP)
+	@$(PY) hack/playground.py up --dir .rtdra
+
+down: $(STAMP)
+	@$(PY) hack/playground.py down --dir .rtdra
 
 # Build (or reuse from ~/.cache/rt-dra) the upstream kube-apiserver,
 # kube-scheduler, kube-controller-manager and etcd. The first build compiles

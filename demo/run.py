@@ -4,11 +4,17 @@
 Builds (or reuses) the upstream Kubernetes programs, starts etcd,
 kube-apiserver, kube-scheduler and kube-controller-manager on 127.0.0.1, runs
 the webhook, the scheduler extender and one node agent per node - the first
-node is this machine, with real SCHED_DEADLINE reservations; the others are
-simulated - applies the four demo apps (``demo/rt-test1.yaml`` ...) and
-prints where each pod landed, which CPUs it holds, whether the kernel
-reservation is in place, and each node's reserved bandwidth per CPU. Then it
-tears everything down.
+node, ``rt-node-0``, is this machine as a real Kubernetes node (upstream
+kubelet, containerd and runc; real containers under real SCHED_DEADLINE
+reservations); the others are simulated, for scale - applies the four demo
+apps (``demo/rt-test1.yaml`` ...) and prints where each pod landed, which CPUs
+it holds, whether the kernel reservation is in place (on the real node: the
+container's host pid, from containerd, checked with ``sched_getattr``), and
+each node's reserved bandwidth per CPU. Then it tears everything down.
+
+The apps name ``busybox:1.36``; nothing is pulled here (no registry): the demo
+runs them in the node's local image (busybox from the host's Debian package,
+``imagePullPolicy: Never``) and says so.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 from kubernetes import client
@@ -83,31 +90,44 @@ def kernel_state(stack: Stack, node: NodeSpec, pod: client.V1Pod, container: str
     applied = (record.get("containers") or {}).get(container)
     if not applied:
         return "not applied"
-    if applied.get("failure"):
-        return f"REFUSED: {applied['failure']}"
+    if applied.get("error"):
+        return f"REFUSED: {applied['error']}"
     if node.backend != "deadline":
         return "accounted (simulated node)"
     from rtdra.sched import sched_getattr  # noqa: PLC0415 - only where the kernel is real
 
+    slots = applied.get("slots") or []
+    want = {(s.get("runtimeNs"), s.get("deadlineNs"), s.get("periodNs")) for s in slots}
+    if node.real:  # the container's process as the runtime knows it, not as the agent recorded it
+        pid = stack.real[node.name].container_pid(pod, container)
+        if pid is None:
+            return "MISMATCH: the container does not run"
+        attr = sched_getattr(pid)
+        if attr.is_deadline and (attr.runtime_ns, attr.deadline_ns, attr.period_ns) in want:
+            return f"SCHED_DEADLINE, container pid {pid} (from containerd), checked with sched_getattr"
+        return f"MISMATCH: container pid {pid} runs {attr.policy_name}"
     tasks = applied.get("tasks") or []
-    slots = {s["id"]: s for s in applied.get("slots") or []}
     good = 0
     for task in tasks:
         try:
             attr = sched_getattr(int(task["tid"]))
         except OSError:
             continue
-        slot = slots.get(task["cpu"]) or next(iter(slots.values()), {})
-        if (
-            attr.is_deadline
-            and attr.runtime_ns == slot.get("runtimeNs")
-            and attr.deadline_ns == slot.get("deadlineNs")
-            and attr.period_ns == slot.get("periodNs")
-        ):
+        if attr.is_deadline and (attr.runtime_ns, attr.deadline_ns, attr.period_ns) in want:
             good += 1
     if tasks and good == len(tasks):
         return f"SCHED_DEADLINE on {good} task(s), checked with sched_getattr"
     return f"MISMATCH: {good} of {len(tasks)} task(s) under SCHED_DEADLINE"
+
+
+def localise(docs: list[dict[str, Any]], image: str) -> list[dict[str, Any]]:
+    """The demo apps with every container in the node's local image, never pulled (there is no registry)."""
+    for doc in docs:
+        spec = doc.get("spec") or {}
+        pod_spec = (spec.get("template") or {}).get("spec") if doc["kind"] != "Pod" else spec
+        for c in (pod_spec or {}).get("containers") or []:
+            c["image"], c["imagePullPolicy"] = image, "Never"
+    return docs
 
 
 def report_app(stack: Stack, nodes: Mapping[str, NodeSpec], namespace: str, pods: Sequence[client.V1Pod]) -> None:
@@ -148,7 +168,11 @@ def report_nodes(stack: Stack, nodes: Sequence[NodeSpec]) -> None:
         print(f"  {node.name:<12} {cells}  {obj.get('status')}")
     for node in nodes:
         ledger = ledgers[node.name]
-        kind = "this machine, real SCHED_DEADLINE" if node.backend == "deadline" else "simulated"
+        kind = (
+            "this machine: kubelet + containerd + runc, real SCHED_DEADLINE"
+            if node.real
+            else ("this machine's kernel, real SCHED_DEADLINE" if node.backend == "deadline" else "simulated")
+        )
         print(f"\n  {node.name} ({kind})")
         for cpu in ledger.cpus:
             used, cap = ledger.used(cpu), ledger.capacities[cpu]
@@ -164,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     versions = binaries.versions
     say(f"control plane: Kubernetes {versions.get('kubernetes', '?')}, etcd {versions.get('etcd', '?')}")
     nodes = [
-        NodeSpec("rt-node-0", "deadline"),
+        NodeSpec("rt-node-0", "deadline", real=True),
         *(NodeSpec(f"sim-node-{i}", "none", cpus=args.sim_cpus) for i in range(1, args.sim_nodes + 1)),
     ]
     with tempfile.TemporaryDirectory(prefix="rtdra-demo-") as tmp:
@@ -177,8 +201,8 @@ def run(args: argparse.Namespace) -> int:
                 by_name = {n.name: n for n in nodes}
                 for app, title in APPS:
                     path = REPO / "demo" / f"{app}.yaml"
-                    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
-                    say(f"applying {path.relative_to(REPO)}: {title}")
+                    docs = localise([d for d in yaml.safe_load_all(path.read_text()) if d], stack.image)
+                    say(f"applying {path.relative_to(REPO)}: {title} (image {stack.image}, never pulled)")
                     apply(stack.api, docs)
                     expect = sum(
                         d.get("spec", {}).get("replicas", 1) if d["kind"] == "Deployment" else 1
@@ -191,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
                     print()
                 report_nodes(stack, nodes)
                 print()
-                say("tearing down: the node simulator stops the containers; the agent releases the reservations")
+                say("tearing down: kubelet and containerd stop the containers; the agents release the reservations")
         say("done: every process stopped, every reservation released, temporary files removed")
     return 0
 

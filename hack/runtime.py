@@ -71,23 +71,22 @@ Needs root and Linux. Only stdlib plus the project's hack helpers.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gzip
 import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import time
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hack.cluster import _die_with_parent, _kill, _pid_alive, _tail
+from hack.hostchanges import kill_cgroup, mounts_under, proc_start_time, unmount_all
 from hack.images import ImageInfo, build_image
 from hack.nodebins import NodeBinaries, ensure_node_binaries
+from hack.procs import die_with_parent, kill, pid_alive, tail
 
 #: Pod addresses (see the module docstring for why this range).
 POD_CIDR = "198.18.0.0/24"
@@ -99,89 +98,12 @@ CNI_CACHE_DIR = Path("/var/lib/cni")
 MAX_SHIM_SOCKET_DIR = 42
 CRI_NAMESPACE = "k8s.io"
 
-_MNT_DETACH = 2
-
 
 class ContainerdError(RuntimeError):
     """containerd could not be started, driven or stopped; the message has the log tail."""
 
 
 # --------------------------------------------------------------------------- host helpers
-def _proc_start_time(pid: int) -> str:
-    """The process's start time in clock ticks since boot: with the pid, a unique identity."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def _unescape_mount_path(p: str) -> str:
-    # /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo
-    return p.encode().decode("unicode_escape")
-
-
-def mounts_under(dirs: Iterable[Path]) -> list[str]:
-    """Mount points at or below any of ``dirs``, deepest first."""
-    roots = [str(d) for d in dirs]
-    found: list[str] = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mp = _unescape_mount_path(line.split()[4])
-            if any(mp == r or mp.startswith(r.rstrip("/") + "/") for r in roots):
-                found.append(mp)
-    return sorted(set(found), key=lambda m: (-m.count("/"), m))
-
-
-def _unmount_all(dirs: Sequence[Path]) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    for _ in range(10):  # stacked mounts need more than one pass
-        mps = mounts_under(dirs)
-        if not mps:
-            return
-        for mp in mps:
-            libc.umount2(mp.encode(), _MNT_DETACH)
-
-
-def cgroup_mounts() -> list[Path]:
-    """Every cgroup (v1) and cgroup2 mount point of this host."""
-    out: list[Path] = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, right = line.split(" - ", 1)
-            if right.split()[0] in ("cgroup", "cgroup2"):
-                out.append(Path(_unescape_mount_path(left.split()[4])))
-    return out
-
-
-def cgroup_dirs(rel: str) -> list[Path]:
-    """``rel`` (an absolute cgroup path) in every hierarchy where it exists, children first."""
-    found: list[Path] = []
-    for mount in cgroup_mounts():
-        top = mount / rel.lstrip("/")
-        if top.is_dir():
-            found += sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
-            found.append(top)
-    return found
-
-
-def _kill_cgroup(rel: str) -> None:
-    """SIGKILL every process in cgroup ``rel`` and below, then remove the cgroups."""
-    for _ in range(50):
-        pids: set[int] = set()
-        for d in cgroup_dirs(rel):
-            with contextlib.suppress(OSError):
-                pids.update(int(p) for p in (d / "cgroup.procs").read_text().split())
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        for d in cgroup_dirs(rel):
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        if not cgroup_dirs(rel):
-            return
-        time.sleep(0.1)
-
-
 def shim_pids(socket: Path) -> list[int]:
     """containerd-shim processes started for the containerd serving ``socket``."""
     pids = []
@@ -367,7 +289,7 @@ class Containerd:
             with contextlib.suppress(ContainerdError, subprocess.TimeoutExpired):
                 self.crictl("rmp", "--force", "--all", timeout=60)
         if self.pid is not None:
-            _kill(self.pid, self._proc)
+            kill(self.pid, self._proc)
         self.pid, self._proc = None, None
         _cleanup(self._record(), keep_workdir=self.keep_workdir)
         self._started = False
@@ -460,7 +382,7 @@ class Containerd:
         if proc.returncode != 0:
             raise ContainerdError(
                 f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}\n"
-                f"containerd log tail:\n{_tail(self.log_file, 20)}"
+                f"containerd log tail:\n{tail(self.log_file, 20)}"
             )
         return proc.stdout
 
@@ -496,7 +418,7 @@ class Containerd:
                 start_new_session=True,
                 close_fds=True,
                 # runs only prctl() between fork and exec
-                preexec_fn=_die_with_parent,  # noqa: PLW1509
+                preexec_fn=die_with_parent,  # noqa: PLW1509
             )
         self.pid = self._proc.pid
 
@@ -506,7 +428,7 @@ class Containerd:
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
                 raise ContainerdError(
-                    f"containerd exited ({self._proc.returncode}) while waiting for {what}:\n{_tail(self.log_file)}"
+                    f"containerd exited ({self._proc.returncode}) while waiting for {what}:\n{tail(self.log_file)}"
                 )
             try:
                 if ready():
@@ -514,7 +436,7 @@ class Containerd:
             except ContainerdError as e:
                 last = str(e)
             time.sleep(0.2)
-        raise ContainerdError(f"timed out waiting for {what}: {last}\n{_tail(self.log_file)}")
+        raise ContainerdError(f"timed out waiting for {what}: {last}\n{tail(self.log_file)}")
 
     def _wait_serving(self) -> None:
         self._wait("containerd to serve", lambda: self.socket.exists() and bool(self.ctr("version", timeout=10)))
@@ -534,7 +456,7 @@ class Containerd:
     def _record(self) -> dict[str, Any]:
         return {
             "owner_pid": os.getpid(),
-            "owner_start": _proc_start_time(os.getpid()),
+            "owner_start": proc_start_time(os.getpid()),
             "record_file": str(self.record_file),
             "workdir": str(self.workdir),
             "dirs": [str(self.workdir), str(self.shim_socket_dir)],
@@ -543,7 +465,7 @@ class Containerd:
             "cni_networks": ["cni-loopback", self.cni_config()["name"]],
             "created": self._created,
             "containerd_pid": self.pid,
-            "containerd_start": _proc_start_time(self.pid) if self.pid else "",
+            "containerd_start": proc_start_time(self.pid) if self.pid else "",
         }
 
     def _write_record(self) -> None:
@@ -578,18 +500,18 @@ def _remove_cni_cache(networks: Sequence[str], ids: Sequence[str]) -> None:
 def _cleanup(record: Mapping[str, Any], *, keep_workdir: bool = False) -> None:
     """Undo everything one instance (alive or crashed) left: processes, mounts, cgroups, dirs."""
     pid = record.get("containerd_pid")
-    if pid and _proc_start_time(pid) == record.get("containerd_start"):
-        _kill(pid, None, grace=5)
+    if pid and proc_start_time(pid) == record.get("containerd_start"):
+        kill(pid, None, grace=5)
     workdir = Path(record["workdir"])
     ids = _task_ids(workdir / "state")
     # containers first (no shim left to restart or report them), then their shims
     cgroups = [record["cgroup_parent"]] + [f"/{CRI_NAMESPACE}/{i}" for i in ids]
     for rel in cgroups:
-        _kill_cgroup(rel)
+        kill_cgroup(rel)
     for shim in shim_pids(Path(record["socket"])):
-        _kill(shim, None, grace=2)
+        kill(shim, None, grace=2)
     dirs = [Path(d) for d in record["dirs"]]
-    _unmount_all(dirs)
+    unmount_all(dirs)
     left = mounts_under(dirs)
     if left:
         raise ContainerdError(f"could not unmount {left}")
@@ -618,7 +540,7 @@ def clean_stale_instances() -> list[str]:
         except (OSError, ValueError):
             continue
         owner = int(record.get("owner_pid") or 0)
-        if owner and _pid_alive(owner) and _proc_start_time(owner) == record.get("owner_start"):
+        if owner and pid_alive(owner) and proc_start_time(owner) == record.get("owner_start"):
             continue
         _cleanup(record)
         cleaned.append(record["workdir"])

@@ -16,8 +16,11 @@ kube-scheduler and kube-controller-manager) it
    from ``rtdra certs``, registered through the shipped
    MutatingWebhookConfiguration (its service reference swapped for a
    127.0.0.1 URL - there is no cluster network here);
-4. runs the node simulator (``hack/nodesim.py``) for the nodes, which starts
-   a process per container and calls the agent's CDI hooks.
+4. runs the nodes: a node marked ``real`` is this machine as a real
+   Kubernetes node (``hack/node.py``: upstream kubelet + containerd + runc,
+   the agent serving kubelet as a device plugin and the CDI hook); the others
+   are played by the node simulator (``hack/nodesim.py``), which starts a
+   process per container and calls the agent's CDI hooks.
 
 Every process it starts is killed by :meth:`Stack.stop`, and dies with the
 Python process that started it.
@@ -50,8 +53,10 @@ HACK = Path(__file__).resolve().parent
 sys.path.insert(0, str(HACK.parent))
 
 from hack.cluster import ControlPlane, write_kubeconfig  # noqa: E402
+from hack.node import RealNode  # noqa: E402
 from hack.nodesim import NodeSimulator, SimNode  # noqa: E402
-from hack.procs import die_with_parent, free_port, kill  # noqa: E402
+from hack.procs import free_port, kill_group, spawn  # noqa: E402
+from rtdra import names  # noqa: E402
 
 REPO = HACK.parent
 MANIFESTS = REPO / "manifests"
@@ -72,11 +77,15 @@ KIND_ORDER = ("Namespace", "CustomResourceDefinition", "ServiceAccount", "Cluste
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """A simulated node: its name, the agent's backend, and (for ``none``) how many CPUs it pretends to have."""
+    """A node of the stack: its name, the agent's backend, and (for ``none``) how many CPUs it pretends to have.
+
+    ``real``: this machine as a real kubelet + containerd node (at most one per machine); otherwise simulated.
+    """
 
     name: str
     backend: str = "none"
     cpus: int | None = None
+    real: bool = False
 
 
 def manifest_documents(paths: Iterable[Path] | None = None) -> list[dict[str, Any]]:
@@ -149,7 +158,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, interval:
 
 
 class Stack:
-    """Agents, extender, webhook and node simulator on a running control plane."""
+    """Agents, extender, webhook and the nodes (real or simulated) on a running control plane."""
 
     def __init__(
         self,
@@ -171,6 +180,8 @@ class Stack:
         self.webhook_port = 0
         self.api = cp.api_client()
         self._kernel_lock: Any = None
+        #: The real kubelet nodes (``NodeSpec.real``), by name.
+        self.real: dict[str, RealNode] = {}
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -189,27 +200,41 @@ class Stack:
             self.progress("applying the manifests (CRDs, RBAC, admission policy)")
             apply(self.api, [d for d in manifest_documents() if d["kind"] not in NEEDS_RUNTIME | NOT_APPLIED])
             for node in self.nodes:
-                self.progress(f"node {node.name}: creating it and starting its agent (backend {node.backend})")
-                self.cp.create_node(node.name, cpu=str(node.cpus or os.cpu_count() or 1))
+                if node.real:
+                    self.progress(f"node {node.name}: this machine as a real node (kubelet, containerd, runc)")
+                    workdir = self.workdir / "nodes" / node.name / "node"
+                    self.real[node.name] = RealNode(self.cp, node.name, workdir, progress=self.progress).start()
+                else:
+                    self.progress(f"node {node.name}: creating it (simulated)")
+                    self.cp.create_node(node.name, cpu=str(node.cpus or os.cpu_count() or 1))
+                self.progress(f"node {node.name}: starting its agent (backend {node.backend})")
                 self.start_agent(node)
             for node in self.nodes:
                 wait_for(f"NodeAllocationState of {node.name} Ready", lambda n=node.name: self.nas_ready(n))
+            for name in self.real:
+                wait_for(
+                    f"{name} offers {names.DL_RESOURCE} (the agent's device plugin)", lambda n=name: self.offers(n)
+                )
             self.progress("starting the scheduler extender and pointing kube-scheduler at it")
             self.start_extender()
             self.progress("creating the webhook's certificates and registering it")
             self.start_webhook()
-            self.progress("starting the node simulator")
-            sim_nodes = [SimNode(n.name, (self.cdi_dir(n.name),)) for n in self.nodes]
-            self.sim = NodeSimulator(self.api, sim_nodes).start()
+            sim_nodes = [SimNode(n.name, (self.cdi_dir(n.name),)) for n in self.nodes if not n.real]
+            if sim_nodes:
+                self.progress("starting the node simulator")
+                self.sim = NodeSimulator(self.api, sim_nodes).start()
         except BaseException:
             self.stop()
             raise
         return self
 
     def stop(self) -> None:
+        # Containers first, while the agents run: their poststop hooks release what the agents applied.
         if self.sim is not None:
-            self.sim.stop()  # poststop hooks first: the agents release what they applied
+            self.sim.stop()
             self.sim = None
+        for name in list(self.real):
+            self.real.pop(name).stop()
         for name in list(self.procs):
             self.stop_process(name)
         with contextlib.suppress(Exception):
@@ -222,17 +247,7 @@ class Stack:
     # -- processes ------------------------------------------------------------------
 
     def spawn(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        with open(self.logs / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
-                start_new_session=True,
-                preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl() between fork and exec
-            )
+        proc = spawn(argv, self.logs / f"{name}.log", env=env)
         self.procs[name] = proc
         return proc
 
@@ -243,9 +258,7 @@ class Stack:
         if sig != signal.SIGTERM and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, sig)
-        kill(proc.pid, proc)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # gunicorn workers and any hook left over
+        kill_group(proc)  # gunicorn workers and any hook left over too
 
     def log_tail(self, name: str, lines: int = 30) -> str:
         path = self.logs / f"{name}.log"
@@ -254,7 +267,39 @@ class Stack:
     # -- the agents -------------------------------------------------------------------
 
     def cdi_dir(self, node: str) -> Path:
+        """Where the node's agent writes its CDI spec: the real node's runtime reads it there."""
+        if node in self.real:
+            return self.real[node].cdi_dir
         return self.workdir / "nodes" / node / "cdi"
+
+    def offers(self, node: str) -> bool:
+        """Whether kubelet reports the agent's device-plugin resource as allocatable on ``node``."""
+        allocatable = client.CoreV1Api(self.api).read_node(node).status.allocatable or {}
+        return int(allocatable.get(names.DL_RESOURCE, "0")) > 0
+
+    @property
+    def image(self) -> str:
+        """The image pods use on the real node (made here from host files, never pulled)."""
+        for node in self.real.values():
+            if node.image is not None:
+                return node.image.name
+        return "busybox"
+
+    def pod_spec(self, containers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """A pod spec that runs on the real node too: the local image, never pulled, a command that sleeps."""
+        return {
+            "containers": [
+                {
+                    "image": self.image,
+                    "imagePullPolicy": "Never",
+                    "command": ["sh", "-c", "env | grep ^RT_ || true; exec sleep 2147483647"],
+                    **dict(c),
+                }
+                for c in containers
+            ],
+            "terminationGracePeriodSeconds": 1,
+            "dnsPolicy": "Default",  # no cluster DNS here: the node's resolv.conf, without kubelet's warning
+        }
 
     def agent_kubeconfig(self, node: str) -> Path:
         """A token of the agent's ServiceAccount bound to its pod on ``node`` (as the DaemonSet's would be)."""
@@ -262,10 +307,12 @@ class Stack:
         pod_name = f"rtdra-agent-{node}"
         body = {
             "metadata": {"name": pod_name, "namespace": NAMESPACE, "labels": {"app": "rtdra-agent"}},
+            # On a real node kubelet runs this pod: a sleeping container of the local image stands in
+            # for the agent's (the agent itself runs as a local process under this pod's token).
             "spec": {
                 "nodeName": node,
                 "serviceAccountName": "rtdra-agent",
-                "containers": [{"name": "agent", "image": "rt-dra:dev"}],
+                **self.pod_spec([{"name": "agent"}]),
             },
         }
         try:
@@ -307,6 +354,10 @@ class Stack:
         ]  # fmt: skip
         if node.cpus is not None and node.backend == "none":
             argv += ["--cpus", str(node.cpus)]
+        if node.real:
+            argv += ["--device-plugin-dir", str(self.real[node.name].device_plugin_dir)]
+        else:  # simulated nodes must not register with this machine's real kubelet
+            argv += ["--no-device-plugin"]
         self.spawn(f"agent-{node.name}", argv)
 
     def nas(self, node: str) -> dict[str, Any] | None:

@@ -27,16 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from hack.cluster import _pid_alive
-from hack.runtime import (
-    CNI_CACHE_DIR,
-    POD_CIDR,
-    Containerd,
-    cgroup_dirs,
-    clean_stale_instances,
-    mounts_under,
-    shim_pids,
-)
+from hack.hostchanges import cgroup_dirs, mounts_under
+from hack.procs import pid_alive
+from hack.runtime import CNI_CACHE_DIR, POD_CIDR, Containerd, clean_stale_instances, shim_pids
 
 pytestmark = pytest.mark.e2e
 
@@ -156,7 +149,7 @@ def test_a_pod_runs_from_our_image_with_its_cdi_device_a_dummy_eth0_and_stop_lea
         assert state["status"] == "creating"
         assert state["id"] == ctr_id
         container_pid = state["pid"]
-        assert container_pid > 0 and _pid_alive(container_pid)
+        assert container_pid > 0 and pid_alive(container_pid)
         annotations = state["annotations"]
         assert annotations["io.kubernetes.cri.container-type"] == "container"
         assert annotations["io.kubernetes.cri.container-name"] == "probe"
@@ -170,7 +163,7 @@ def test_a_pod_runs_from_our_image_with_its_cdi_device_a_dummy_eth0_and_stop_lea
         ctd.stop()
 
     for pid in (containerd_pid, container_pid, *shims):
-        assert not _pid_alive(pid), f"pid {pid} survived stop()"
+        assert not pid_alive(pid), f"pid {pid} survived stop()"
     assert not shim_pids(ctd.socket)
     assert not mounts_under([base])
     assert not ctd.workdir.exists() and not ctd.shim_socket_dir.exists()
@@ -221,10 +214,10 @@ def test_the_next_start_cleans_up_after_a_crashed_run(node_binaries, node_image,
 
     # what a crash leaves: containerd died with its parent, but shims, containers and mounts stay
     deadline = time.monotonic() + 10
-    while _pid_alive(left["containerd"]) and time.monotonic() < deadline:
+    while pid_alive(left["containerd"]) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _pid_alive(left["containerd"]), "containerd outlived the process that started it"
-    assert shim_pids(Path(left["socket"])) and _pid_alive(left["container"])
+    assert not pid_alive(left["containerd"]), "containerd outlived the process that started it"
+    assert shim_pids(Path(left["socket"])) and pid_alive(left["container"])
     assert mounts_under([Path(left["workdir"])])
     assert Path(left["record"]).exists()
     assert list(CNI_CACHE_DIR.glob(f"results/*{left['pod']}*"))
@@ -233,7 +226,7 @@ def test_the_next_start_cleans_up_after_a_crashed_run(node_binaries, node_image,
     try:
         ctd.start()
         assert not shim_pids(Path(left["socket"]))
-        assert not _pid_alive(left["container"])
+        assert not pid_alive(left["container"])
         assert not mounts_under([Path(left["workdir"])])
         assert not Path(left["workdir"]).exists()
         assert not cgroup_dirs(left["cgroup_parent"])

@@ -1,0 +1,97 @@
+"""Benchmark: pod start on the real node, RT-DRA pod against a plain pod, same run.
+
+On a real node (upstream kubelet + containerd + runc on this machine, see
+``hack/node.py``) it creates pods one at a time, alternating a plain pod and an
+RT pod (so load from elsewhere hits both alike), and times each from the
+create call to the moment the API shows it Running - for the RT pod that is
+also the moment its container runs under SCHED_DEADLINE, which the agent
+applies before the program starts (checked for every RT pod: the container's
+host pid, from containerd, with ``sched_getattr``). Each pod is deleted before
+the next one starts. Root only.
+
+Goal (issue "a real node"): median RT pod ≤ 1.2× the median plain pod.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from kubernetes import client, watch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hack.cluster import ControlPlane, ensure_binaries  # noqa: E402
+from hack.stack import NodeSpec, Stack, wait_for  # noqa: E402
+from rtdra import names, sched  # noqa: E402
+
+NODE = NodeSpec("rt-node-0", "deadline", real=True)
+NS = "bench-node"
+
+
+def time_to_running(core: client.CoreV1Api, body: dict, timeout: float = 120) -> tuple[float, client.V1Pod]:
+    """Seconds from the create call to the first watch event that shows the pod Running."""
+    name = body["metadata"]["name"]
+    w = watch.Watch()
+    start = time.perf_counter()
+    core.create_namespaced_pod(NS, body)
+    try:
+        for event in w.stream(
+            core.list_namespaced_pod, NS, field_selector=f"metadata.name={name}", timeout_seconds=int(timeout)
+        ):
+            pod = event["object"]
+            if pod.status.phase == "Running":
+                return time.perf_counter() - start, pod
+    finally:
+        w.stop()
+    raise TimeoutError(f"{name} not Running within {timeout}s")
+
+
+def delete(core: client.CoreV1Api, name: str) -> None:
+    core.delete_namespaced_pod(name, NS, grace_period_seconds=0)
+    wait_for(f"{name} gone", lambda: name not in {p.metadata.name for p in core.list_namespaced_pod(NS).items})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pods", type=int, default=20, help="pods of each kind")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="rtdra-bench-node-") as tmp:
+        cp = ControlPlane(Path(tmp) / "cp", ensure_binaries(), controller_manager=True)
+        with cp, Stack(cp, [NODE], progress=lambda m: print(f"[bench-node] {m}", flush=True)) as stack:
+            core = client.CoreV1Api(stack.api)
+            core.create_namespace({"metadata": {"name": NS, "labels": {names.NAMESPACE_OPT_IN_LABEL: "true"}}})
+            times: dict[str, list[float]] = {"plain": [], "rt": []}
+            real = stack.real[NODE.name]
+            for i in range(args.pods):
+                for kind in ("plain", "rt"):
+                    name = f"{kind}-{i}"
+                    body = {"metadata": {"name": name}, "spec": stack.pod_spec([{"name": "app"}])}
+                    if kind == "rt":
+                        body["metadata"]["annotations"] = {f"{names.CONTAINER_PREFIX}app": "runtime=1ms,period=10ms"}
+                    elapsed, pod = time_to_running(core, body)
+                    if kind == "rt":
+                        pid = real.container_pid(pod, "app")
+                        attr = sched.sched_getattr(pid) if pid else None
+                        if attr is None or not attr.is_deadline:
+                            raise SystemExit(f"{name}: Running but its container is not under SCHED_DEADLINE")
+                    times[kind].append(elapsed)
+                    with contextlib.suppress(Exception):
+                        delete(core, name)
+    plain, rt = statistics.median(times["plain"]), statistics.median(times["rt"])
+    print(f"\npod start on the real node ({args.pods} pods each, interleaved; create -> Running)")
+    print(f"  {'kind':<28} {'median s':>9} {'max s':>7}")
+    print(f"  {'plain pod':<28} {plain:>9.3f} {max(times['plain']):>7.3f}")
+    print(f"  {'RT pod (SCHED_DEADLINE)':<28} {rt:>9.3f} {max(times['rt']):>7.3f}")
+    print(f"  RT / plain: {rt / plain:.2f}x (goal: <= 1.2x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
