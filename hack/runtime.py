@@ -294,6 +294,16 @@ class Containerd:
         _cleanup(self._record(), keep_workdir=self.keep_workdir)
         self._started = False
 
+    def restart(self) -> None:
+        """Restart containerd alone, as a node's service manager does: shims and containers keep running."""
+        if not self._started or self.pid is None:
+            raise ContainerdError("not started")
+        kill(self.pid, self._proc)
+        self._spawn()
+        self._write_record()
+        self._wait_serving()
+        self._wait_cri_ready()
+
     # ----------------------------------------------------------------- config
     def config(self) -> dict[str, Any]:
         """The containerd config (version 4) as nested dicts; see the module docstring."""
