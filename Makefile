@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_webhook.py
 	$(PY) bench/bench_agent.py
 	$(PY) bench/bench_nri.py
+	$(PY) bench/bench_nri_start.py
 	$(PY) bench/bench_scheduling.py
 
 # The main job: the whole chain on a local control plane, the four demo apps,
