@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_webhook.py
 	$(PY) bench/bench_agent.py
 	$(PY) bench/bench_scheduling.py
+	$(PY) bench/bench_node.py
 
 # The main job: the whole chain on a local control plane, the four demo apps,
 # a report of placements and kernel reservations; then everything is torn down.
