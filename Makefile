@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_nri.py
 	$(PY) bench/bench_nri_start.py
 	$(PY) bench/bench_scheduling.py
+	$(PY) bench/bench_node.py
 
 # The main job: the whole chain on a local control plane, the four demo apps,
 # a report of placements and kernel reservations; then everything is torn down.

@@ -46,6 +46,8 @@ APPS = (
     ("rt-test4", "the old driver's RtClaimParameters"),
 )
 BAR = 40
+#: Waiting reasons of a container that is still being started, not refused.
+STARTING = frozenset({"ContainerCreating", "PodInitializing"})
 
 
 def say(message: str) -> None:
@@ -64,7 +66,8 @@ def settled(core: client.CoreV1Api, namespace: str, expect: int) -> list[client.
         scheduled = conditions.get("PodScheduled")
         if scheduled is not None and scheduled.status == "False" and scheduled.reason == "Unschedulable":
             continue
-        if any(s.state and s.state.waiting for s in pod.status.container_statuses or []):
+        waiting = [s.state.waiting for s in pod.status.container_statuses or [] if s.state and s.state.waiting]
+        if any(w.reason not in STARTING for w in waiting):
             continue  # the node refused to start it (e.g. the kernel refused the reservation)
         return None
     return pods

@@ -2,8 +2,9 @@
 
 One control plane with kube-controller-manager, the shipped manifests applied,
 the components running under their ServiceAccounts' RBAC, three nodes: this
-machine (``deadline`` backend: real SCHED_DEADLINE reservations) and two
-simulated ones, with the node simulator standing in for kubelet + runtime.
+machine as a real node (kubelet + containerd + runc, ``deadline`` backend: real
+SCHED_DEADLINE reservations on real containers) and two simulated ones, with the
+node simulator standing in for kubelet + runtime there.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from hack.cluster import ControlPlane, pid_alive
+from hack.images import IMAGE_NAME
 from hack.stack import NodeSpec, Stack, wait_for
 from rtdra import names
 from rtdra.ledger import NodeLedger
@@ -28,14 +30,14 @@ from rtdra.sched import sched_getattr
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kernel, pytest.mark.slow]
 
-REAL = NodeSpec("rt-node-0", "deadline")
+REAL = NodeSpec("rt-node-0", "deadline", real=True)
 NODES = (REAL, NodeSpec("sim-node-1", "none", cpus=2), NodeSpec("sim-node-2", "none", cpus=2))
 #: Release the reservations of deleted pods within seconds, not the default 30 s.
 FAST_RECONCILE = ("--reconcile-interval-seconds", "2")
 
 
 @pytest.fixture(scope="module")
-def stack(k8s_binaries: Any) -> Iterator[Stack]:
+def stack(k8s_binaries: Any, node_binaries: Any) -> Iterator[Stack]:
     workdir = Path(tempfile.mkdtemp(prefix="rtdra-chain-")) / "cp"
     cp = ControlPlane(workdir, k8s_binaries, controller_manager=True)
     cp.start()
@@ -66,12 +68,17 @@ def ns(stack: Stack, request: pytest.FixtureRequest) -> Iterator[str]:
     core.delete_namespace(name)
 
 
+def container(name: str) -> dict[str, Any]:
+    """A container that runs on the real node too: the local image, never pulled, sleeping."""
+    return {"name": name, "image": IMAGE_NAME, "imagePullPolicy": "Never", "command": ["sleep", "2147483647"]}
+
+
 def rt_pod(name: str, value: str, containers: tuple[str, ...] = ("app",), **annotations: str) -> dict[str, Any]:
     notes = {f"{names.CONTAINER_PREFIX}{c}": value for c in containers}
     notes.update({k.replace("_", "-"): v for k, v in annotations.items()})
     return {
         "metadata": {"name": name, "annotations": notes},
-        "spec": {"containers": [{"name": c, "image": "busybox"} for c in containers]},
+        "spec": {"containers": [container(c) for c in containers], "terminationGracePeriodSeconds": 1},
     }
 
 
@@ -208,9 +215,7 @@ def test_deleting_pods_frees_bandwidth_for_a_pending_pod(stack: Stack, ns: str) 
 
 def test_pods_without_rt_request_are_untouched(stack: Stack, ns: str) -> None:
     core = client.CoreV1Api(stack.api)
-    core.create_namespaced_pod(
-        ns, {"metadata": {"name": "plain"}, "spec": {"containers": [{"name": "a", "image": "x"}]}}
-    )
+    core.create_namespaced_pod(ns, {"metadata": {"name": "plain"}, "spec": {"containers": [container("a")]}})
     pod = wait_for("plain running", lambda: running(core, ns, "plain"))
     assert not any(k.startswith(names.PREFIX) for k in pod.metadata.annotations or {})
     assert names.DL_RESOURCE not in (pod.spec.containers[0].resources.limits or {})
