@@ -356,6 +356,10 @@ class Stack:
             argv += ["--cpus", str(node.cpus)]
         if node.real:
             argv += ["--device-plugin-dir", str(self.real[node.name].device_plugin_dir)]
+            # Its containerd offers NRI: the agent hears of containers there, no hook process runs.
+            containerd = self.real[node.name].containerd
+            assert containerd is not None
+            argv += ["--mode", "nri", "--nri-socket", str(containerd.nri_socket)]
         else:  # simulated nodes must not register with this machine's real kubelet
             argv += ["--no-device-plugin"]
         self.spawn(f"agent-{node.name}", argv)

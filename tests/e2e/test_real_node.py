@@ -2,10 +2,11 @@
 
 The whole path a user's pod takes, with nothing simulated: the webhook admits
 and routes it, kube-scheduler asks the extender, kubelet admits it and asks
-the agent's device plugin for ``rt.resource.example.com/dl`` (whose
-``Allocate`` answers with the CDI device), containerd applies the CDI spec and
-runc runs its ``createRuntime`` hook, the agent puts the container's process
-under SCHED_DEADLINE before the program starts. Everything is checked from
+the agent's device plugin for ``rt.resource.example.com/dl`` (a slot; no CDI
+device, as the agent hears of containers over NRI here), runc creates the
+container, and containerd tells the agent (NRI StartContainer) before it starts
+it: the agent puts the container's process under SCHED_DEADLINE before the
+program starts, with no hook process. Everything is checked from
 outside the product: the container's host pid comes from containerd, its
 scheduling attributes from the kernel (``sched_getattr``), its output from the
 log file kubelet writes, the bandwidth from the kernel's own admission.
@@ -216,13 +217,13 @@ def test_a_kernel_refusal_keeps_the_container_from_running_unreserved(stack: Sta
 
         event = wait_for("KernelRefusedBandwidth event", refused, timeout=120)[0]
         assert "EBUSY" in event
-        # kubelet's own word comes once the runtime has failed the container's start (the hook's exit status)
+        # kubelet's own word comes once the runtime has failed the container's start (the agent's NRI answer)
         failed = wait_for(
             "kubelet's Failed event",
             lambda: [e for e in events_of(core, ns, "refused") if e.startswith("Failed:")],
             timeout=60,
         )
-        assert any("rtdra-hook" in e or "hook" in e for e in failed), failed
+        assert any("NRI container start failed" in e and "rtdra-agent" in e for e in failed), failed
         pod = core.read_namespaced_pod("refused", ns)
         statuses = pod.status.container_statuses or []
         assert not any(s.state.running for s in statuses), statuses  # never ran without its guarantee
