@@ -18,7 +18,8 @@ kube-scheduler and kube-controller-manager) it
    127.0.0.1 URL - there is no cluster network here);
 4. runs the nodes: a node marked ``real`` is this machine as a real
    Kubernetes node (``hack/node.py``: upstream kubelet + containerd + runc,
-   the agent serving kubelet as a device plugin and the CDI hook); the others
+   the agent serving kubelet as a device plugin and containerd as its NRI
+   plugin); the others
    are played by the node simulator (``hack/nodesim.py``), which starts a
    process per container and calls the agent's CDI hooks.
 
