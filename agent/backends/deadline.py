@@ -2,7 +2,12 @@
 
 One reservation per allocated CPU: the container's main process takes the
 first slot, further threads the next ones (the reconcile loop adopts threads
-that appear later); tasks beyond the slots stay ordinary tasks. Every
+that appear later); tasks beyond the slots stay ordinary tasks. Under a real
+runtime the ``createRuntime`` hook runs while the container's process is
+still the runtime's init (runc's is a Go program with helper threads): a
+further slot may land on one of those threads, which ends when the init
+execs the container's program; the reconcile loop then drops the dead task
+and gives its slot to the next thread the program starts. Every
 reservation carries SCHED_FLAG_RESET_ON_FORK, so the container can still fork
 and create threads (which start as SCHED_OTHER).
 
