@@ -83,8 +83,8 @@ def kernel_state(stack: Stack, node: NodeSpec, pod: client.V1Pod, container: str
     applied = (record.get("containers") or {}).get(container)
     if not applied:
         return "not applied"
-    if applied.get("failure"):
-        return f"REFUSED: {applied['failure']}"
+    if applied.get("error"):
+        return f"REFUSED: {applied['error']}"
     if node.backend != "deadline":
         return "accounted (simulated node)"
     from rtdra.sched import sched_getattr  # noqa: PLC0415 - only where the kernel is real
