@@ -9,7 +9,8 @@ The sequence, for pod P (UID u) and node N:
 2. Reserve in N's NodeAllocationState by compare-and-swap
    (``rtdra.store.NasStore.update``): on the freshest ledger, keep u's
    reservation if it holds one, else choose CPUs with
-   ``rtdra.placement.place_pod`` and ``NodeLedger.reserve`` them. A 409
+   ``rtdra.placement.place_pod`` (best-fit for ``pack``, worst-fit for
+   ``spread``) and ``NodeLedger.reserve`` them. A 409
    re-reads and decides again, so concurrent binds - other workers, replicas -
    can never overcommit a CPU. Within one process, binds to the same node
    that arrive while a write to it is in flight are written together, in one
