@@ -23,12 +23,13 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from extender.config import ConfigError, ExtenderConfig
+from extender.config import ExtenderConfig
 from rtdra.request import PLACEMENTS
+from rtdra.settings import ArgumentParser, ConfigError, fail
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rtdra-extender", description="RT-DRA kube-scheduler extender (gunicorn)")
+    p = ArgumentParser(prog="rtdra-extender", description="RT-DRA kube-scheduler extender (gunicorn)")
     p.add_argument("--bind", metavar="HOST:PORT", help="listen address (default 0.0.0.0:8888)")
     p.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig (default: in-cluster, then $KUBECONFIG)")
     p.add_argument("--namespace", metavar="NS", help="driver namespace of the NodeAllocationStates (default rt-dra)")
@@ -115,8 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = ExtenderConfig.from_env(**{k: v for k, v in vars(args).items() if v is not None})
     except ConfigError as err:
-        print(f"rtdra-extender: {err}", file=sys.stderr)
-        return 2
+        fail("rtdra-extender", str(err))
     _multiprocess_metrics(config)
     ExtenderServer(config).run()
     return 0

@@ -25,6 +25,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from rtdra.settings import ArgumentParser, ConfigError, Env, fail, positive_int
 from webhook.config import ENV_PREFIX, WebhookConfig
 
 
@@ -52,34 +53,38 @@ def _child_exit(server: Any, worker: Any) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    env = os.environ.get
-    p = argparse.ArgumentParser(
+    """The flags, each defaulting to its ``RTDRA_WEBHOOK_*`` variable (raises ``ConfigError`` on a bad one)."""
+    env = Env(ENV_PREFIX)
+    p = ArgumentParser(
         prog="rtdra-webhook",
         description="RT-DRA mutating admission webhook (HTTPS, gunicorn). "
         f"Behaviour is configured with {ENV_PREFIX}* environment variables; see docs/webhook.md.",
     )
-    p.add_argument("--bind", default=env(ENV_PREFIX + "BIND", "0.0.0.0:8443"), help="HOST:PORT (default %(default)s)")
-    p.add_argument("--tls-cert", default=env(ENV_PREFIX + "TLS_CERT"), help="serving certificate (PEM)")
-    p.add_argument("--tls-key", default=env(ENV_PREFIX + "TLS_KEY"), help="its private key (PEM)")
-    p.add_argument("--kubeconfig", default=env(ENV_PREFIX + "KUBECONFIG"), help="only to read RtClaimParameters")
-    p.add_argument("--workers", type=int, default=int(env(ENV_PREFIX + "WORKERS", "2")), help="processes")
-    p.add_argument("--threads", type=int, default=int(env(ENV_PREFIX + "THREADS", "4")), help="threads per process")
-    p.add_argument("--log-level", default=env(ENV_PREFIX + "LOG_LEVEL", "info"))
+    p.add_argument("--bind", default=env.text("BIND", "0.0.0.0:8443"), help="HOST:PORT (default %(default)s)")
+    p.add_argument("--tls-cert", default=env.text("TLS_CERT"), help="serving certificate (PEM)")
+    p.add_argument("--tls-key", default=env.text("TLS_KEY"), help="its private key (PEM)")
+    p.add_argument("--kubeconfig", default=env.text("KUBECONFIG"), help="only to read RtClaimParameters")
+    p.add_argument("--workers", type=positive_int, default=env.integer("WORKERS", 2, minimum=1), help="processes")
+    p.add_argument(
+        "--threads", type=positive_int, default=env.integer("THREADS", 4, minimum=1), help="threads per process"
+    )
+    p.add_argument("--log-level", default=env.text("LOG_LEVEL", "info"))
     p.add_argument("--access-log", action="store_true", help="log every request to stderr")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        p = parser()
+        config = WebhookConfig.from_env()
+    except ConfigError as err:
+        fail("rtdra-webhook", str(err))
+    args = p.parse_args(argv)
     if not args.tls_cert or not args.tls_key:
-        parser().error("--tls-cert and --tls-key are required: kube-apiserver only calls webhooks over HTTPS")
+        p.error("--tls-cert and --tls-key are required: kube-apiserver only calls webhooks over HTTPS")
     for path in (args.tls_cert, args.tls_key):
         if not os.access(path, os.R_OK):
-            parser().error(f"cannot read {path}")
-    try:
-        config = WebhookConfig.from_env()
-    except ValueError as err:
-        parser().error(str(err))
+            p.error(f"cannot read {path}")
     config = replace(config, kubeconfig=args.kubeconfig or config.kubeconfig, tls_cert=args.tls_cert)
 
     from webhook.tls import gunicorn_ssl_context  # noqa: PLC0415

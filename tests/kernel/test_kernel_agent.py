@@ -403,5 +403,22 @@ def test_partitioned_mode_admits_per_cpu_and_restores_the_machine(
     assert (CPUSET / "cpuset.sched_load_balance").read_text().strip() == cpuset_root_guard["original"]
 
 
+def test_an_agent_that_cannot_create_its_partitions_says_why_in_one_line_and_changes_nothing(
+    containers: Containers, tmp_path: Path, cpuset_root_guard: dict[str, Any]
+) -> None:
+    # The test's cpuset keeps every CPU, as kubelet's kubepods does: an exclusive cpuset on CPU 1 overlaps it.
+    name = f"rtdra-part-{uuid.uuid4().hex[:6]}"
+    argv = [sys.executable, "-m", "agent.cli", "--node-name", "n-part", "--nas-file", str(tmp_path / "nas.json")]
+    argv += ["--state-dir", str(tmp_path / "state"), "--no-cdi", "--partitioned", "--rt-cpus", "1"]
+    done = subprocess.run(
+        [*argv, "--partition-name", name], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1].startswith(f"rtdra-agent: creating the cpuset partitions {CPUSET / name}: ")
+    assert not (CPUSET / name).exists()
+    assert (CPUSET / "cpuset.sched_load_balance").read_text().strip() == cpuset_root_guard["original"]
+
+
 def sched_cpu_limit() -> int:
     return host.RtSysctls.read().cpu_limit

@@ -36,8 +36,11 @@ def test_settings_come_from_prefixed_environment_variables_and_flags_win() -> No
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"RTDRA_EXTENDER_WORKERS": "many"}, "RTDRA_EXTENDER_WORKERS='many' is not a valid int"),
-        ({"RTDRA_EXTENDER_DEFAULT_PLACEMENT": "random"}, "default placement must be one of pack, spread"),
+        ({"RTDRA_EXTENDER_WORKERS": "many"}, "RTDRA_EXTENDER_WORKERS='many': is not a whole number"),
+        (
+            {"RTDRA_EXTENDER_DEFAULT_PLACEMENT": "random"},
+            "RTDRA_EXTENDER_DEFAULT_PLACEMENT='random': must be one of pack, spread",
+        ),
         ({"RTDRA_EXTENDER_TLS_CERT_FILE": "c.pem"}, "TLS needs both a certificate and a key file"),
         ({"RTDRA_EXTENDER_CLIENT_CA_FILE": "ca.pem"}, "checking client certificates needs HTTPS"),
         ({"RTDRA_EXTENDER_URL_PREFIX": "scheduler"}, "the URL prefix must start with '/'"),
