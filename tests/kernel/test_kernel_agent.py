@@ -13,20 +13,21 @@ the kernel's deadline accounting is checked to be back where it was.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.cpuset import Partitions
+from agent.store import FileStore
 from rtdra import host, sched
 from rtdra.ledger import NodeLedger, PodAllocation, Slot
 
@@ -122,11 +123,19 @@ class Agent:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def allocate(self, uid: str, container: str, slots: tuple[Slot, ...]) -> None:
-        ledger = NodeLedger.from_nas(json.loads(self.nas.read_text()))
-        pods = {**ledger.pods, uid: PodAllocation(uid, "default", "p", {container: slots})}
-        tmp = self.nas.with_suffix(".new")
-        tmp.write_text(json.dumps(NodeLedger(self.node, ledger.capacities, pods, ledger.prepared).to_nas()))
-        os.replace(tmp, self.nas)
+        """Write an allocation through the file store's compare-and-swap, as the extender writes the NAS.
+
+        Unchecked (no ``NodeLedger.reserve``): some tests allocate what the kernel must refuse.
+        """
+        allocation = PodAllocation(uid, "default", "p", {container: slots})
+        self.change_ledger(lambda ledger: dataclasses.replace(ledger, pods={**ledger.pods, uid: allocation}))
+
+    def change_ledger(self, change: Callable[[NodeLedger], NodeLedger]) -> None:
+        def step(current: NodeLedger | None) -> NodeLedger:
+            assert current is not None, "the agent has not published its NAS"
+            return change(current)
+
+        FileStore(self.node, self.nas).update(step)
 
     def start(self) -> None:
         argv = [sys.executable, "-m", "agent.cli", "--node-name", self.node, "--nas-file", str(self.nas)]
@@ -314,10 +323,7 @@ def test_deleted_pod_is_released_by_the_reconcile_loop(agent: Agent, containers:
     agent.allocate("uid-d", "rt", (Slot(0, 1_000_000, 10_000_000, 10_000_000),))
     pid = containers.start()
     assert agent.hook(oci_state(pid, "uid-d", "rt")).returncode == 0
-    ledger = agent.ledger()
-    tmp = agent.nas.with_suffix(".new")
-    tmp.write_text(json.dumps(NodeLedger(agent.node, ledger.capacities, {}, ledger.prepared).to_nas()))
-    os.replace(tmp, agent.nas)
+    agent.change_ledger(lambda ledger: ledger.release("uid-d"))  # the pod was deleted: the extender releases it
     deadline = time.monotonic() + 10
     while sched.policy_from_proc(pid) == sched.SCHED_DEADLINE and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -266,6 +266,27 @@ def test_reconcile_releases_pods_whose_allocation_disappeared(tmp_path: Path, ch
     assert set(json.loads((tmp_path / "prepared.json").read_text())) == {"u2"}
 
 
+def test_publishing_never_undoes_a_deletion_written_meanwhile_without_the_lock(tmp_path: Path) -> None:
+    """The cause of a flaky kernel test: the agent's read-modify-write put a deleted allocation back."""
+    store = nas_with(tmp_path, "uid-gone", "uid-kept")
+    deleted = False
+
+    def publish(current: NodeLedger | None) -> NodeLedger:
+        nonlocal deleted
+        assert current is not None
+        if not deleted:  # the extender (or a test) replaces the file between the agent's read and write
+            deleted = True
+            tmp = tmp_path / "nas.new"
+            tmp.write_text(json.dumps(current.release("uid-gone").to_nas()))
+            os.replace(tmp, store.path)
+        return replace(current, ready=True)
+
+    stored = store.update(publish)
+    assert set(stored.pods) == {"uid-kept"} and stored.ready
+    ledger = store.read()
+    assert ledger is not None and set(ledger.pods) == {"uid-kept"}
+
+
 def test_reconcile_releases_containers_whose_process_is_gone(tmp_path: Path) -> None:
     enforcer = make_enforcer(tmp_path, nas_with(tmp_path, "u1"), NoneBackend())
     proc = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL)
