@@ -32,7 +32,7 @@ from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 
 from extender.bind import Binder, BindError
-from extender.reconcile import pending_view
+from extender.pods import pending_view
 from rtdra import names
 from rtdra.ledger import NodeLedger
 from rtdra.store import NasStore

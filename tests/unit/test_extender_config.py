@@ -13,7 +13,8 @@ import pytest
 from extender.bind import allocation_annotation
 from extender.cli import gunicorn_options, parser
 from extender.config import ConfigError, ExtenderConfig
-from extender.reconcile import PodState, is_pending_rt_pod, pending_view, stale_reason
+from extender.pods import is_pending_rt_pod, pending_view
+from extender.reconcile import PodState, stale_reason
 from rtdra.ledger import PodAllocation, Slot
 
 MS = 1_000_000
