@@ -21,14 +21,11 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from types import FrameType
 
 from agent import cdi, hostview
 from agent.backends.base import Backend
-from agent.backends.deadline import DeadlineBackend
-from agent.backends.hcbs import HcbsBackend
-from agent.backends.none import NoneBackend
+from agent.backends.registry import BACKENDS
 from agent.config import AgentConfig, parse_args
 from agent.cpuset import Partitions
 from agent.discovery import NodeFacts, discover, simulate
@@ -63,21 +60,11 @@ def starting(what: str) -> Iterator[None]:
 
 
 def build_backend(config: AgentConfig, facts: NodeFacts, partitions: Partitions | None) -> Backend:
-    if config.backend == "none":
-        return NoneBackend()
-    if config.backend == "deadline":
-        if "deadline" not in facts.backends:
-            raise StartupError("this kernel has no SCHED_DEADLINE (sched_setattr failed)")
-        return DeadlineBackend(facts.cpus, partitions)
-    if "hcbs" not in facts.backends:
-        raise StartupError(
-            "--backend hcbs needs a kernel with the HCBS patch (no cpu.rt_multi_runtime_us / cpu.rt.max)"
-        )
-    layout = facts.cgroup
-    cpu_v1 = layout.v1_mount("cpu")
-    if cpu_v1 is not None and (cpu_v1 / "cpu.rt_multi_runtime_us").exists():
-        return HcbsBackend(cpu_v1, "v1")
-    return HcbsBackend(Path(layout.unified or "/sys/fs/cgroup"), "v2")
+    """The configured backend (``agent.backends.registry``), if this node supports it."""
+    kind = BACKENDS[config.backend]
+    if kind.name not in facts.backends:
+        raise StartupError(kind.unavailable)
+    return kind.build(facts.cpus, facts.cgroup, partitions)
 
 
 def install_hook(config: AgentConfig) -> list[str]:

@@ -14,15 +14,16 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
+from agent.backends import registry as backends
 from rtdra import names
 from rtdra.bandwidth import BW_UNIT
 from rtdra.host import parse_cpulist
 from rtdra.settings import ArgumentParser, ConfigError, Env, fail, positive_int
 
 ENV_PREFIX = "RTDRA_AGENT_"
-BackendName = Literal["deadline", "hcbs", "none"]
+#: One of ``agent.backends.registry.NAMES``.
+BackendName = str
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +76,7 @@ def _parse(argv: Sequence[str] | None, e: Env, env: Mapping[str, str]) -> AgentC
     node_name = e.text("NODE_NAME") or env.get("NODE_NAME")
     p = ArgumentParser(prog="rtdra-agent", description="RT-DRA node agent")
     p.add_argument("--node-name", default=node_name, required=not node_name)
-    p.add_argument("--backend", choices=("deadline", "hcbs", "none"), default=e.text("BACKEND", "deadline"))
+    p.add_argument("--backend", choices=backends.NAMES, default=e.text("BACKEND", backends.NAMES[0]))
     p.add_argument("--kubeconfig", default=e.text("KUBECONFIG"))
     p.add_argument("--namespace", default=e.text("NAMESPACE", names.DEFAULT_NAMESPACE))
     p.add_argument("--cdi-dir", type=Path, default=Path(e.text("CDI_DIR", "/var/run/cdi") or "/var/run/cdi"))

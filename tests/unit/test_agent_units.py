@@ -607,3 +607,17 @@ def test_hook_flags_default_to_the_state_dir_and_this_interpreter_and_come_from_
     assert (config.hook_dir, config.hook_python) == (Path("/opt/rt-dra/bin"), "/usr/bin/python3")
     with pytest.raises(SystemExit):
         parse_args(["--node-name", "n", "--hook-python", "python3"], env={})  # OCI: no PATH lookup
+
+
+def test_the_backend_choices_and_discovery_come_from_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.backends.registry import BACKENDS, NAMES
+    from agent.discovery import supported_backends
+
+    assert tuple(BACKENDS) == NAMES and NAMES[0] == "deadline"
+    for name in NAMES:
+        assert parse_args(["--node-name", "n", "--backend", name], env={}).backend == name
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--node-name", "n", "--backend", "bogus"], env={})
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.endswith("(choose from 'deadline', 'hcbs', 'none')\n")
+    assert "none" in supported_backends(host.cgroup_layout())
