@@ -76,8 +76,6 @@ class WebhookConfig:
     limits: KernelLimits = field(default_factory=KernelLimits)
     #: Serving certificate, for ``/readyz`` to report expiry (the server itself is configured by the CLI).
     tls_cert: str | None = None
-    #: Serve ``POST /floor`` (decode, allow, no patch) - the benchmark's baseline.
-    floor_endpoint: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WebhookConfig:
@@ -106,5 +104,4 @@ class WebhookConfig:
                 period_min_ns=period_min_us * NSEC_PER_USEC, period_max_ns=period_max_us * NSEC_PER_USEC
             ),
             tls_cert=env.text("TLS_CERT"),
-            floor_endpoint=env.flag("FLOOR_ENDPOINT", False),
         )
