@@ -112,10 +112,7 @@ class Applied:
             "backend": self.backend,
             "containerID": self.container_id,
             "pid": self.pid,
-            "slots": [
-                {"id": s.cpu, "runtimeNs": s.runtime_ns, "deadlineNs": s.deadline_ns, "periodNs": s.period_ns}
-                for s in self.slots
-            ],
+            "slots": [s.to_json() for s in self.slots],
             "tasks": [t.to_json() for t in self.tasks],
         }
         if self.restore:
@@ -133,10 +130,7 @@ class Applied:
             container=container,
             container_id=str(obj.get("containerID", "")),
             pid=int(obj.get("pid", 0)),
-            slots=tuple(
-                Slot(int(s["id"]), int(s["runtimeNs"]), int(s["deadlineNs"]), int(s["periodNs"]))
-                for s in obj.get("slots") or []
-            ),
+            slots=tuple(Slot.from_json(s) for s in obj.get("slots") or []),
             tasks=tuple(TaskRecord.from_json(t) for t in obj.get("tasks") or []),
             restore=dict(obj.get("restore") or {}),
             error=str(obj.get("error", "")),
