@@ -28,7 +28,7 @@ import pytest
 
 from agent.cpuset import Partitions
 from agent.store import FileStore
-from rtdra import host, sched
+from rtdra import host, sched, tasks
 from rtdra.ledger import NodeLedger, PodAllocation, Slot
 
 pytestmark = pytest.mark.kernel
@@ -89,7 +89,7 @@ class Containers:
         while len(sched.threads_of(proc.pid)) < threads and time.monotonic() < deadline:
             time.sleep(0.01)
         for tid in sched.threads_of(proc.pid):
-            host.wait_blocked(tid)
+            tasks.wait_blocked(tid)
         return proc.pid
 
     def close(self) -> None:
@@ -396,7 +396,7 @@ def test_partitioned_mode_admits_per_cpu_and_restores_the_machine(
         # The partition is full: one more unit on CPU 1 is refused by the kernel, per CPU.
         probe = containers.start()
         (part / "tasks").write_text(str(probe))
-        host.settle_on(probe, (1,))
+        tasks.settle_on(probe, (1,))
         with pytest.raises(sched.AdmissionRefused):
             sched.sched_setattr(probe, sched.deadline(1 << 10, period, period))
         (CPUSET / containers.cgroup.name / "tasks").write_text(str(probe))

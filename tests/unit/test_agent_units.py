@@ -31,7 +31,7 @@ from agent.config import parse_args
 from agent.discovery import simulate
 from agent.enforce import Enforcer
 from agent.store import FileStore
-from rtdra import host, names
+from rtdra import host, names, tasks
 from rtdra.ledger import NodeLedger, PodAllocation, Slot
 
 REPO = Path(__file__).resolve().parents[2]
@@ -219,7 +219,7 @@ def test_enforcer_records_the_reservation_in_its_state_file_before_answering(
     outcome = enforcer.handle("createRuntime", state_of(child.pid, "u1"))
     assert outcome.ok, outcome.message
     record = json.loads((tmp_path / "prepared.json").read_text())["u1"]["containers"]["c"]
-    assert record["pid"] == child.pid and record["startTime"] == host.task_start_time(child.pid)
+    assert record["pid"] == child.pid and record["startTime"] == tasks.task_start_time(child.pid)
     assert enforcer.handle("createRuntime", state_of(child.pid, "u1")).message.endswith("already reserved")
 
 
@@ -302,7 +302,7 @@ def test_reconcile_releases_containers_whose_process_is_gone(tmp_path: Path) -> 
 def test_a_reused_process_id_is_not_taken_for_the_reserved_process(
     tmp_path: Path, child: subprocess.Popen[bytes]
 ) -> None:
-    now = host.task_start_time(child.pid)
+    now = tasks.task_start_time(child.pid)
     assert Applied("none", "c", "id", child.pid, (SLOT,), start_time=now).is_alive()
     assert not Applied("none", "c", "id", child.pid, (SLOT,), start_time=now - 1).is_alive()
     assert not TaskRecord(child.pid, 0, start_time=now + 1).is_alive()
