@@ -82,6 +82,11 @@ def _rank(candidates: list[tuple[int, int]], choice: CpuChoice) -> list[int]:
     return [cpu for _, cpu in ranked]
 
 
+def slot_of(r: Reservation, cpu: int) -> Slot:
+    """What a container's reservation becomes on one CPU: the one place a request turns into a ledger slot."""
+    return Slot(cpu, r.runtime_ns, r.deadline_ns, r.period_ns)
+
+
 @dataclass(frozen=True, slots=True)
 class NoFit:
     """Why a pod does not fit a node, in words a person can act on."""
@@ -102,18 +107,7 @@ class Fit:
     def allocation(
         self, request: PodRequest, uid: str, namespace: str, name: str, reserved_at: str = ""
     ) -> PodAllocation:
-        containers = {
-            c: tuple(
-                Slot(
-                    cpu,
-                    request.containers[c].runtime_ns,
-                    request.containers[c].deadline_ns,
-                    request.containers[c].period_ns,
-                )
-                for cpu in cpus
-            )
-            for c, cpus in self.cpus.items()
-        }
+        containers = {c: tuple(slot_of(request.containers[c], cpu) for cpu in cpus) for c, cpus in self.cpus.items()}
         return PodAllocation(uid=uid, namespace=namespace, name=name, containers=containers, reserved_at=reserved_at)
 
 
@@ -180,7 +174,7 @@ def place_pod(
     placed: list[Slot] = []
     chosen: dict[str, tuple[int, ...]] = {}
     for name, r in order:
-        slot = Slot(-1, r.runtime_ns, r.deadline_ns, r.period_ns)
+        slot = slot_of(r, -1)
         extra_used: dict[int, int] = {}
         for s in placed:
             extra_used[s.cpu] = extra_used.get(s.cpu, 0) + s.bandwidth
@@ -193,7 +187,7 @@ def place_pod(
             return _too_few_cpus(name, r, len(candidates))
         cpus = tuple(sorted(_rank(candidates, choice)[: r.cpus]))
         chosen[name] = cpus
-        placed += [Slot(cpu, r.runtime_ns, r.deadline_ns, r.period_ns) for cpu in cpus]
+        placed += [slot_of(r, cpu) for cpu in cpus]
     return Fit(cpus=chosen, bandwidth=total)
 
 
