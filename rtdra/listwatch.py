@@ -153,8 +153,11 @@ class ListWatch(Generic[Item, E]):
             self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, join_seconds: float = 0.0) -> None:
+        """Stop after the current event (waiting up to ``join_seconds`` for the thread to end)."""
         self._stop.set()
+        if join_seconds and self._thread is not None:
+            self._thread.join(timeout=join_seconds)
 
     @property
     def stopped(self) -> bool:
