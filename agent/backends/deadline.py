@@ -18,7 +18,7 @@ kernel's admission is root-domain wide. The affinity it had is recorded and
 given back on release. Partitioned mode: each reserved task
 is moved into its CPU's exclusive cpuset (:mod:`agent.cpuset`) and admission
 is per CPU. The kernel judges by the root domain of the CPU the task last ran
-on, so a blocked task is woken once to migrate first (``rtdra.host.settle_on``).
+on, so a blocked task is woken once to migrate first (``rtdra.tasks.settle_on``).
 
 Release returns live tasks to SCHED_OTHER, gives back their affinity or
 moves them back to their cpuset, then has the kernel rebuild its root domains:
@@ -39,7 +39,7 @@ from typing import Final
 
 from agent.backends.base import Applied, EnforcementError, Target, TaskRecord
 from agent.cpuset import Partitions, cpuset_of
-from rtdra import host, sched
+from rtdra import host, sched, tasks
 from rtdra.bandwidth import format_ns
 from rtdra.ledger import Slot
 
@@ -67,7 +67,7 @@ class DeadlineBackend:
 
     def _reserve(self, tid: int, slot: Slot) -> TaskRecord:
         attr = sched.deadline(slot.runtime_ns, slot.deadline_ns, slot.period_ns)
-        started = host.task_start_time(tid)
+        started = tasks.task_start_time(tid)
         if self.partitions is None:
             before = sched.get_affinity(tid)
             if before != self.root_domain_cpus:
@@ -89,7 +89,7 @@ class DeadlineBackend:
                 err.errno or errno.EIO, f"moving task {tid} into CPU {slot.cpu}'s partition"
             ) from None
         try:
-            host.settle_on(tid, (slot.cpu,))
+            tasks.settle_on(tid, (slot.cpu,))
             sched.sched_setattr(tid, attr)
         except sched.SchedError:
             self.partitions.move_back(tid, origin)
