@@ -15,20 +15,18 @@ which a ``--nas-file`` agent (tests, simulated nodes, the benchmark) does not ne
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
 from agent import cdi, hostview
 from agent.backends.base import Backend
-from agent.backends.deadline import DeadlineBackend
-from agent.backends.hcbs import HcbsBackend
-from agent.backends.none import NoneBackend
+from agent.backends.registry import BACKENDS
 from agent.config import AgentConfig, parse_args
 from agent.cpuset import Partitions
 from agent.discovery import NodeFacts, discover, simulate
@@ -38,6 +36,7 @@ from agent.reconcile import Loop, publish
 from agent.server import HookServer
 from agent.store import FileStore, LedgerStore
 from rtdra import host
+from rtdra.settings import fail
 
 if TYPE_CHECKING:
     from agent.deviceplugin import DevicePlugin
@@ -49,22 +48,27 @@ log = logging.getLogger("rtdra-agent")
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
+class StartupError(Exception):
+    """The agent cannot start; the message says what it was doing and why, in one line."""
+
+
+@contextlib.contextmanager
+def starting(what: str) -> Iterator[None]:
+    """Turn any failure of a start-up step into a :class:`StartupError` naming the step."""
+    try:
+        yield
+    except StartupError:
+        raise
+    except Exception as err:
+        raise StartupError(f"{what}: {err}") from err
+
+
 def build_backend(config: AgentConfig, facts: NodeFacts, partitions: Partitions | None) -> Backend:
-    if config.backend == "none":
-        return NoneBackend()
-    if config.backend == "deadline":
-        if "deadline" not in facts.backends:
-            raise SystemExit("rtdra-agent: this kernel has no SCHED_DEADLINE (sched_setattr failed)")
-        return DeadlineBackend(facts.cpus, partitions)
-    if "hcbs" not in facts.backends:
-        raise SystemExit(
-            "rtdra-agent: --backend hcbs needs a kernel with the HCBS patch (no cpu.rt_multi_runtime_us / cpu.rt.max)"
-        )
-    layout = facts.cgroup
-    cpu_v1 = layout.v1_mount("cpu")
-    if cpu_v1 is not None and (cpu_v1 / "cpu.rt_multi_runtime_us").exists():
-        return HcbsBackend(cpu_v1, "v1")
-    return HcbsBackend(Path(layout.unified or "/sys/fs/cgroup"), "v2")
+    """The configured backend (``agent.backends.registry``), if this node supports it."""
+    kind = BACKENDS[config.backend]
+    if kind.name not in facts.backends:
+        raise StartupError(kind.unavailable)
+    return kind.build(facts.cpus, facts.cgroup, partitions)
 
 
 def install_hook(config: AgentConfig) -> list[str]:
@@ -77,7 +81,7 @@ def install_hook(config: AgentConfig) -> list[str]:
         note = hostview.check_host_executable(config.hook_python, "--hook-python")
         installed = cdi.install_hook(config.hook_dir)
     except (hostview.HostPathError, cdi.HookDirError, OSError) as err:
-        raise SystemExit(f"rtdra-agent: cannot install the OCI hook: {err}") from None
+        raise StartupError(f"cannot install the OCI hook: {err}") from None
     if note:
         log.warning("%s", note)
     log.info("hook %s, run by the host's %s", installed, config.hook_python)
@@ -126,28 +130,40 @@ def start_device_plugin(config: AgentConfig, *, cdi_device: bool = True) -> Devi
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the agent; a failure to start is one line on stderr and exit status 2 (what was undone is undone)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = parse_args(argv)
-    config.state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _main(config)
+    except StartupError as err:
+        fail("rtdra-agent", str(err))
+
+
+def _main(config: AgentConfig) -> int:
+    with starting(f"creating the state directory {config.state_dir}"):
+        config.state_dir.mkdir(parents=True, exist_ok=True)
     store: LedgerStore
     events: EventSink
     if config.nas_file is not None:
         store, events = FileStore(config.node_name, config.nas_file, config.namespace), LogEvents()
     else:
-        from agent import kubeapi  # noqa: PLC0415 - the Kubernetes client only when used (see above)
+        with starting("connecting to the Kubernetes API"):
+            from agent import kubeapi  # noqa: PLC0415 - the Kubernetes client only when used (see above)
 
-        client = kubeapi.api_client(config.kubeconfig)
-        store = kubeapi.ApiStore(config.node_name, kubeapi.NasStore(client, config.namespace))
-        events = kubeapi.ApiEvents(client, config.node_name)
+            client = kubeapi.api_client(config.kubeconfig)
+            store = kubeapi.ApiStore(config.node_name, kubeapi.NasStore(client, config.namespace))
+            events = kubeapi.ApiEvents(client, config.node_name)
 
     partitions: Partitions | None = None
     if config.partitioned and config.backend == "deadline":
         mount = host.cgroup_layout().v1_mount("cpuset")
         if mount is None:
-            raise SystemExit("rtdra-agent: --partitioned needs the cgroup v1 cpuset controller")
+            raise StartupError("--partitioned needs the cgroup v1 cpuset controller")
         pool = config.rt_cpus or host.online_cpus()
         partitions = Partitions(mount, config.partition_name, pool, config.partition_record)
-        partitions.setup()
+        # setup() undoes what it did when it fails (e.g. a sibling cpuset holds one of the CPUs).
+        with starting(f"creating the cpuset partitions {mount / config.partition_name}"):
+            partitions.setup()
     try:
         return _run(config, store, events, partitions)
     finally:
@@ -163,10 +179,11 @@ def _has_records(config: AgentConfig) -> bool:
 
 
 def _run(config: AgentConfig, store: LedgerStore, events: EventSink, partitions: Partitions | None) -> int:
-    if config.backend == "none":
-        facts = simulate(config.sim_cpus, config.capacity, config.rt_cpus)
-    else:
-        facts = discover(config.rt_cpus, partitions)
+    with starting("discovering the node"):
+        if config.backend == "none":
+            facts = simulate(config.sim_cpus, config.capacity, config.rt_cpus)
+        else:
+            facts = discover(config.rt_cpus, partitions)
     log.info(
         "node %s: CPUs %s, RT pool %s, capacity %s (root domain %s, %s), cgroup %s, backends %s",
         config.node_name,
@@ -190,7 +207,8 @@ def _run(config: AgentConfig, store: LedgerStore, events: EventSink, partitions:
         fail_open=config.fail_open,
         publish=lambda: loop_ref[0].mark_dirty() if loop_ref else None,
     )
-    enforcer.load()
+    with starting("loading what earlier runs applied"):
+        enforcer.load()
     plugin_box: list[DevicePlugin] = []
     # With a device plugin, the node takes RT pods only once kubelet has registered it (docs/agent.md).
     loop = Loop(
@@ -202,13 +220,16 @@ def _run(config: AgentConfig, store: LedgerStore, events: EventSink, partitions:
     )
     loop_ref.append(loop)
     hook_argv = install_hook(config) if config.write_cdi else None
-    loop.step()
+    with starting(f"publishing the NodeAllocationState {config.node_name}"):
+        loop.step()
     if hook_argv is not None:
-        path = cdi.write_spec(config.cdi_dir, config.node_name, cdi.spec(config.node_name, hook_argv))
+        with starting(f"writing the CDI spec in {config.cdi_dir}"):
+            path = cdi.write_spec(config.cdi_dir, config.node_name, cdi.spec(config.node_name, hook_argv))
         log.info("CDI spec %s: hooks run %s", path, hook_argv)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     server = HookServer(config.socket_path, enforcer)
-    server.start()
+    with starting(f"serving hooks on {config.socket_path}"):
+        server.start()
     log.info("serving hooks on %s", config.socket_path)
     nri_stop = start_nri(config, enforcer)
     plugin = start_device_plugin(config, cdi_device=nri_stop is None)

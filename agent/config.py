@@ -1,11 +1,14 @@
 """The agent's configuration: command-line flags, with ``RTDRA_AGENT_*`` environment defaults.
 
+Variables are read by the services' common rules (``rtdra.settings``:
+booleans as true/false, errors naming the variable); a bad value ends the
+agent with one line and exit status 2.
+
 Read once at start-up into a frozen :class:`AgentConfig`.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -13,12 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
+from agent.backends import registry as backends
 from rtdra import names
 from rtdra.bandwidth import BW_UNIT
 from rtdra.host import parse_cpulist
+from rtdra.settings import ArgumentParser, ConfigError, Env, fail, positive_int
 
 ENV_PREFIX = "RTDRA_AGENT_"
-BackendName = Literal["deadline", "hcbs", "none"]
+#: One of ``agent.backends.registry.NAMES``.
+BackendName = str
 #: How the agent hears of container starts: NRI (the runtime's plugin socket), the CDI hook, or
 #: NRI where the socket exists at start-up and the hook elsewhere.
 ModeName = Literal["auto", "nri", "cdi"]
@@ -72,87 +78,89 @@ class AgentConfig:
         return self.state_dir / "partitions.json"
 
 
-def _bool(value: str | None) -> bool:
-    return (value or "").lower() in ("1", "true", "yes", "on")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
-    return value
-
-
 def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ) -> AgentConfig:
-    def e(name: str, default: str | None = None) -> str | None:
-        return env.get(ENV_PREFIX + name, default)
+    """The configuration; a bad flag or ``RTDRA_AGENT_*`` value exits with one line and status 2."""
+    try:
+        return _parse(argv, Env(ENV_PREFIX, env), env)
+    except ConfigError as err:
+        fail("rtdra-agent", str(err))
 
-    p = argparse.ArgumentParser(prog="rtdra-agent", description="RT-DRA node agent")
+
+def _parse(argv: Sequence[str] | None, e: Env, env: Mapping[str, str]) -> AgentConfig:
+    node_name = e.text("NODE_NAME") or env.get("NODE_NAME")
+    p = ArgumentParser(prog="rtdra-agent", description="RT-DRA node agent")
+    p.add_argument("--node-name", default=node_name, required=not node_name)
+    p.add_argument("--backend", choices=backends.NAMES, default=e.text("BACKEND", backends.NAMES[0]))
+    p.add_argument("--kubeconfig", default=e.text("KUBECONFIG"))
+    p.add_argument("--namespace", default=e.text("NAMESPACE", names.DEFAULT_NAMESPACE))
+    p.add_argument("--cdi-dir", type=Path, default=Path(e.text("CDI_DIR", "/var/run/cdi") or "/var/run/cdi"))
+    p.add_argument("--state-dir", type=Path, default=e.text("STATE_DIR"), help="default /var/run/rt-dra/<node>")
     p.add_argument(
-        "--node-name",
-        default=e("NODE_NAME") or env.get("NODE_NAME"),
-        required=not (e("NODE_NAME") or env.get("NODE_NAME")),
+        "--nas-file", type=Path, default=e.text("NAS_FILE"), help="keep the NAS in this JSON file instead of the API"
     )
-    p.add_argument("--backend", choices=("deadline", "hcbs", "none"), default=e("BACKEND", "deadline"))
-    p.add_argument("--kubeconfig", default=e("KUBECONFIG"))
-    p.add_argument("--namespace", default=e("NAMESPACE", names.DEFAULT_NAMESPACE))
-    p.add_argument("--cdi-dir", type=Path, default=Path(e("CDI_DIR", "/var/run/cdi") or "/var/run/cdi"))
-    p.add_argument("--state-dir", type=Path, default=e("STATE_DIR"), help="default /var/run/rt-dra/<node>")
     p.add_argument(
-        "--nas-file", type=Path, default=e("NAS_FILE"), help="keep the NAS in this JSON file instead of the API"
+        "--rt-cpus", default=e.text("RT_CPUS"), help="the real-time CPU pool, e.g. 1-3 (default: all online)"
     )
-    p.add_argument("--rt-cpus", default=e("RT_CPUS"), help="the real-time CPU pool, e.g. 1-3 (default: all online)")
-    p.add_argument("--partitioned", action="store_true", default=_bool(e("PARTITIONED")))
-    p.add_argument("--partition-name", default=e("PARTITION_NAME", "rtdra"))
-    p.add_argument("--fail-open", action="store_true", default=_bool(e("FAIL_OPEN")))
-    p.add_argument("--reconcile-interval", type=float, default=float(e("RECONCILE_INTERVAL", "2") or 2))
-    p.add_argument("--release-on-exit", action="store_true", default=_bool(e("RELEASE_ON_EXIT")))
-    p.add_argument("--no-cdi", action="store_true", default=_bool(e("NO_CDI")))
+    p.add_argument("--partitioned", action="store_true", default=e.flag("PARTITIONED", False))
+    p.add_argument("--partition-name", default=e.text("PARTITION_NAME", "rtdra"))
+    p.add_argument("--fail-open", action="store_true", default=e.flag("FAIL_OPEN", False))
+    p.add_argument("--reconcile-interval", type=float, default=e.number("RECONCILE_INTERVAL", 2.0, positive=True))
+    p.add_argument("--release-on-exit", action="store_true", default=e.flag("RELEASE_ON_EXIT", False))
+    p.add_argument("--no-cdi", action="store_true", default=e.flag("NO_CDI", False))
     p.add_argument(
         "--hook-dir",
         type=Path,
-        default=e("HOOK_DIR"),
+        default=e.text("HOOK_DIR"),
         help="install the OCI hook here, a directory the host can read at the same path (default: the state dir)",
     )
     p.add_argument(
         "--hook-python",
-        default=e("HOOK_PYTHON", sys.executable),
+        default=e.text("HOOK_PYTHON", sys.executable),
         help="the host's Python 3.6+ that runs the hook, an absolute path on the host (default: this interpreter)",
     )
     p.add_argument(
         "--cpus",
-        type=_positive_int,
-        default=e("CPUS"),
+        type=positive_int,
+        default=e.parsed("CPUS", positive_int, None),
         help="backend none: simulate a node with this many CPUs (default: this host's)",
     )
     p.add_argument(
         "--capacity",
-        type=_positive_int,
-        default=e("CAPACITY"),
+        type=positive_int,
+        default=e.parsed("CAPACITY", positive_int, None),
         help="backend none: each CPU's capacity in the kernel's fixed point (1048576 = a whole CPU); "
         "default: measured on this host",
     )
     p.add_argument(
         "--mode",
         choices=("auto", "nri", "cdi"),
-        default=e("MODE", "auto"),
+        default=e.text("MODE", "auto"),
         help="hear of container starts from the runtime over NRI, or from the CDI hook; "
         "auto: NRI if --nri-socket exists at start-up, else the hook (default: auto)",
     )
-    p.add_argument("--nri-socket", type=Path, default=Path(e("NRI_SOCKET", "/var/run/nri/nri.sock") or ""))
+    p.add_argument("--nri-socket", type=Path, default=Path(e.text("NRI_SOCKET", "/var/run/nri/nri.sock") or ""))
     # The device plugin (how the CDI device reaches containers through kubelet, docs/agent.md).
     p.add_argument(
         "--device-plugin-dir",
-        default=e("DEVICE_PLUGIN_DIR"),
+        default=e.text("DEVICE_PLUGIN_DIR"),
         help=f"kubelet's device-plugin directory (default {DEVICE_PLUGIN_DIR}; backend none: off); empty: off",
     )
-    p.add_argument("--no-device-plugin", action="store_true", default=_bool(e("NO_DEVICE_PLUGIN")))
+    p.add_argument("--no-device-plugin", action="store_true", default=e.flag("NO_DEVICE_PLUGIN", False))
     p.add_argument(
-        "--device-plugin-devices", type=_positive_int, default=e("DEVICE_PLUGIN_DEVICES", str(DEVICE_PLUGIN_DEVICES))
+        "--device-plugin-devices",
+        type=positive_int,
+        default=e.parsed("DEVICE_PLUGIN_DEVICES", positive_int, DEVICE_PLUGIN_DEVICES),
     )
     a = p.parse_args(argv)
+    if a.rt_cpus:
+        try:
+            rt_cpus = parse_cpulist(a.rt_cpus)
+        except ValueError as err:
+            p.error(f"--rt-cpus {a.rt_cpus!r}: {err}")
     if a.backend != "none" and (a.cpus is not None or a.capacity is not None):
         p.error("--cpus and --capacity simulate a node: they need --backend none")
+    if a.mode not in ("auto", "nri", "cdi"):  # a value from the environment (argparse checks only flags)
+        p.error(f"{e.variable('MODE')}={a.mode!r}: must be one of auto, nri, cdi")
     if a.capacity is not None and a.capacity > BW_UNIT:
         p.error(f"--capacity {a.capacity} is more than a whole CPU ({BW_UNIT})")
     if not os.path.isabs(a.hook_python):
@@ -175,7 +183,7 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
         cdi_dir=a.cdi_dir,
         state_dir=state_dir,
         nas_file=Path(a.nas_file) if a.nas_file else None,
-        rt_cpus=parse_cpulist(a.rt_cpus) if a.rt_cpus else None,
+        rt_cpus=rt_cpus if a.rt_cpus else None,
         partitioned=a.partitioned,
         partition_name=a.partition_name,
         fail_open=a.fail_open,

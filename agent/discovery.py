@@ -13,8 +13,8 @@ nodes bigger than the machine, with figures the kernel here would give.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
+from agent.backends.registry import BACKENDS
 from agent.cpuset import Partitions
 from rtdra import host, sched
 
@@ -32,15 +32,8 @@ class NodeFacts:
 
 
 def supported_backends(layout: host.CgroupLayout) -> tuple[str, ...]:
-    found = ["none"]
-    if sched.deadline_supported():
-        found.append("deadline")
-    cpu_v1 = layout.v1_mount("cpu")
-    if (cpu_v1 and (cpu_v1 / "cpu.rt_multi_runtime_us").exists()) or (
-        layout.unified and (Path(layout.unified) / "cpu.rt.max").exists()
-    ):
-        found.append("hcbs")
-    return tuple(found)
+    """The backends (``agent.backends.registry``) this node's kernel and cgroups can run."""
+    return tuple(name for name, kind in BACKENDS.items() if kind.available(layout))
 
 
 def simulate(cpus: int | None = None, capacity: int | None = None, rt_cpus: tuple[int, ...] | None = None) -> NodeFacts:

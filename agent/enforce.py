@@ -27,7 +27,7 @@ from agent import oci
 from agent.backends import Applied, Backend, EnforcementError, Target
 from agent.events import EventSink
 from agent.store import LedgerStore, write_atomically
-from rtdra import host
+from rtdra import tasks
 from rtdra.ledger import NodeLedger, PodAllocation
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class Enforcer:
 
     def prepare(self, ref: oci.ContainerRef) -> Outcome:
         """Put the container under its allocation; a refusal is answered, recorded and sent as an Event."""
-        started = host.task_start_time(ref.pid)
+        started = tasks.task_start_time(ref.pid)
         with self.lock:
             outcome, refusal = self._prepare(ref, started)
         if refusal is not None:  # outside the lock: an Event is an API round trip

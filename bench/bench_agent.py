@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from agent import cdi  # noqa: E402
-from rtdra import host, sched  # noqa: E402
+from rtdra import host, sched, tasks  # noqa: E402
 from rtdra.ledger import NodeLedger, PodAllocation, Slot  # noqa: E402
 
 RUNTIME, DEADLINE, PERIOD = 100_000, 10_000_000, 10_000_000
@@ -101,7 +101,7 @@ def main() -> int:
         hook = next(h["args"] for h in hooks if h["hookName"] == "createRuntime")
         release = next(h["args"] for h in hooks if h["hookName"] == "poststop")
         to_null = [*hook[: hook.index("--socket") + 1], str(tmp / "null.sock")]
-        host.wait_blocked(task.pid)
+        tasks.wait_blocked(task.pid)
         chrt = ["chrt", "-d", "-T", str(RUNTIME), "-D", str(DEADLINE), "-P", str(PERIOD), "-p", "0", str(task.pid)]
         bare = [sys.executable, "-S", "-I", "-c", "pass"]
         rows: dict[str, list[float]] = {"floor": [], "python": [], "null": [], "hook": []}

@@ -38,8 +38,7 @@ from kubernetes import client, watch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hack.cluster import ControlPlane, ensure_binaries  # noqa: E402
-from hack.stack import NodeSpec, Stack, wait_for  # noqa: E402
+from hack.stack import NodeSpec, running_stack, wait_for  # noqa: E402
 from rtdra import names, sched  # noqa: E402
 
 NODE = NodeSpec("rt-node-0", "deadline", real=True)
@@ -77,30 +76,31 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=20, help="pods of each kind")
     parser.add_argument("--request", default="runtime=1ms,period=10ms", help="the RT pods' reservation")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="rtdra-bench-node-") as tmp:
-        cp = ControlPlane(Path(tmp) / "cp", ensure_binaries(), controller_manager=True)
-        with cp, Stack(cp, [NODE], progress=lambda m: print(f"[bench-node] {m}", flush=True)) as stack:
-            core = client.CoreV1Api(stack.api)
-            core.create_namespace({"metadata": {"name": NS, "labels": {names.NAMESPACE_OPT_IN_LABEL: "true"}}})
-            times: dict[str, list[float]] = {"plain": [], "rt": []}
-            bind: dict[str, list[float]] = {"plain": [], "rt": []}
-            real = stack.real[NODE.name]
-            for i in range(args.pods):
-                for kind in ("plain", "rt"):
-                    name = f"{kind}-{i}"
-                    body = {"metadata": {"name": name}, "spec": stack.pod_spec([{"name": "app"}])}
-                    if kind == "rt":
-                        body["metadata"]["annotations"] = {f"{names.CONTAINER_PREFIX}app": args.request}
-                    bound, elapsed, pod = time_to_running(core, body)
-                    if kind == "rt":
-                        pid = real.container_pid(pod, "app")
-                        attr = sched.sched_getattr(pid) if pid else None
-                        if attr is None or not attr.is_deadline:
-                            raise SystemExit(f"{name}: Running but its container is not under SCHED_DEADLINE")
-                    times[kind].append(elapsed)
-                    bind[kind].append(bound)
-                    with contextlib.suppress(Exception):
-                        delete(core, name)
+    with (
+        tempfile.TemporaryDirectory(prefix="rtdra-bench-node-") as tmp,
+        running_stack(Path(tmp) / "cp", [NODE], progress=lambda m: print(f"[bench-node] {m}", flush=True)) as stack,
+    ):
+        core = client.CoreV1Api(stack.api)
+        core.create_namespace({"metadata": {"name": NS, "labels": {names.NAMESPACE_OPT_IN_LABEL: "true"}}})
+        times: dict[str, list[float]] = {"plain": [], "rt": []}
+        bind: dict[str, list[float]] = {"plain": [], "rt": []}
+        real = stack.real[NODE.name]
+        for i in range(args.pods):
+            for kind in ("plain", "rt"):
+                name = f"{kind}-{i}"
+                body = {"metadata": {"name": name}, "spec": stack.pod_spec([{"name": "app"}])}
+                if kind == "rt":
+                    body["metadata"]["annotations"] = {f"{names.CONTAINER_PREFIX}app": args.request}
+                bound, elapsed, pod = time_to_running(core, body)
+                if kind == "rt":
+                    pid = real.container_pid(pod, "app")
+                    attr = sched.sched_getattr(pid) if pid else None
+                    if attr is None or not attr.is_deadline:
+                        raise SystemExit(f"{name}: Running but its container is not under SCHED_DEADLINE")
+                times[kind].append(elapsed)
+                bind[kind].append(bound)
+                with contextlib.suppress(Exception):
+                    delete(core, name)
     plain, rt = statistics.median(times["plain"]), statistics.median(times["rt"])
     print(f"\npod start on the real node ({args.pods} pods each, interleaved; RT pods {args.request})")
     print(f"  {'kind':<26} {'create->bound':>13} {'create->Running':>15} {'max':>7}   (medians, seconds)")

@@ -4,10 +4,12 @@
 The pod has 4 real-time containers (and a sidecar). Two ways in:
 
 - in-process: Flask's test client calls ``POST /mutate``; the floor is
-  ``POST /floor`` (decode the review, allow, no patch) through the same client;
-- over HTTPS: ``rtdra-webhook`` under gunicorn on 127.0.0.1 with TLS, a
-  keep-alive client (kube-apiserver reuses its connections); ``/mutate`` and
-  ``/floor`` requests alternate so both see the same noise.
+  ``POST /floor`` (decode the review, allow, no patch), a route this benchmark
+  adds to the webhook's own app (:func:`floor_app`; the product has none);
+- over HTTPS: that app under gunicorn exactly as ``rtdra-webhook`` runs it
+  (``rtdra.serve``, the webhook's TLS context) on 127.0.0.1, a keep-alive
+  client (kube-apiserver reuses its connections); ``/mutate`` and ``/floor``
+  requests alternate so both see the same noise.
 
 Goals: p99 of ``/mutate`` within 2x the floor's p99, and under 10 ms over HTTPS.
 Prints a table; exits 0 (it is a measurement, not a test) unless ``--check``.
@@ -33,9 +35,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import requests  # noqa: E402
+from flask import Flask, Response, jsonify, request  # noqa: E402
 
+from rtdra import serve  # noqa: E402
 from rtdra.cli import main as rtdra_main  # noqa: E402
-from webhook.admission import Lookups, admit  # noqa: E402
+from webhook.admission import Lookups, admit, encode_review, parse_review  # noqa: E402
 from webhook.app import create_app  # noqa: E402
 from webhook.config import WebhookConfig  # noqa: E402
 
@@ -83,10 +87,40 @@ def stats(samples: list[float]) -> dict[str, float]:
     }
 
 
+def floor() -> Response:
+    """The baseline: decode the review, allow it, patch nothing."""
+    decoded = parse_review(request.get_data(cache=False))
+    return jsonify(encode_review({"uid": decoded["uid"], "allowed": True}))
+
+
+def floor_app(config: WebhookConfig | None = None) -> Flask:
+    """The webhook's app with ``POST /floor`` beside ``/mutate``."""
+    app = create_app(config or WebhookConfig(), Lookups())
+    app.add_url_rule("/floor", view_func=floor, methods=["POST"])
+    return app
+
+
+def serve_https(port: int, cert: str, key: str, workers: int, threads: int) -> None:
+    """Run :func:`floor_app` as ``rtdra-webhook`` runs its app (``--serve-https``, in a child process)."""
+    from webhook.tls import gunicorn_ssl_context
+
+    options = serve.gunicorn_options(
+        name="rtdra-webhook-bench",
+        bind=f"127.0.0.1:{port}",
+        workers=workers,
+        threads=threads,
+        log_level="warning",
+        certfile=cert,
+        keyfile=key,
+        ssl_context=gunicorn_ssl_context,
+    )
+    serve.run(options, lambda: floor_app(WebhookConfig(tls_cert=cert)))
+
+
 def in_process(n: int) -> dict[str, list[float]]:
     body = review()
-    config = WebhookConfig(floor_endpoint=True)
-    client = create_app(config, Lookups()).test_client()
+    config = WebhookConfig()
+    client = floor_app(config).test_client()
     out: dict[str, list[float]] = {"/floor": [], "/mutate": [], "admit()": []}
     for _ in range(200):  # warm-up
         client.post("/mutate", json=body)
@@ -129,25 +163,19 @@ def over_https(n: int, workers: int, threads: int) -> dict[str, list[float]]:
         server = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "webhook.cli",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--tls-cert",
+                __file__,
+                "--serve-https",
+                str(port),
                 str(certs / "tls.crt"),
-                "--tls-key",
                 str(certs / "tls.key"),
                 "--workers",
                 str(workers),
                 "--threads",
                 str(threads),
-                "--log-level",
-                "warning",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, "RTDRA_WEBHOOK_FLOOR_ENDPOINT": "true"},
         )
         try:
             url = f"https://127.0.0.1:{port}"
@@ -192,7 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
+    parser.add_argument("--serve-https", nargs=3, metavar=("PORT", "CERT", "KEY"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve_https:
+        port, cert, key = args.serve_https
+        serve_https(int(port), cert, key, args.workers, args.threads)
+        return 0
 
     results = {"in-process": in_process(args.n), "https": over_https(args.n, args.workers, args.threads)}
     met = True

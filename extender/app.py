@@ -41,6 +41,7 @@ from extender.claims import ClaimParametersCache, ClaimParametersUnavailable
 from extender.config import ExtenderConfig
 from extender.decide import FitMemo, PodView, filter_nodes, prioritize_nodes
 from extender.metrics import CONTENT_TYPE, Metrics
+from extender.pods import PodWatch
 from extender.reconcile import Reconciler
 from rtdra import kube
 from rtdra.request import ClaimParametersLookup
@@ -123,22 +124,27 @@ def _production_parts(config: ExtenderConfig, metrics: Metrics) -> ProductionPar
     cache = WatchedLedgerCache(store, watch_timeout_seconds=config.watch_timeout_seconds).start()
     claim_parameters = ClaimParametersCache(api, watch_timeout_seconds=config.watch_timeout_seconds).start()
     reconciler = None
+    pods = None
     if config.reconcile_interval_seconds > 0:
+        # One pod watch: the reconciler listens to it, bind looks pending pods up in it.
+        pods = PodWatch(api, watch_timeout_seconds=config.watch_timeout_seconds)
         reconciler = Reconciler(
             api,
             store,
             grace_seconds=config.bind_grace_seconds,
             interval_seconds=config.reconcile_interval_seconds,
             metrics=metrics,
+            pods=pods,
+            on_stored=cache.put,
         ).start()
+        pods.start()
     binder = Binder(
         api,
         store,
         cache=cache,
         metrics=metrics,
         default_placement=config.default_placement,
-        # The reconciler's pod watch knows the pending pods: bind need not read them.
-        pods=reconciler.pending_pod if reconciler is not None else None,
+        pods=pods.pending_pod if pods is not None else None,
         claim_parameters=claim_parameters,
     )
     return ProductionParts(cache, binder, reconciler, claim_parameters)

@@ -9,7 +9,8 @@ The sequence, for pod P (UID u) and node N:
 2. Reserve in N's NodeAllocationState by compare-and-swap
    (``rtdra.store.NasStore.update``): on the freshest ledger, keep u's
    reservation if it holds one, else choose CPUs with
-   ``rtdra.placement.place_pod`` and ``NodeLedger.reserve`` them. A 409
+   ``rtdra.placement.place_pod`` (best-fit for ``pack``, worst-fit for
+   ``spread``) and ``NodeLedger.reserve`` them. A 409
    re-reads and decides again, so concurrent binds - other workers, replicas -
    can never overcommit a CPU. Within one process, binds to the same node
    that arrive while a write to it is in flight are written together, in one
@@ -17,8 +18,8 @@ The sequence, for pod P (UID u) and node N:
    resourceVersion.
 3. Create the ``pods/binding`` with P's UID *and resourceVersion* as
    preconditions, carrying the ``rt.resource.example.com/allocation``
-   annotation (JSON: the node and, per container, its CPUs and
-   runtime/deadline/period in ns), which the API server merges into P in the
+   annotation (``rtdra.ledger.allocation_annotation``: the node and, per
+   container, its CPUs and ``runtimeNs``/``deadlineNs``/``periodNs``), which the API server merges into P in the
    same write - so the request the reservation was decided on is the pod's
    request at the moment it is bound, and the annotation never exists
    without the binding. The NAS stays the source of truth.
@@ -49,7 +50,7 @@ from extender.cache import LedgerCache
 from extender.metrics import Metrics
 from extender.writes import NodeWrites
 from rtdra import names
-from rtdra.ledger import LedgerError, NodeLedger, PodAllocation
+from rtdra.ledger import LedgerError, NodeLedger, PodAllocation, allocation_annotation
 from rtdra.placement import NoFit, place_pod
 from rtdra.request import ClaimParametersLookup, InvalidRequest, Placement, PodRequest, read_pod_request
 from rtdra.store import NasStore, NotFound, StoreError
@@ -68,21 +69,6 @@ class BindOutcome:
     reserved: PodAllocation | None
     #: The pod was bound to the node before this call (a retry).
     already_bound: bool = False
-
-
-def allocation_annotation(allocation: PodAllocation, node: str) -> str:
-    """The ``rt.resource.example.com/allocation`` value for ``allocation`` on ``node``."""
-    containers = {
-        name: {
-            "cpus": [s.cpu for s in slots],
-            "runtime": slots[0].runtime_ns,
-            "deadline": slots[0].deadline_ns,
-            "period": slots[0].period_ns,
-        }
-        for name, slots in sorted(allocation.containers.items())
-        if slots
-    }
-    return json.dumps({"node": node, "containers": containers}, sort_keys=True, separators=(",", ":"))
 
 
 def now_rfc3339() -> str:

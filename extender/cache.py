@@ -5,10 +5,9 @@ reads and writes the API (through ``rtdra.store``), so a stale cache can make
 the scheduler try a node that is full by now - bind then refuses - but can
 never overcommit a CPU.
 
-The feed is the usual list-then-watch: list every object (and take the list's
-resourceVersion), watch from there, apply ADDED/MODIFIED/DELETED, and list
-again when the watch expires (410) or fails. Each gunicorn worker runs its own
-feed in a daemon thread. A cache can also be built from ledgers directly (tests,
+The feed is the project's one list-then-watch (``rtdra.listwatch``): each
+complete list replaces the cache, each ADDED/MODIFIED/DELETED is applied.
+Each gunicorn worker runs its own feed in a daemon thread. A cache can also be built from ledgers directly (tests,
 the benchmark); it is then synced from the start.
 
 Reads are lock-free: single dict operations are atomic under the GIL and a
@@ -18,15 +17,13 @@ re-list swaps in a whole new dict.
 from __future__ import annotations
 
 import gc
-import logging
 import threading
 from collections.abc import Iterable, Mapping
 
 from rtdra.ledger import NodeLedger
+from rtdra.listwatch import ListWatch
 from rtdra.placement import NodeDigest
-from rtdra.store import Expired, NasStore, StoreError
-
-log = logging.getLogger(__name__)
+from rtdra.store import NasEvent, NasStore
 
 
 class LedgerCache:
@@ -59,7 +56,17 @@ class LedgerCache:
         return len(self._digests)
 
     def put(self, ledger: NodeLedger) -> None:
-        """Record a ledger just written or seen (a later watch event may replace it)."""
+        """Record a ledger just written or seen, unless the cache holds a newer version of it.
+
+        Writers (bind, the reconciler) put what they stored at once, ahead of
+        the watch; the watch may then still deliver older versions of the
+        same object, which must not take the cache back - a release would
+        seem undone, and the pod requeued for the room it freed filtered out
+        again. Versions compare as numbers where both are (etcd's are).
+        """
+        held = self._digests.get(ledger.node)
+        if held is not None and _older(ledger.resource_version, held.ledger.resource_version):
+            return
         self._digests[ledger.node] = NodeDigest.of(ledger)
 
     def remove(self, node: str) -> None:
@@ -79,51 +86,39 @@ class LedgerCache:
         self._synced.set()
 
 
+def _older(version: str | None, than: str | None) -> bool:
+    if not version or not than or not version.isdigit() or not than.isdigit():
+        return False
+    return int(version) < int(than)
+
+
 class WatchedLedgerCache(LedgerCache):
-    """A :class:`LedgerCache` kept current by list-then-watch on a :class:`NasStore`."""
+    """A :class:`LedgerCache` kept current by list-then-watch (``rtdra.listwatch``) on a :class:`NasStore`."""
 
     def __init__(self, store: NasStore, *, watch_timeout_seconds: int = 300, retry_seconds: float = 1.0) -> None:
         super().__init__(synced=False)
         self.store = store
-        self.watch_timeout_seconds = watch_timeout_seconds
-        self.retry_seconds = retry_seconds
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.feed: ListWatch[NodeLedger, NasEvent] = ListWatch(
+            "nas-watch",
+            store.list,
+            lambda version, timeout: store.watch(version, timeout_seconds=timeout),
+            on_list=self.replace_all,
+            on_event=self._apply,
+            timeout_seconds=watch_timeout_seconds,
+            retry_seconds=retry_seconds,
+        )
 
     def start(self) -> WatchedLedgerCache:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="nas-watch", daemon=True)
-            self._thread.start()
+        self.feed.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
+        self.feed.stop()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                ledgers, version = self.store.list()
-                self.replace_all(ledgers)
-                log.info("ledger cache: listed %d NodeAllocationStates at resourceVersion %s", len(ledgers), version)
-                self._follow(version)
-            except Expired:
-                log.info("ledger cache: watch expired; listing again")
-                continue
-            except (StoreError, OSError, ValueError) as err:
-                log.warning("ledger cache: %s; retrying in %.1fs", err, self.retry_seconds)
-            except Exception:  # a feed thread must not die silently
-                log.exception("ledger cache: unexpected error; retrying in %.1fs", self.retry_seconds)
-            self._stop.wait(self.retry_seconds)
-
-    def _follow(self, version: str) -> None:
-        while not self._stop.is_set():
-            for event in self.store.watch(version, timeout_seconds=self.watch_timeout_seconds):
-                if self._stop.is_set():
-                    return
-                version = event.resource_version or version
-                if event.ledger is None:
-                    continue
-                if event.type == "DELETED":
-                    self.remove(event.ledger.node)
-                else:
-                    self.put(event.ledger)
+    def _apply(self, event: NasEvent) -> None:
+        if event.ledger is None:
+            return
+        if event.type == "DELETED":
+            self.remove(event.ledger.node)
+        else:
+            self.put(event.ledger)

@@ -8,8 +8,8 @@ without the opt-in label, the webhook down with ``failurePolicy: Ignore``).
 For those, filter, prioritize and bind resolve the name here.
 
 :class:`ClaimParametersCache` is the ``rtdra.request.ClaimParametersLookup``
-the extender passes to ``read_pod_request``: a list-then-watch of every
-``RtClaimParameters`` in the cluster (few, small objects), so the filter's hot
+the extender passes to ``read_pod_request``: a list-then-watch
+(``rtdra.listwatch``) of every ``RtClaimParameters`` in the cluster (few, small objects), so the filter's hot
 path makes no API call; a name the cache does not hold (not synced yet, or
 created a moment ago and not yet seen on the watch) is read directly, and a
 read that fails raises :class:`ClaimParametersUnavailable` - the scheduler
@@ -19,20 +19,18 @@ API hiccupped.
 
 from __future__ import annotations
 
-import logging
-import threading
-from collections.abc import Mapping
-from typing import Any, cast
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Final
 
-from kubernetes import client, watch
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from rtdra import names
-
-log = logging.getLogger(__name__)
+from rtdra.listwatch import ListWatch, ObjectEvent, list_objects, watch_objects
 
 Key = tuple[str, str]
+_ARGS: Final = (names.CLAIM_PARAMETERS_GROUP, names.CLAIM_PARAMETERS_VERSION, names.CLAIM_PARAMETERS_PLURAL)
 
 
 class ClaimParametersUnavailable(RuntimeError):
@@ -62,16 +60,20 @@ class ClaimParametersCache:
     ) -> None:
         self._objects = client.CustomObjectsApi(api)
         self.request_timeout = request_timeout
-        self.watch_timeout_seconds = watch_timeout_seconds
-        self.retry_seconds = retry_seconds
         self._specs: dict[Key, dict[str, Any]] = {}
-        self._synced = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.feed: ListWatch[dict[str, Any], ObjectEvent] = ListWatch(
+            "claim-parameters-watch",
+            self._list,
+            self._watch,
+            on_list=self._replace_all,
+            on_event=self._apply,
+            timeout_seconds=watch_timeout_seconds,
+            retry_seconds=retry_seconds,
+        )
 
     @property
     def synced(self) -> bool:
-        return self._synced.is_set()
+        return self.feed.synced.is_set()
 
     def __call__(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         spec = self._specs.get((namespace, name))
@@ -102,56 +104,29 @@ class ClaimParametersCache:
     # -- the feed ------------------------------------------------------------------
 
     def start(self) -> ClaimParametersCache:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="claim-parameters-watch", daemon=True)
-            self._thread.start()
+        self.feed.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
+        self.feed.stop()
 
-    def _args(self) -> tuple[str, str, str]:
-        return names.CLAIM_PARAMETERS_GROUP, names.CLAIM_PARAMETERS_VERSION, names.CLAIM_PARAMETERS_PLURAL
+    def _list(self) -> tuple[list[dict[str, Any]], str]:
+        return list_objects(self._objects.list_cluster_custom_object, *_ARGS, request_timeout=self.request_timeout)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                listed = cast(
-                    dict[str, Any],
-                    self._objects.list_cluster_custom_object(*self._args(), _request_timeout=self.request_timeout),
-                )
-                self._specs = {_key(obj): _spec(obj) for obj in listed.get("items") or []}
-                self._synced.set()
-                self._follow(str((listed.get("metadata") or {}).get("resourceVersion") or ""))
-            except ApiException as err:
-                if err.status != 410:  # 410: too old, list again at once
-                    log.warning("RtClaimParameters cache: %s %s; retrying in %.0fs", err.status, err.reason,
-                                self.retry_seconds)  # fmt: skip
-                    self._stop.wait(self.retry_seconds)
-            except Exception:  # a feed thread must not die silently
-                log.exception("RtClaimParameters cache: unexpected error; retrying in %.0fs", self.retry_seconds)
-                self._stop.wait(self.retry_seconds)
+    def _watch(self, version: str, timeout_seconds: int) -> Iterator[ObjectEvent]:
+        return watch_objects(
+            self._objects.list_cluster_custom_object,
+            *_ARGS,
+            resource_version=version,
+            timeout_seconds=timeout_seconds,
+            request_timeout=self.request_timeout,
+        )
 
-    def _follow(self, version: str) -> None:
-        while not self._stop.is_set():
-            stream = watch.Watch()  # type: ignore[no-untyped-call]
-            try:
-                for event in stream.stream(  # type: ignore[no-untyped-call]
-                    self._objects.list_cluster_custom_object,
-                    *self._args(),
-                    resource_version=version,
-                    timeout_seconds=self.watch_timeout_seconds,
-                    allow_watch_bookmarks=True,
-                    _request_timeout=self.watch_timeout_seconds + self.request_timeout,
-                ):
-                    if self._stop.is_set():
-                        return
-                    obj: Mapping[str, Any] = event.get("raw_object") or event.get("object") or {}
-                    version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-                    kind = event.get("type")
-                    if kind == "DELETED":
-                        self._specs.pop(_key(obj), None)
-                    elif kind in ("ADDED", "MODIFIED"):
-                        self._specs[_key(obj)] = _spec(obj)
-            finally:
-                stream.stop()  # type: ignore[no-untyped-call]
+    def _replace_all(self, items: Sequence[Mapping[str, Any]]) -> None:
+        self._specs = {_key(obj): _spec(obj) for obj in items}
+
+    def _apply(self, event: ObjectEvent) -> None:
+        if event.type == "DELETED":
+            self._specs.pop(_key(event.object), None)
+        else:
+            self._specs[_key(event.object)] = _spec(event.object)

@@ -1,25 +1,25 @@
 """The extender's configuration, read once from the environment (prefix ``RTDRA_EXTENDER_``) and flags.
 
-Every setting has an environment variable; ``rtdra-extender`` flags override
-them (see ``extender.cli``). The value is frozen: the app, the cache, the
-binder and the reconciler are all built from one :class:`ExtenderConfig`.
+Every setting has an environment variable, read by the services' common
+rules (``rtdra.settings``: typed by the field, booleans as true/false, errors
+naming the variable); ``rtdra-extender`` flags override them (see
+``extender.cli``). The value is frozen: the app, the cache, the binder and
+the reconciler are all built from one :class:`ExtenderConfig`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Final
 
 from rtdra import names
 from rtdra.request import DEFAULT_PLACEMENT, PLACEMENTS, Placement
+from rtdra.settings import ConfigError, Env, dataclass_from_env
+
+__all__ = ["ENV_PREFIX", "ConfigError", "ExtenderConfig"]
 
 ENV_PREFIX: Final = "RTDRA_EXTENDER_"
-
-
-class ConfigError(ValueError):
-    """A setting has a value the extender cannot use."""
 
 
 @dataclass(frozen=True)
@@ -83,18 +83,4 @@ class ExtenderConfig:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ExtenderConfig:
         """Settings from ``RTDRA_EXTENDER_<FIELD>`` variables, then ``overrides`` (flags) on top."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is None:
-                continue
-            default = getattr(cls, f.name)
-            try:
-                values[f.name] = type(default)(raw) if not isinstance(default, str) else raw
-            except ValueError:
-                raise ConfigError(
-                    f"{ENV_PREFIX + f.name.upper()}={raw!r} is not a valid {type(default).__name__}"
-                ) from None
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        return dataclass_from_env(cls, Env(ENV_PREFIX, environ), overrides)

@@ -13,13 +13,13 @@ is bound to that node or still within the bind grace period after
 
 "Gone" is confirmed with a direct read of the pod after the reservation was
 seen, so a pod created after the pod list was taken is never mistaken for a
-deleted one. Besides the periodic pass, a watch on pods releases a reservation as soon as
-its pod (found through its ``rt.resource.example.com/allocation`` annotation)
-is deleted or finishes, and after any release the pending real-time pods are
-touched (``rt.resource.example.com/requeue``) so that kube-scheduler tries them
-again - it does not see ledgers change. The same watch keeps what bind needs
-of each pending real-time pod (:meth:`Reconciler.pending_pod`), so that bind
-need not read the pod. Releasing goes through the same compare-and-swap as
+deleted one. Besides the periodic pass, the extender's pod watch
+(``extender.pods``, which bind uses too) makes it release a reservation as
+soon as its pod (found through its ``rt.resource.example.com/allocation``
+annotation) is deleted or finishes; after any release the ledger as stored
+goes to the filter's cache and then the pending real-time pods are touched
+(``rt.resource.example.com/requeue``) so that kube-scheduler tries them again -
+it does not see ledgers change. Releasing goes through the same compare-and-swap as
 reserving and
 is idempotent, so several workers or replicas may reconcile at once; the grace
 period must stay well above kube-scheduler's extender ``httpTimeout`` (5 s by
@@ -33,65 +33,26 @@ import json
 import logging
 import random
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final
 
-from kubernetes import client, watch
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from extender.metrics import Metrics
+from extender.pods import FINISHED_PHASES, PodWatch
 from rtdra import names
 from rtdra.ledger import NodeLedger, PodAllocation
-from rtdra.request import has_rt_request
 from rtdra.store import NasStore, StoreError
 
 log = logging.getLogger(__name__)
 
-FINISHED_PHASES = ("Succeeded", "Failed")
 #: Written on pending RT pods after bandwidth was released, so that kube-scheduler tries them again.
 REQUEUE: Final = names.REQUEUE
 #: At most this many pending pods are touched per release.
 REQUEUE_LIMIT: Final = 256
-
-
-def is_pending_rt_pod(pod: Mapping[str, Any]) -> bool:
-    """An unbound pod asking for real-time bandwidth (webhook spec, user annotations or the opt-in resource)."""
-    if (pod.get("spec") or {}).get("nodeName"):
-        return False
-    if str((pod.get("status") or {}).get("phase") or "") in FINISHED_PHASES:
-        return False
-    annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    if names.SPEC in annotations or has_rt_request(annotations):
-        return True
-    for container in (pod.get("spec") or {}).get("containers") or []:
-        resources = container.get("resources") or {}
-        if names.DL_RESOURCE in (resources.get("requests") or {}) or names.DL_RESOURCE in (
-            resources.get("limits") or {}
-        ):
-            return True
-    return False
-
-
-def pending_view(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """What bind needs of a pending pod: its identity, resourceVersion, our annotations, container names."""
-    metadata = pod.get("metadata") or {}
-    spec = pod.get("spec") or {}
-    annotations = metadata.get("annotations") or {}
-    return {
-        "metadata": {
-            "name": str(metadata.get("name") or ""),
-            "namespace": str(metadata.get("namespace") or ""),
-            "uid": str(metadata.get("uid") or ""),
-            "resourceVersion": str(metadata.get("resourceVersion") or ""),
-            "annotations": {k: v for k, v in annotations.items() if k.startswith(names.PREFIX)},
-        },
-        "spec": {
-            key: [{"name": c.get("name")} for c in spec.get(key) or [] if isinstance(c, Mapping)]
-            for key in ("containers", "initContainers")
-        },
-    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,18 +108,25 @@ class Reconciler:
         interval_seconds: float = 30.0,
         metrics: Metrics | None = None,
         request_timeout: float = 30.0,
+        pods: PodWatch | None = None,
+        watch_timeout_seconds: int = 300,
+        on_stored: Callable[[NodeLedger], None] | None = None,
     ) -> None:
+        self.api = api
         self.core = client.CoreV1Api(api)
         self.store = store
         self.grace_seconds = grace_seconds
         self.interval_seconds = interval_seconds
         self.metrics = metrics
         self.request_timeout = request_timeout
+        #: The pod watch this reconciler listens to (its own, made by :meth:`start`, if none is given).
+        self.pods = pods
+        self.watch_timeout_seconds = watch_timeout_seconds
+        #: Called with every ledger a release stored (the extender's ledger cache), before pods are requeued.
+        self.on_stored = on_stored
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        #: Pending real-time pods by UID, as the pod watch sees them (:func:`pending_view`).
-        self._pending: dict[str, dict[str, Any]] = {}
+        self._own_pods: PodWatch | None = None
 
     def start(self, *, watch_pods: bool = True) -> Reconciler:
         """Run the periodic pass, and (``watch_pods``) release promptly on pod deletion or completion."""
@@ -166,11 +134,19 @@ class Reconciler:
             self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
             self._thread.start()
             if watch_pods:
-                threading.Thread(target=self._watch_pods, name="reconcile-pods", daemon=True).start()
+                if self.pods is None:
+                    self.pods = self._own_pods = PodWatch(
+                        self.api, watch_timeout_seconds=self.watch_timeout_seconds, request_timeout=self.request_timeout
+                    )
+                self.pods.subscribe(self._on_pod)
+                if self._own_pods is not None:
+                    self._own_pods.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
+        if self._own_pods is not None:
+            self._own_pods.stop()
 
     def _run(self) -> None:
         # Jitter keeps several workers/replicas from reconciling in lockstep.
@@ -180,9 +156,9 @@ class Reconciler:
             except Exception:  # the loop must survive anything and try again next round
                 log.exception("reconcile failed; trying again in %.0fs", self.interval_seconds)
 
-    # -- prompt release: a watch on pods -------------------------------------------------
+    # -- prompt release: the pod watch ----------------------------------------------------
 
-    def _watch_pods(self) -> None:
+    def _on_pod(self, kind: str, pod: Mapping[str, Any]) -> None:
         """Release a reservation as soon as its pod is deleted or finishes, then requeue pending RT pods.
 
         kube-scheduler retries a pod the extender rejected on the next cluster
@@ -194,67 +170,11 @@ class Reconciler:
         pending real-time pod (:data:`REQUEUE`), which kube-scheduler treats as
         an update worth a new attempt.
         """
-        version = ""
-        while not self._stop.is_set():
-            try:
-                if not version:
-                    version = self._list_pending()
-                stream = watch.Watch()  # type: ignore[no-untyped-call]
-                for event in stream.stream(  # type: ignore[no-untyped-call]
-                    self.core.list_pod_for_all_namespaces,
-                    resource_version=version,
-                    timeout_seconds=300,
-                    allow_watch_bookmarks=True,
-                    deserialize=False,
-                    _request_timeout=300 + self.request_timeout,
-                ):
-                    if self._stop.is_set():
-                        return
-                    pod = event.get("object") or {}
-                    version = str((pod.get("metadata") or {}).get("resourceVersion") or version)
-                    if self.on_pod_event(str(event.get("type")), pod):
-                        self.requeue_pending()
-            except ApiException as err:
-                if err.status == 410:
-                    version = ""  # too old: list again (the periodic pass covers the gap)
-                    continue
-                log.warning("reconcile: watching pods failed: %s", err)
-                self._stop.wait(1.0)
-            except Exception:  # the watch must survive anything
-                # Includes the client's KeyError on an ERROR event (a 410 among them) with
-                # deserialize=False: list again rather than re-watch the same version forever.
-                log.exception("reconcile: watching pods failed; listing again")
-                version = ""
-                self._stop.wait(1.0)
-
-    def _list_pending(self) -> str:
-        """Learn the pending RT pods; returns the resourceVersion to watch from."""
-        listed: Any = self.core.list_pod_for_all_namespaces(
-            field_selector="spec.nodeName=", _preload_content=False, _request_timeout=self.request_timeout
-        )
-        body = json.loads(listed.data)
-        with self._lock:
-            self._pending = {}
-        for pod in body.get("items") or []:
-            self._track(pod, deleted=False)
-        return str((body.get("metadata") or {}).get("resourceVersion", ""))
-
-    def _track(self, pod: Mapping[str, Any], *, deleted: bool) -> None:
-        metadata = pod.get("metadata") or {}
-        uid = str(metadata.get("uid") or "")
-        pending = not deleted and not metadata.get("deletionTimestamp") and is_pending_rt_pod(pod)
-        with self._lock:
-            if pending:
-                self._pending[uid] = pending_view(pod)
-            else:
-                self._pending.pop(uid, None)
+        if self.on_pod_event(kind, pod):
+            self.requeue_pending()
 
     def on_pod_event(self, kind: str, pod: Mapping[str, Any]) -> str | None:
-        """Track pending RT pods; release the pod's reservation if it is gone or finished.
-
-        Returns the node released on, or ``None``.
-        """
-        self._track(pod, deleted=kind == "DELETED")
+        """Release the pod's reservation if it is gone or finished; returns the node released on, or ``None``."""
         state = PodState.of(pod)
         if kind == "DELETED":
             reason = "pod_gone"
@@ -269,7 +189,7 @@ class Reconciler:
             before = self.store.get(node)
             if before is None or state.uid not in before.pods:
                 return None
-            self.store.update(node, partial(_release, uids=(state.uid,)))
+            self._stored(self.store.update(node, partial(_release, uids=(state.uid,))))
         except StoreError as err:
             log.warning("reconcile: releasing pod %s on %s failed: %s", state.uid, node, err)
             return None
@@ -278,17 +198,29 @@ class Reconciler:
             self.metrics.reconcile_releases.labels(reason).inc()
         return node
 
+    def _stored(self, ledger: NodeLedger) -> None:
+        """A release is written: show it to the filter before any pod is requeued for the room.
+
+        Cause of a pending pod waiting minutes for room already freed (the
+        end-to-end test timed out under load): the requeue reached
+        kube-scheduler before the ledger watch brought the release into the
+        cache, so the retry was filtered on the old ledger, and nothing else
+        made the scheduler try again.
+        """
+        if self.on_stored is not None:
+            self.on_stored(ledger)
+
     def pending_pod(self, uid: str) -> Mapping[str, Any] | None:
-        """The pending real-time pod with ``uid`` as last seen (what bind needs of it), or ``None``."""
-        return self._pending.get(uid)
+        """The pending real-time pod with ``uid`` as the pod watch last saw it, or ``None``."""
+        return self.pods.pending_pod(uid) if self.pods is not None else None
 
     def requeue_pending(self) -> int:
         """Touch every pending RT pod (at most :data:`REQUEUE_LIMIT`) so kube-scheduler tries it again."""
-        with self._lock:
-            pending = list(self._pending.items())[:REQUEUE_LIMIT]
+        if self.pods is None:
+            return 0
         stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         touched = 0
-        for uid, pod in pending:
+        for uid, pod in self.pods.pending(REQUEUE_LIMIT):
             namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
             body = {"metadata": {"annotations": {REQUEUE: stamp}}}
             try:
@@ -297,8 +229,7 @@ class Reconciler:
             except ApiException as err:
                 if err.status != 404:
                     log.warning("reconcile: could not requeue pod %s/%s: %s", namespace, name, err)
-                with self._lock:
-                    self._pending.pop(uid, None)
+                self.pods.forget(uid)
         return touched
 
     # -- the periodic pass -----------------------------------------------------------------
@@ -308,8 +239,9 @@ class Reconciler:
             _preload_content=False, _request_timeout=self.request_timeout
         )
         items = json.loads(response.data).get("items") or []
-        for pod in items:
-            self._track(pod, deleted=False)
+        if self.pods is not None:
+            for pod in items:
+                self.pods.track(pod)
         states = [PodState.of(pod) for pod in items]
         return {s.uid: s for s in states}
 
@@ -336,7 +268,7 @@ class Reconciler:
                 continue
             uids = tuple(stale)
             try:
-                self.store.update(ledger.node, partial(_release, uids=uids))
+                self._stored(self.store.update(ledger.node, partial(_release, uids=uids)))
             except StoreError as err:
                 log.warning("reconcile: releasing %s on %s failed: %s", sorted(stale), ledger.node, err)
                 continue

@@ -41,18 +41,27 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from kubernetes import client, config, watch
+from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from rtdra.listwatch import ListWatch, ObjectEvent, watch_objects
+
 log = logging.getLogger("nodesim")
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """What ``ApiClient.deserialize`` reads: a response's ``data``."""
+
+    data: str
+
 
 #: The agent's device-plugin resource, and the CDI device its Allocate gives each container requesting it.
 DL_RESOURCE = "rt.resource.example.com/dl"
@@ -161,25 +170,27 @@ class NodeSimulator:
         self.pods: dict[str, SimPod] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # timeout 5 s: an idle watch is re-established often, as kubelet's own relists do.
+        self.feed: ListWatch[client.V1Pod, ObjectEvent] = ListWatch(
+            "nodesim", self._list, self._watch, on_list=self._sync, on_event=self._on_event, timeout_seconds=5,
+            retry_seconds=0.5,
+        )  # fmt: skip
         self._workdir = Path(tempfile.mkdtemp(prefix="rtdra-nodesim-"))
 
     # -- lifecycle ----------------------------------------------------------
 
     def start(self) -> NodeSimulator:
-        self._thread = threading.Thread(target=self._run, name="nodesim", daemon=True)
-        self._thread.start()
+        self.feed.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
+        self.feed.stop(join_seconds=10)
         with self._lock:
             pods = list(self.pods.values())
             self.pods.clear()
         for pod in pods:
             self._teardown(pod)
-        if self._thread is not None:
-            self._thread.join(timeout=10)
         with contextlib.suppress(OSError):
             for p in sorted(self._workdir.rglob("*"), reverse=True):
                 p.rmdir() if p.is_dir() else p.unlink()
@@ -193,24 +204,26 @@ class NodeSimulator:
 
     # -- the watch ------------------------------------------------------------
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._sync_once()
-                w = watch.Watch()
-                for event in w.stream(self.core.list_pod_for_all_namespaces, timeout_seconds=5):
-                    if self._stop.is_set():
-                        w.stop()
-                        break
-                    self._handle(event["type"], event["object"])
-            except Exception as err:
-                if not self._stop.is_set():
-                    log.warning("nodesim watch: %s", err)
-                    time.sleep(0.5)
+    def _list(self) -> tuple[list[client.V1Pod], str]:
+        pods = self.core.list_pod_for_all_namespaces()
+        return pods.items, pods.metadata.resource_version
 
-    def _sync_once(self) -> None:
-        for pod in self.core.list_pod_for_all_namespaces().items:
+    def _watch(self, version: str, timeout_seconds: int) -> Iterator[ObjectEvent]:
+        return watch_objects(
+            self.core.list_pod_for_all_namespaces,
+            resource_version=version,
+            timeout_seconds=timeout_seconds,
+            request_timeout=10.0,
+        )
+
+    def _sync(self, pods: Sequence[client.V1Pod]) -> None:
+        for pod in pods:
             self._handle("MODIFIED", pod)
+
+    def _on_event(self, event: ObjectEvent) -> None:
+        # The handlers read typed pods, as kubelet's informer hands them out.
+        typed: client.V1Pod = self.api.deserialize(_Raw(json.dumps(event.object)), "V1Pod")
+        self._handle(event.type, typed)
 
     def _handle(self, kind: str, pod: client.V1Pod) -> None:
         node = pod.spec.node_name

@@ -37,10 +37,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hack.cluster import ControlPlane, ensure_binaries
 from hack.hostchanges import recover_stale
 from hack.procs import kill, pid_alive, pids_matching, tail
-from hack.stack import NodeSpec, Stack
+from hack.stack import NodeSpec, running_stack
 
 STATE = "playground.json"
 READY_TIMEOUT_S = 1800  # a first run builds Kubernetes and the node programs
@@ -56,8 +55,8 @@ def serve(workdir: Path) -> int:
         print(f"[up {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
     progress("building or reusing the control-plane programs")
-    cp = ControlPlane(workdir / "cluster", ensure_binaries(), controller_manager=True)
-    with cp, Stack(cp, [NodeSpec("rt-node-0", "deadline", real=True)], progress=progress) as stack:
+    with running_stack(workdir / "cluster", [NodeSpec("rt-node-0", "deadline", real=True)], progress=progress) as stack:
+        cp = stack.cp
         state = {
             "pid": os.getpid(),
             "kubeconfig": str(cp.kubeconfig),

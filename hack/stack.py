@@ -41,7 +41,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ from kubernetes.client.rest import ApiException
 HACK = Path(__file__).resolve().parent
 sys.path.insert(0, str(HACK.parent))
 
-from hack.cluster import ControlPlane, write_kubeconfig  # noqa: E402
+from hack.cluster import ControlPlane, ensure_binaries, write_kubeconfig  # noqa: E402
 from hack.node import RealNode  # noqa: E402
 from hack.nodesim import NodeSimulator, SimNode  # noqa: E402
 from hack.procs import free_port, kill_group, spawn  # noqa: E402
@@ -183,6 +183,8 @@ class Stack:
         self._kernel_lock: Any = None
         #: The real kubelet nodes (``NodeSpec.real``), by name.
         self.real: dict[str, RealNode] = {}
+        #: Every process started for this stack (filled by :func:`running_stack`), for leak checks.
+        self.pids: dict[str, int] = {}
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -460,4 +462,23 @@ class Stack:
         apply(self.api, [config])
 
 
-__all__ = ["NAMESPACE", "NodeSpec", "Stack", "apply", "manifest_documents", "wait_for"]
+@contextlib.contextmanager
+def running_stack(
+    workdir: Path, nodes: Sequence[NodeSpec], *, binaries: Any = None, **stack_args: Any
+) -> Iterator[Stack]:
+    """A new control plane (with kube-controller-manager) in ``workdir`` and a :class:`Stack` on it.
+
+    What the demo, ``make up``, the benchmarks and the e2e tests all start; everything is stopped on exit,
+    and the ``pids`` attribute of the stack lists every process either started (for leak checks).
+    """
+    cp = ControlPlane(workdir, binaries or ensure_binaries(), controller_manager=True)
+    with cp:
+        stack = Stack(cp, nodes, **stack_args)
+        stack.pids.update(cp.all_pids())
+        with stack:
+            stack.pids.update({n: p.pid for n, p in stack.procs.items()})
+            yield stack
+            stack.pids.update({n: p.pid for n, p in stack.procs.items()})
+
+
+__all__ = ["NAMESPACE", "NodeSpec", "Stack", "apply", "manifest_documents", "running_stack", "wait_for"]

@@ -3,7 +3,8 @@
 The node agent publishes what this module finds: the online CPUs, the RT
 sysctls (whose ratio is each CPU's deadline limit), the deadline period
 limits, the cgroup layout, and - the hard part - how much deadline bandwidth
-the kernel itself already holds in each root domain.
+the kernel itself already holds in each root domain. What one task is doing
+(its state, start time, CPU) is ``rtdra.tasks``.
 
 Where the kernel's own reservations come from (Linux 6.12+, checked against
 ``kernel/sched/deadline.c``): every CPU's *fair server* (the deadline entity
@@ -56,7 +57,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +65,7 @@ from typing import Final, Literal
 from rtdra import sched
 from rtdra.bandwidth import BW_SHIFT, BW_UNIT, NSEC_PER_USEC, bandwidth, rt_capacity
 from rtdra.request import KernelLimits
+from rtdra.tasks import TaskError, settle_on, wait_blocked
 
 PROC_SYS_KERNEL: Final = Path("/proc/sys/kernel")
 CPU_ONLINE: Final = Path("/sys/devices/system/cpu/online")
@@ -245,12 +246,6 @@ def deadline_tasks(proc: Path = Path("/proc")) -> list[DeadlineTask]:
     return found
 
 
-def deadline_bandwidth_in(cpus: Iterable[int], tasks: Iterable[DeadlineTask] | None = None) -> int:
-    """Σ bandwidth of the deadline tasks whose root domain lies within ``cpus``."""
-    span = frozenset(cpus)
-    return sum(t.bandwidth for t in (deadline_tasks() if tasks is None else tasks) if t.cpus <= span)
-
-
 # ---------------------------------------------------------------------------
 # debugfs
 # ---------------------------------------------------------------------------
@@ -369,66 +364,6 @@ def helper_tasks(
         pool.close()
 
 
-def _stat_fields(pid: int) -> list[str]:
-    """``/proc/<pid>/stat`` from field 3 (state) on, split (the name may hold spaces); ``[]`` if gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return []
-    return text.rpartition(")")[2].split()
-
-
-def task_state(pid: int) -> str:
-    """The one-letter state of ``/proc/<pid>/stat`` (``R``, ``S``, ``D``, ``Z`` ...); ``""`` if gone."""
-    fields = _stat_fields(pid)
-    return fields[0] if fields else ""
-
-
-def task_start_time(pid: int) -> int:
-    """When the task started, in clock ticks since boot (``/proc/<pid>/stat`` field 22); 0 if gone.
-
-    A thread id and this together name one task for the machine's uptime: ids are reused, start times are not.
-    """
-    fields = _stat_fields(pid)
-    return int(fields[19]) if len(fields) > 19 else 0
-
-
-def task_cpu(pid: int) -> int:
-    """The CPU the task last ran on (``/proc/<pid>/stat`` field 39); -1 if gone."""
-    fields = _stat_fields(pid)
-    return int(fields[36]) if len(fields) > 36 else -1
-
-
-def settle_on(tid: int, cpus: Iterable[int], timeout_s: float = 1.0) -> None:
-    """Make a blocked task just moved into a cpuset of ``cpus`` actually get there.
-
-    The kernel judges SCHED_DEADLINE admission (and the EPERM affinity rule)
-    by the root domain of the CPU a task *last ran on*, and a sleeping task
-    only migrates when it wakes. A stop/continue pair wakes it (system calls
-    restart transparently; stop signals run no handler).
-    """
-    allowed = frozenset(cpus) | {-1}
-    if task_cpu(tid) in allowed:
-        return
-    os.kill(tid, signal.SIGSTOP)
-    end = time.monotonic() + timeout_s
-    while task_state(tid) not in ("T", "t", "") and time.monotonic() < end:
-        time.sleep(0.0005)
-    os.kill(tid, signal.SIGCONT)
-    while task_cpu(tid) not in allowed and time.monotonic() < end:
-        time.sleep(0.0005)
-
-
-def wait_blocked(pid: int, timeout_s: float = 2.0) -> None:
-    """Wait until ``pid`` sleeps: deadline accounting of a task that is still
-    running while its parameters change drifts on this kernel (see above)."""
-    deadline = time.monotonic() + timeout_s
-    while task_state(pid) not in ("S", "D", "T", "") and time.monotonic() < deadline:
-        time.sleep(0.001)
-    if task_state(pid) not in ("S", "D", "T"):
-        raise HostError(f"helper task {pid} did not go to sleep")
-
-
 class HelperPool:
     """Sleeping ``sleep`` children that may be made SCHED_DEADLINE."""
 
@@ -443,13 +378,16 @@ class HelperPool:
             raise HostError(f"more than {self.count_max} helper tasks needed")
         proc = subprocess.Popen(["sleep", "3600"], stdin=subprocess.DEVNULL, close_fds=True)
         self.procs.append(proc)
-        if self.cpuset_tasks is not None:
-            self.cpuset_tasks.write_text(str(proc.pid))
+        try:
+            if self.cpuset_tasks is not None:
+                self.cpuset_tasks.write_text(str(proc.pid))
+                wait_blocked(proc.pid)
+                settle_on(proc.pid, self.cpus)
+            else:
+                sched.set_affinity(proc.pid, self.cpus)
             wait_blocked(proc.pid)
-            settle_on(proc.pid, self.cpus)
-        else:
-            sched.set_affinity(proc.pid, self.cpus)
-        wait_blocked(proc.pid)
+        except TaskError as err:
+            raise HostError(f"helper {err}") from None
         return proc.pid
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ pod UID. Storing it in the API (with optimistic concurrency) is
 from __future__ import annotations
 
 import bisect
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
@@ -54,6 +55,24 @@ class Slot:
     @property
     def bandwidth(self) -> int:
         return bandwidth(self.runtime_ns, self.period_ns)
+
+    def timing_json(self) -> dict[str, int]:
+        """The slot's timing as every RT-DRA record writes it: ``runtimeNs``, ``deadlineNs``, ``periodNs``."""
+        return {"runtimeNs": self.runtime_ns, "deadlineNs": self.deadline_ns, "periodNs": self.period_ns}
+
+    def to_json(self) -> dict[str, int]:
+        """The one wire shape of a slot (NAS claims, the agent's records): ``{"id": cpu, **timing}``."""
+        return {"id": self.cpu, **self.timing_json()}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any], cpu: int | None = None) -> Slot:
+        """A slot from :meth:`to_json`'s shape (``cpu`` given: from :meth:`timing_json`'s)."""
+        return cls(
+            int(obj["id"]) if cpu is None else cpu,
+            int(obj["runtimeNs"]),
+            int(obj["deadlineNs"]),
+            int(obj["periodNs"]),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,30 +288,14 @@ def _allocation_to_nas(pod: PodAllocation) -> dict[str, Any]:
         "name": pod.name,
         "reservedAt": pod.reserved_at,
         "containers": {
-            name: {
-                "rtcpu": {
-                    "cpuset": [
-                        {"id": s.cpu, "runtimeNs": s.runtime_ns, "deadlineNs": s.deadline_ns, "periodNs": s.period_ns}
-                        for s in slots
-                    ]
-                }
-            }
-            for name, slots in sorted(pod.containers.items())
+            name: {"rtcpu": {"cpuset": [s.to_json() for s in slots]}} for name, slots in sorted(pod.containers.items())
         },
     }
 
 
 def _allocation_from_nas(uid: str, claim: Mapping[str, Any]) -> PodAllocation:
     containers = {
-        str(name): tuple(
-            Slot(
-                cpu=int(c["id"]),
-                runtime_ns=int(c["runtimeNs"]),
-                deadline_ns=int(c["deadlineNs"]),
-                period_ns=int(c["periodNs"]),
-            )
-            for c in ((entry.get("rtcpu") or {}).get("cpuset") or [])
-        )
+        str(name): tuple(Slot.from_json(c) for c in ((entry.get("rtcpu") or {}).get("cpuset") or []))
         for name, entry in (claim.get("containers") or {}).items()
     }
     return PodAllocation(
@@ -302,3 +305,17 @@ def _allocation_from_nas(uid: str, claim: Mapping[str, Any]) -> PodAllocation:
         containers=containers,
         reserved_at=str(claim.get("reservedAt", "")),
     )
+
+
+def allocation_annotation(allocation: PodAllocation, node: str) -> str:
+    """The ``rt.resource.example.com/allocation`` value: the node and, per container, its CPUs and timing.
+
+    All slots of a container share their timing, so it is written once,
+    in :meth:`Slot.timing_json`'s keys, beside the CPUs.
+    """
+    containers = {
+        name: {"cpus": [s.cpu for s in slots], **slots[0].timing_json()}
+        for name, slots in sorted(allocation.containers.items())
+        if slots
+    }
+    return json.dumps({"node": node, "containers": containers}, sort_keys=True, separators=(",", ":"))

@@ -9,9 +9,12 @@ other, the largest bandwidth first, on the node's ledger; CPUs are chosen by
 - ``worst-fit``: the emptiest CPUs (the seed driver's choice);
 - ``first-fit``: the lowest-numbered CPUs that fit.
 
-The node score (0..10, what kube-scheduler's extender protocol takes) follows
-the pod's ``placement``: ``pack`` prefers the node left fullest, ``spread``
-the emptiest. The seed driver's exact policy (per-mille utilisation, 950‰ per
+A pod's ``placement`` decides both, through :func:`placement_policy` alone:
+``pack`` prefers the node left fullest (score 0..10, what kube-scheduler's
+extender protocol takes) and best-fit CPUs; ``spread`` the emptiest node and
+worst-fit CPUs. The extender's filter, prioritize and bind and the simulator
+all ask it, so ``rtdra simulate`` measures the policy the extender runs. The
+seed driver's exact policy (per-mille utilisation, 950‰ per
 CPU, worst-fit, deadlines ignored) is :func:`legacy_choose`, kept so the
 simulator can compare against it; it is not used to admit anything.
 
@@ -41,6 +44,50 @@ LEGACY_CAP_PERMILLE: Final = 950
 
 
 @dataclass(frozen=True, slots=True)
+class PlacementPolicy:
+    """What a pod's ``placement`` means on a node: which CPUs it takes and how good the node is."""
+
+    placement: Placement
+    cpu_choice: CpuChoice
+
+    def score(self, used: int, capacity: int, added: int) -> int:
+        """0..10: for ``pack`` the node's fill after adding ``added``; for ``spread`` the room left."""
+        if capacity <= 0:
+            return 0
+        fill = min(used + added, capacity)
+        if self.placement == "pack":
+            return fill * MAX_SCORE // capacity
+        return MAX_SCORE - -(-fill * MAX_SCORE // capacity)
+
+
+_POLICIES: Final[Mapping[Placement, PlacementPolicy]] = {
+    "pack": PlacementPolicy("pack", "best-fit"),
+    "spread": PlacementPolicy("spread", "worst-fit"),
+}
+
+
+def placement_policy(placement: Placement) -> PlacementPolicy:
+    """The one mapping of a placement to its CPU choice and node score."""
+    return _POLICIES[placement]
+
+
+def _rank(candidates: list[tuple[int, int]], choice: CpuChoice) -> list[int]:
+    """``(residual, cpu)`` pairs ordered by ``choice``; ties go to the lower CPU."""
+    if choice == "best-fit":
+        ranked = sorted(candidates)
+    elif choice == "worst-fit":
+        ranked = sorted(candidates, key=lambda rc: (-rc[0], rc[1]))
+    else:
+        ranked = sorted(candidates, key=lambda rc: rc[1])
+    return [cpu for _, cpu in ranked]
+
+
+def slot_of(r: Reservation, cpu: int) -> Slot:
+    """What a container's reservation becomes on one CPU: the one place a request turns into a ledger slot."""
+    return Slot(cpu, r.runtime_ns, r.deadline_ns, r.period_ns)
+
+
+@dataclass(frozen=True, slots=True)
 class NoFit:
     """Why a pod does not fit a node, in words a person can act on."""
 
@@ -60,18 +107,7 @@ class Fit:
     def allocation(
         self, request: PodRequest, uid: str, namespace: str, name: str, reserved_at: str = ""
     ) -> PodAllocation:
-        containers = {
-            c: tuple(
-                Slot(
-                    cpu,
-                    request.containers[c].runtime_ns,
-                    request.containers[c].deadline_ns,
-                    request.containers[c].period_ns,
-                )
-                for cpu in cpus
-            )
-            for c, cpus in self.cpus.items()
-        }
+        containers = {c: tuple(slot_of(request.containers[c], cpu) for cpu in cpus) for c, cpus in self.cpus.items()}
         return PodAllocation(uid=uid, namespace=namespace, name=name, containers=containers, reserved_at=reserved_at)
 
 
@@ -93,11 +129,8 @@ def _quick_fit(ledger: NodeLedger, order: Sequence[tuple[str, Reservation]], cho
         return None
     residuals = ledger.residuals
     start = bisect.bisect_left(residuals, (largest, -1))
-    candidates = [cpu for _, cpu in residuals[start:]]
-    if choice == "worst-fit":
-        candidates.reverse()
-    elif choice == "first-fit":
-        candidates.sort()
+    # residuals ascend by (residual, cpu): best-fit order already, the hot case.
+    candidates = [cpu for _, cpu in residuals[start:]] if choice == "best-fit" else _rank(residuals[start:], choice)
     if any(ledger.has_constrained(cpu) for cpu in candidates[:need]):
         return None
     chosen: dict[str, tuple[int, ...]] = {}
@@ -112,10 +145,15 @@ def place_pod(
     ledger: NodeLedger,
     request: PodRequest,
     *,
-    choice: CpuChoice = "best-fit",
+    choice: CpuChoice | None = None,
     test: DeadlineTest = DEFAULT_TEST,
 ) -> Fit | NoFit:
-    """Choose CPUs for every container of ``request`` on ``ledger``, or say why not."""
+    """Choose CPUs for every container of ``request`` on ``ledger``, or say why not.
+
+    ``choice`` defaults to what the request's placement asks (:func:`placement_policy`).
+    """
+    if choice is None:
+        choice = placement_policy(request.placement).cpu_choice
     if not ledger.ready:
         return NoFit(f"node {ledger.node} is not ready for real-time pods")
     if not ledger.capacities:
@@ -136,7 +174,7 @@ def place_pod(
     placed: list[Slot] = []
     chosen: dict[str, tuple[int, ...]] = {}
     for name, r in order:
-        slot = Slot(-1, r.runtime_ns, r.deadline_ns, r.period_ns)
+        slot = slot_of(r, -1)
         extra_used: dict[int, int] = {}
         for s in placed:
             extra_used[s.cpu] = extra_used.get(s.cpu, 0) + s.bandwidth
@@ -147,15 +185,9 @@ def place_pod(
         ]
         if len(candidates) < r.cpus:
             return _too_few_cpus(name, r, len(candidates))
-        if choice == "best-fit":
-            candidates.sort()
-        elif choice == "worst-fit":
-            candidates.sort(key=lambda rc: (-rc[0], rc[1]))
-        else:
-            candidates.sort(key=lambda rc: rc[1])
-        cpus = tuple(sorted(cpu for _, cpu in candidates[: r.cpus]))
+        cpus = tuple(sorted(_rank(candidates, choice)[: r.cpus]))
         chosen[name] = cpus
-        placed += [Slot(cpu, r.runtime_ns, r.deadline_ns, r.period_ns) for cpu in cpus]
+        placed += [slot_of(r, cpu) for cpu in cpus]
     return Fit(cpus=chosen, bandwidth=total)
 
 
@@ -193,16 +225,8 @@ def pod_bandwidth(request: PodRequest) -> int:
 
 
 def score(ledger: NodeLedger, added_bw: int, placement: Placement) -> int:
-    """0..10: for ``pack`` the node's fill after adding ``added_bw``; for ``spread`` the room left."""
-    return _score(ledger.total_used, ledger.total_capacity, added_bw, placement)
-
-
-def _score(used: int, capacity: int, added_bw: int, placement: Placement) -> int:
-    if capacity <= 0:
-        return 0
-    fill = min(used + added_bw, capacity)
-    packed = fill * MAX_SCORE // capacity
-    return packed if placement == "pack" else MAX_SCORE - -(-fill * MAX_SCORE // capacity)
+    """0..10 by the placement's policy (:meth:`PlacementPolicy.score`) of ``ledger`` after adding ``added_bw``."""
+    return placement_policy(placement).score(ledger.total_used, ledger.total_capacity, added_bw)
 
 
 # ---------------------------------------------------------------------------
@@ -302,7 +326,7 @@ def check_demand(digest: NodeDigest, demand: PodDemand, *, test: DeadlineTest = 
 
 def score_demand(digest: NodeDigest, demand: PodDemand) -> int:
     """:func:`score` of the pod on the node, from the digest's totals."""
-    return _score(digest.total_used, digest.total_capacity, demand.bandwidth, demand.request.placement)
+    return placement_policy(demand.request.placement).score(digest.total_used, digest.total_capacity, demand.bandwidth)
 
 
 # ---------------------------------------------------------------------------

@@ -5,8 +5,9 @@ offered load is ``arrival rate × mean lifetime × mean pod bandwidth / cluster
 capacity``. Each policy sees the same stream (same seed) on its own copy of
 the cluster and admits a pod only where its fit rule says it fits:
 
-- ``pack``: nodes scored to pack, CPUs by best-fit, kernel-exact accounting;
-- ``spread``: nodes scored to spread, CPUs by worst-fit, kernel-exact accounting;
+- ``pack`` and ``spread``: the extender's own policy for that placement
+  (``rtdra.placement.placement_policy``: node score and CPU choice),
+  kernel-exact accounting;
 - ``legacy``: the seed driver - per-mille utilisation, 950‰ per CPU, worst-fit
   CPUs, the least-loaded node first (the default scheduler's LeastAllocated);
   deadlines and the kernel's own servers are ignored, so it can promise more
@@ -25,7 +26,7 @@ from typing import Final, Literal
 
 from rtdra.bandwidth import BW_UNIT, NSEC_PER_MSEC, NSEC_PER_USEC
 from rtdra.ledger import NodeLedger
-from rtdra.placement import CpuChoice, Fit, legacy_choose, legacy_utilisation, place_pod, pod_bandwidth, score
+from rtdra.placement import Fit, legacy_choose, legacy_utilisation, place_pod, placement_policy, pod_bandwidth
 from rtdra.request import PodRequest, Reservation
 
 Policy = Literal["pack", "spread", "legacy"]
@@ -199,13 +200,13 @@ def _admit(
                 legacy[n].pods[index] = cpus
                 return n
         return None
-    choice: CpuChoice = "best-fit" if policy == "pack" else "worst-fit"
+    chosen = placement_policy(policy)
     added = pod_bandwidth(request)
     best: tuple[int, int, Fit] | None = None
     for n, ledger in enumerate(ledgers):
-        fit = place_pod(ledger, request, choice=choice)
+        fit = place_pod(ledger, request, choice=chosen.cpu_choice)
         if isinstance(fit, Fit):
-            s = score(ledger, added, policy)
+            s = chosen.score(ledger.total_used, ledger.total_capacity, added)
             if best is None or s > best[0]:
                 best = (s, n, fit)
     if best is None:

@@ -35,48 +35,33 @@ kept as read when the object is replaced.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, cast
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from kubernetes.watch.watch import iter_resp_lines
 
 from rtdra import names
+from rtdra.kube import AlreadyExists, EventType, Expired, NotFound, StoreError, TooManyConflicts, api_error
 from rtdra.ledger import NodeLedger
+from rtdra.listwatch import watch_objects
+
+__all__ = [
+    "AlreadyExists",
+    "Expired",
+    "NasEvent",
+    "NasStore",
+    "NotFound",
+    "StoreError",
+    "TooManyConflicts",
+    "api_error",
+]
 
 #: How many times :meth:`NasStore.update` re-reads after a 409 before giving up.
 DEFAULT_MAX_ATTEMPTS: Final = 16
-
-EventType = Literal["ADDED", "MODIFIED", "DELETED", "BOOKMARK"]
-
-
-class StoreError(RuntimeError):
-    """The API refused a ledger operation; ``status`` is the HTTP status (0 if none)."""
-
-    def __init__(self, message: str, status: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class NotFound(StoreError):
-    """The node has no NodeAllocationState."""
-
-
-class AlreadyExists(StoreError):
-    """A NodeAllocationState with that name exists already."""
-
-
-class TooManyConflicts(StoreError):
-    """Every attempt of a compare-and-swap update met a concurrent write."""
-
-
-class Expired(StoreError):
-    """The watch's resourceVersion is too old (HTTP 410); list again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,18 +71,6 @@ class NasEvent:
     type: EventType
     ledger: NodeLedger | None
     resource_version: str
-
-
-def _error(err: ApiException, what: str) -> StoreError:
-    status = int(err.status or 0)
-    message = f"{what}: {status} {err.reason}"
-    if status == 404:
-        return NotFound(message, status)
-    if status == 409:
-        return AlreadyExists(message, status)
-    if status == 410:
-        return Expired(message, status)
-    return StoreError(message, status)
 
 
 class NasStore:
@@ -131,7 +104,7 @@ class NasStore:
         except ApiException as err:
             if err.status == 404:
                 self._last.pop(node, None)
-            raise _error(err, f"reading NodeAllocationState {self.namespace}/{node}") from None
+            raise api_error(err, f"reading NodeAllocationState {self.namespace}/{node}") from None
         self._last[node] = cast(dict[str, Any], obj)
         return self._last[node]
 
@@ -150,7 +123,7 @@ class NasStore:
                 self._objects.list_namespaced_custom_object(*self._args(), _request_timeout=self.request_timeout),
             )
         except ApiException as err:
-            raise _error(err, f"listing NodeAllocationStates in {self.namespace}") from None
+            raise api_error(err, f"listing NodeAllocationStates in {self.namespace}") from None
         ledgers = [NodeLedger.from_nas(obj) for obj in body.get("items") or []]
         return ledgers, str((body.get("metadata") or {}).get("resourceVersion", ""))
 
@@ -158,44 +131,17 @@ class NasStore:
         """Changes after ``resource_version`` until the server ends the watch (after ``timeout_seconds``).
 
         Raises :class:`Expired` when the version is too old: list again.
-
-        Each event line is parsed once (``json.loads``): the client's ``Watch``
-        parses every object, dumps it and parses it again, which for a ledger
-        ``pack`` is filling - every bind rewrites it - was most of this
-        thread's work.
+        Each event line is parsed once (``rtdra.listwatch.watch_objects``).
         """
-        what = f"watching NodeAllocationStates in {self.namespace}"
-        try:
-            response: Any = self._objects.list_namespaced_custom_object(
-                *self._args(),
-                watch=True,
-                resource_version=resource_version,
-                timeout_seconds=timeout_seconds,
-                allow_watch_bookmarks=True,
-                _preload_content=False,
-                _request_timeout=timeout_seconds + self.request_timeout,
-            )
-        except ApiException as err:
-            raise _error(err, what) from None
-        try:
-            for line in iter_resp_lines(response):
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                kind = event.get("type")
-                obj: Mapping[str, Any] = event.get("object") or {}
-                if kind == "ERROR":
-                    status = int(obj.get("code") or 0)
-                    message = f"{what}: {status} {obj.get('reason', '')}: {obj.get('message', '')}"
-                    raise Expired(message, status) if status == 410 else StoreError(message, status)
-                rv = str((obj.get("metadata") or {}).get("resourceVersion", ""))
-                if kind == "BOOKMARK":
-                    yield NasEvent("BOOKMARK", None, rv)
-                elif kind in ("ADDED", "MODIFIED", "DELETED"):
-                    yield NasEvent(kind, NodeLedger.from_nas(obj), rv)
-        finally:
-            response.close()
-            response.release_conn()
+        for event in watch_objects(
+            self._objects.list_namespaced_custom_object,
+            *self._args(),
+            resource_version=resource_version,
+            timeout_seconds=timeout_seconds,
+            request_timeout=self.request_timeout,
+        ):
+            ledger = NodeLedger.from_nas(event.object) if event.type != "BOOKMARK" else None
+            yield NasEvent(event.type, ledger, event.resource_version)
 
     # -- writing ---------------------------------------------------------------
 
@@ -209,7 +155,7 @@ class NasStore:
                 _request_timeout=self.request_timeout,
             )  # fmt: skip
         except ApiException as err:
-            raise _error(err, f"creating NodeAllocationState {self.namespace}/{ledger.node}") from None
+            raise api_error(err, f"creating NodeAllocationState {self.namespace}/{ledger.node}") from None
         return NodeLedger.from_nas(cast(dict[str, Any], obj))
 
     def replace(self, ledger: NodeLedger, metadata: Mapping[str, Any] | None = None) -> NodeLedger:
@@ -230,7 +176,7 @@ class NasStore:
                 *self._args(), ledger.node, body, _request_timeout=self.request_timeout
             )
         except ApiException as err:
-            error = _error(err, f"writing NodeAllocationState {self.namespace}/{ledger.node}")
+            error = api_error(err, f"writing NodeAllocationState {self.namespace}/{ledger.node}")
             if error.status == 409:
                 raise StoreError(str(error), 409) from None
             raise error from None
@@ -294,7 +240,7 @@ class NasStore:
             self._objects.delete_namespaced_custom_object(*self._args(), node, _request_timeout=self.request_timeout)
         except ApiException as err:
             if err.status != 404:
-                raise _error(err, f"deleting NodeAllocationState {self.namespace}/{node}") from None
+                raise api_error(err, f"deleting NodeAllocationState {self.namespace}/{node}") from None
 
 
 def _at_version(ledger: NodeLedger, resource_version: str | None) -> NodeLedger:

@@ -53,8 +53,6 @@ def create_app(config: WebhookConfig | None = None, lookups: Lookups | None = No
     app.extensions[_EXTENSION] = _State(config, lookups, WebhookMetrics())
 
     app.add_url_rule("/mutate", view_func=mutate, methods=["POST"])
-    if config.floor_endpoint:
-        app.add_url_rule("/floor", view_func=floor, methods=["POST"])
     app.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
     app.add_url_rule("/readyz", view_func=readyz, methods=["GET"])
     app.add_url_rule("/metrics", view_func=metrics, methods=["GET"])
@@ -83,12 +81,6 @@ def mutate() -> Response:
         log.info("denied %s/%s: %s", review.get("namespace"), review.get("name"), answer.get("status", {}))
     state.metrics.observe(_outcome(dict(answer)), time.perf_counter() - started)
     return jsonify(encode_review(answer))
-
-
-def floor() -> Response:
-    """The benchmark's baseline: decode the review, allow it, patch nothing."""
-    review = parse_review(request.get_data(cache=False))
-    return jsonify(encode_review({"uid": review["uid"], "allowed": True}))
 
 
 def healthz() -> Response:

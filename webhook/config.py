@@ -1,14 +1,15 @@
 """The webhook's configuration: one frozen value, read once from the environment.
 
 Every setting has an ``RTDRA_WEBHOOK_`` environment variable so the same
-container image is configured by the Deployment alone; the command line
+container image is configured by the Deployment alone, read by the services'
+common rules (``rtdra.settings``: booleans as true/false, errors naming the
+variable); the command line
 (:mod:`webhook.cli`) only chooses how the server listens. Nothing else in the
 package reads ``os.environ``.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Final, Literal
 
 from rtdra.bandwidth import NSEC_PER_USEC, PERIOD_MAX_US_DEFAULT, PERIOD_MIN_US_DEFAULT
 from rtdra.request import KernelLimits
+from rtdra.settings import ConfigError, Env
 
 ENV_PREFIX: Final = "RTDRA_WEBHOOK_"
 
@@ -75,64 +77,32 @@ class WebhookConfig:
     limits: KernelLimits = field(default_factory=KernelLimits)
     #: Serving certificate, for ``/readyz`` to report expiry (the server itself is configured by the CLI).
     tls_cert: str | None = None
-    #: Serve ``POST /floor`` (decode, allow, no patch) - the benchmark's baseline.
-    floor_endpoint: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WebhookConfig:
-        """Read every ``RTDRA_WEBHOOK_*`` variable; a bad value raises ``ValueError`` naming it."""
-        env = os.environ if environ is None else environ
+        """Read every ``RTDRA_WEBHOOK_*`` variable; a bad value raises ``ConfigError`` naming it."""
+        env = Env(ENV_PREFIX, environ)
 
-        def get(name: str) -> str | None:
-            value = env.get(ENV_PREFIX + name)
-            return value.strip() if value is not None and value.strip() else None
+        def resource(text: str) -> str:
+            if not _RESOURCE.match(text):
+                raise ValueError("is not a domain/name resource")
+            return text
 
-        def flag(name: str, default: bool) -> bool:
-            value = get(name)
-            if value is None:
-                return default
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(f"{ENV_PREFIX}{name}={value!r} is not a boolean (use true or false)")
-
-        def number(name: str, default: float) -> float:
-            value = get(name)
-            if value is None:
-                return default
-            try:
-                parsed = float(value)
-            except ValueError:
-                raise ValueError(f"{ENV_PREFIX}{name}={value!r} is not a number") from None
-            if not parsed > 0:
-                raise ValueError(f"{ENV_PREFIX}{name}={value!r} must be positive")
-            return parsed
-
-        toleration_text = get("TOLERATION")
-        try:
-            toleration = Toleration.parse(toleration_text) if toleration_text else None
-        except ValueError as err:
-            raise ValueError(f"{ENV_PREFIX}TOLERATION: {err}") from None
-        bandwidth_resource = get("BANDWIDTH_RESOURCE")
-        if bandwidth_resource is not None and not _RESOURCE.match(bandwidth_resource):
-            raise ValueError(f"{ENV_PREFIX}BANDWIDTH_RESOURCE={bandwidth_resource!r} is not a domain/name resource")
-        period_min_us = int(number("PERIOD_MIN_US", PERIOD_MIN_US_DEFAULT))
-        period_max_us = int(number("PERIOD_MAX_US", PERIOD_MAX_US_DEFAULT))
+        period_min_us = int(env.number("PERIOD_MIN_US", PERIOD_MIN_US_DEFAULT, positive=True))
+        period_max_us = int(env.number("PERIOD_MAX_US", PERIOD_MAX_US_DEFAULT, positive=True))
         if period_min_us > period_max_us:
-            raise ValueError(f"{ENV_PREFIX}PERIOD_MIN_US must not exceed {ENV_PREFIX}PERIOD_MAX_US")
+            raise ConfigError(f"{ENV_PREFIX}PERIOD_MIN_US must not exceed {ENV_PREFIX}PERIOD_MAX_US")
         return cls(
-            extended_resource=flag("EXTENDED_RESOURCE", True),
-            scheduler_name=get("SCHEDULER_NAME"),
-            toleration=toleration,
-            bandwidth_resource=bandwidth_resource,
-            verify_namespace=flag("VERIFY_NAMESPACE", False),
-            namespace_cache_ttl_s=number("NAMESPACE_CACHE_TTL", 30.0),
-            api_timeout_s=number("API_TIMEOUT", 2.0),
-            kubeconfig=get("KUBECONFIG"),
+            extended_resource=env.flag("EXTENDED_RESOURCE", True),
+            scheduler_name=env.text("SCHEDULER_NAME"),
+            toleration=env.parsed("TOLERATION", Toleration.parse, None),
+            bandwidth_resource=env.parsed("BANDWIDTH_RESOURCE", resource, None),
+            verify_namespace=env.flag("VERIFY_NAMESPACE", False),
+            namespace_cache_ttl_s=env.number("NAMESPACE_CACHE_TTL", 30.0, positive=True),
+            api_timeout_s=env.number("API_TIMEOUT", 2.0, positive=True),
+            kubeconfig=env.text("KUBECONFIG"),
             limits=KernelLimits(
                 period_min_ns=period_min_us * NSEC_PER_USEC, period_max_ns=period_max_us * NSEC_PER_USEC
             ),
-            tls_cert=get("TLS_CERT"),
-            floor_endpoint=flag("FLOOR_ENDPOINT", False),
+            tls_cert=env.text("TLS_CERT"),
         )

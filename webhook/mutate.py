@@ -8,7 +8,7 @@ of a pod that already went through the webhook is empty - which is what makes
 ``reinvocationPolicy: IfNeeded`` safe and a copied, already-mutated pod
 harmless.
 
-What it writes (see ARCHITECTURE.md, "What the webhook writes"):
+What it writes (docs/webhook.md has the full table):
 
 - ``rt.resource.example.com/spec``: the canonical request (ours alone);
 - ``RT_RUNTIME_NS``/``RT_DEADLINE_NS``/``RT_PERIOD_NS``/``RT_CPUS`` in each RT

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agent.oci import ContainerRef
-from rtdra import host
+from rtdra import tasks
 from rtdra.ledger import Slot
 
 
@@ -42,7 +42,7 @@ class TaskRecord:
     cpu: int
     #: The cpuset cgroup (relative to the cpuset mount) it came from, when moved into a partition.
     cpuset_from: str | None = None
-    #: Its start time (``rtdra.host.task_start_time``): a reused thread id is not this task. 0: unknown.
+    #: Its start time (``rtdra.tasks.task_start_time``): a reused thread id is not this task. 0: unknown.
     start_time: int = 0
     #: Its CPU affinity before we widened it (global mode), restored on release; None: unchanged.
     affinity: tuple[int, ...] | None = None
@@ -70,7 +70,7 @@ class TaskRecord:
 
     def is_alive(self) -> bool:
         """Whether this very task still exists (same id *and* start time, where known)."""
-        now = host.task_start_time(self.tid)
+        now = tasks.task_start_time(self.tid)
         return now != 0 and self.start_time in (0, now)
 
 
@@ -88,12 +88,12 @@ class Applied:
     restore: Mapping[str, str] = field(default_factory=dict)
     #: Non-empty when the kernel refused and the container runs unreserved (fail-open).
     error: str = ""
-    #: The container process's start time (``rtdra.host.task_start_time``); 0: unknown.
+    #: The container process's start time (``rtdra.tasks.task_start_time``); 0: unknown.
     start_time: int = 0
 
     def is_alive(self) -> bool:
         """Whether the container's process still runs (the same process, not a reused id)."""
-        now = host.task_start_time(self.pid) if self.pid > 0 else 0
+        now = tasks.task_start_time(self.pid) if self.pid > 0 else 0
         return now != 0 and self.start_time in (0, now)
 
     @property
@@ -112,10 +112,7 @@ class Applied:
             "backend": self.backend,
             "containerID": self.container_id,
             "pid": self.pid,
-            "slots": [
-                {"id": s.cpu, "runtimeNs": s.runtime_ns, "deadlineNs": s.deadline_ns, "periodNs": s.period_ns}
-                for s in self.slots
-            ],
+            "slots": [s.to_json() for s in self.slots],
             "tasks": [t.to_json() for t in self.tasks],
         }
         if self.restore:
@@ -133,10 +130,7 @@ class Applied:
             container=container,
             container_id=str(obj.get("containerID", "")),
             pid=int(obj.get("pid", 0)),
-            slots=tuple(
-                Slot(int(s["id"]), int(s["runtimeNs"]), int(s["deadlineNs"]), int(s["periodNs"]))
-                for s in obj.get("slots") or []
-            ),
+            slots=tuple(Slot.from_json(s) for s in obj.get("slots") or []),
             tasks=tuple(TaskRecord.from_json(t) for t in obj.get("tasks") or []),
             restore=dict(obj.get("restore") or {}),
             error=str(obj.get("error", "")),

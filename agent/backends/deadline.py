@@ -2,7 +2,12 @@
 
 One reservation per allocated CPU: the container's main process takes the
 first slot, further threads the next ones (the reconcile loop adopts threads
-that appear later); tasks beyond the slots stay ordinary tasks. Every
+that appear later); tasks beyond the slots stay ordinary tasks. Under a real
+runtime the ``createRuntime`` hook runs while the container's process is
+still the runtime's init (runc's is a Go program with helper threads): a
+further slot may land on one of those threads, which ends when the init
+execs the container's program; the reconcile loop then drops the dead task
+and gives its slot to the next thread the program starts. Every
 reservation carries SCHED_FLAG_RESET_ON_FORK, so the container can still fork
 and create threads (which start as SCHED_OTHER).
 
@@ -13,7 +18,7 @@ kernel's admission is root-domain wide. The affinity it had is recorded and
 given back on release. Partitioned mode: each reserved task
 is moved into its CPU's exclusive cpuset (:mod:`agent.cpuset`) and admission
 is per CPU. The kernel judges by the root domain of the CPU the task last ran
-on, so a blocked task is woken once to migrate first (``rtdra.host.settle_on``).
+on, so a blocked task is woken once to migrate first (``rtdra.tasks.settle_on``).
 
 Release returns live tasks to SCHED_OTHER, gives back their affinity or
 moves them back to their cpuset, then has the kernel rebuild its root domains:
@@ -34,7 +39,7 @@ from typing import Final
 
 from agent.backends.base import Applied, EnforcementError, Target, TaskRecord
 from agent.cpuset import Partitions, cpuset_of
-from rtdra import host, sched
+from rtdra import host, sched, tasks
 from rtdra.bandwidth import format_ns
 from rtdra.ledger import Slot
 
@@ -62,7 +67,7 @@ class DeadlineBackend:
 
     def _reserve(self, tid: int, slot: Slot) -> TaskRecord:
         attr = sched.deadline(slot.runtime_ns, slot.deadline_ns, slot.period_ns)
-        started = host.task_start_time(tid)
+        started = tasks.task_start_time(tid)
         if self.partitions is None:
             before = sched.get_affinity(tid)
             if before != self.root_domain_cpus:
@@ -84,7 +89,7 @@ class DeadlineBackend:
                 err.errno or errno.EIO, f"moving task {tid} into CPU {slot.cpu}'s partition"
             ) from None
         try:
-            host.settle_on(tid, (slot.cpu,))
+            tasks.settle_on(tid, (slot.cpu,))
             sched.sched_setattr(tid, attr)
         except sched.SchedError:
             self.partitions.move_back(tid, origin)

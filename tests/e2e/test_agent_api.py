@@ -33,7 +33,7 @@ from kubernetes.client.rest import ApiException
 from hack.cluster import ControlPlane, write_kubeconfig
 from hack.stack import apply as apply_manifests
 from hack.stack import manifest_documents
-from rtdra import host, names, sched
+from rtdra import host, names, sched, tasks
 from rtdra.ledger import NodeLedger, PodAllocation, Slot
 from rtdra.store import NasStore, StoreError
 
@@ -341,7 +341,7 @@ def container() -> Iterator[int]:
     try:
         wait_for(lambda: len(sched.threads_of(proc.pid)) == 2, "the container's second thread")
         for tid in sched.threads_of(proc.pid):
-            host.wait_blocked(tid)
+            tasks.wait_blocked(tid)
         yield proc.pid
     finally:
         proc.kill()

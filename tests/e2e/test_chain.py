@@ -21,9 +21,9 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from hack.cluster import ControlPlane, pid_alive
 from hack.images import IMAGE_NAME
-from hack.stack import NodeSpec, Stack, wait_for
+from hack.procs import pid_alive
+from hack.stack import NodeSpec, Stack, running_stack, wait_for
 from rtdra import names
 from rtdra.ledger import NodeLedger
 from rtdra.sched import sched_getattr
@@ -38,20 +38,12 @@ FAST_RECONCILE = ("--reconcile-interval-seconds", "2")
 
 @pytest.fixture(scope="module")
 def stack(k8s_binaries: Any, node_binaries: Any) -> Iterator[Stack]:
-    workdir = Path(tempfile.mkdtemp(prefix="rtdra-chain-")) / "cp"
-    cp = ControlPlane(workdir, k8s_binaries, controller_manager=True)
-    cp.start()
-    pids: dict[str, int] = dict(cp.all_pids())
-    try:
-        with Stack(cp, NODES, extender_args=FAST_RECONCILE) as s:
-            pids.update({n: p.pid for n, p in s.procs.items()})
-            yield s
-            pids.update({n: p.pid for n, p in s.procs.items()})
-    finally:
-        cp.stop()
-        with contextlib.suppress(OSError):
-            workdir.parent.rmdir()
-    left = {n: p for n, p in pids.items() if pid_alive(p)}
+    workdir = Path(tempfile.mkdtemp(prefix="rtdra-chain-"))
+    with running_stack(workdir / "cp", NODES, binaries=k8s_binaries, extender_args=FAST_RECONCILE) as s:
+        yield s
+    with contextlib.suppress(OSError):
+        workdir.rmdir()
+    left = {n: p for n, p in s.pids.items() if pid_alive(p)}
     assert not left, f"processes survived teardown: {left}"
 
 
@@ -148,10 +140,14 @@ def test_rt_pods_are_placed_reserved_in_the_kernel_and_recorded(stack: Stack, ns
     assert sorted(slot["id"] for slot in applied["slots"]) == sorted(cpus)
     if node == REAL.name:
         assert applied["backend"] == "deadline" and applied["tasks"], applied
-        for task in applied["tasks"]:
-            attr = sched_getattr(int(task["tid"]))
-            assert attr.is_deadline
-            assert (attr.runtime_ns, attr.deadline_ns, attr.period_ns) == (1_000_000, 10_000_000, 10_000_000)
+        # The container's process as containerd knows it runs under the first slot. (The hook runs while
+        # the process is still runc's init: a second slot may sit on one of its threads, which ends at
+        # exec; the agent's reconcile loop gives that slot to the next thread the program starts.)
+        pid = stack.real[REAL.name].container_pid(pod, "app")
+        assert pid == applied["pid"]
+        attr = sched_getattr(pid)
+        assert attr.is_deadline
+        assert (attr.runtime_ns, attr.deadline_ns, attr.period_ns) == (1_000_000, 10_000_000, 10_000_000)
     else:
         assert applied["backend"] == "none"  # a simulated node: accounting only
 

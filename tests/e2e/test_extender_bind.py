@@ -32,7 +32,7 @@ from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 
 from extender.bind import Binder, BindError
-from extender.reconcile import pending_view
+from extender.pods import pending_view
 from rtdra import names
 from rtdra.ledger import NodeLedger
 from rtdra.store import NasStore
@@ -268,7 +268,7 @@ def test_concurrent_binds_across_workers_never_overcommit_the_last_bandwidth(
             annotation = json.loads(pod.metadata.annotations[names.ALLOCATION])
             assert annotation["node"] == node
             assert annotation["containers"]["ctr0"]["cpus"] == list(final.pods[pods[name]].cpus_of("ctr0"))
-            assert annotation["containers"]["ctr0"]["runtime"] == 30 * MS
+            assert annotation["containers"]["ctr0"]["runtimeNs"] == 30 * MS
         else:
             assert pod.spec.node_name is None
     assert 'rtdra_extender_binds_total{result="bound"} 6.0' in metrics
@@ -355,7 +355,7 @@ def test_a_bind_from_an_outdated_view_of_the_pod_binds_it_at_its_current_version
     outcome = binder.bind(namespace, "touched", uid, node)
     pod = read_pod(kube_api, namespace, "touched")
     assert pod.spec.node_name == node and not outcome.already_bound
-    assert json.loads(pod.metadata.annotations[names.ALLOCATION])["containers"]["ctr0"]["runtime"] == 20 * MS
+    assert json.loads(pod.metadata.annotations[names.ALLOCATION])["containers"]["ctr0"]["runtimeNs"] == 20 * MS
     ledger = nas.get(node)
     assert ledger is not None and set(ledger.pods) == {uid}
 

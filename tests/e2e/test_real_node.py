@@ -27,9 +27,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from hack.cluster import ControlPlane
 from hack.procs import pid_alive
-from hack.stack import NodeSpec, Stack, wait_for
+from hack.stack import NodeSpec, Stack, running_stack, wait_for
 from rtdra import host, names, sched
 from rtdra.bandwidth import BW_UNIT, bandwidth
 
@@ -41,20 +40,12 @@ FAST_RECONCILE = ("--reconcile-interval-seconds", "2")
 
 @pytest.fixture(scope="module")
 def stack(k8s_binaries: Any, node_binaries: Any) -> Iterator[Stack]:
-    workdir = Path(tempfile.mkdtemp(prefix="rtdra-realnode-")) / "cp"
-    cp = ControlPlane(workdir, k8s_binaries, controller_manager=True)
-    cp.start()
-    pids: dict[str, int] = dict(cp.all_pids())
-    try:
-        with Stack(cp, [NODE], extender_args=FAST_RECONCILE) as s:
-            pids.update({n: p.pid for n, p in s.procs.items()})
-            yield s
-            pids.update({n: p.pid for n, p in s.procs.items()})
-    finally:
-        cp.stop()
-        with contextlib.suppress(OSError):
-            workdir.parent.rmdir()
-    left = {n: p for n, p in pids.items() if pid_alive(p)}
+    workdir = Path(tempfile.mkdtemp(prefix="rtdra-realnode-"))
+    with running_stack(workdir / "cp", [NODE], binaries=k8s_binaries, extender_args=FAST_RECONCILE) as s:
+        yield s
+    with contextlib.suppress(OSError):
+        workdir.rmdir()
+    left = {n: p for n, p in s.pids.items() if pid_alive(p)}
     assert not left, f"processes survived teardown: {left}"
 
 

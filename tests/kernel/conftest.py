@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from rtdra import host, sched
+from rtdra import host, sched, tasks
 
 LOCK_FILE = (
     Path("/run/lock/rtdra-kernel-tests.lock") if Path("/run/lock").is_dir() else Path("/tmp/rtdra-kernel-tests.lock")
@@ -92,7 +92,7 @@ class Sleepers:
         self.procs[proc.pid] = proc
         if cpus is not None:
             sched.set_affinity(proc.pid, cpus)
-        host.wait_blocked(proc.pid)
+        tasks.wait_blocked(proc.pid)
         return proc.pid
 
     def kill(self, pid: int) -> None:

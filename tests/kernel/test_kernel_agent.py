@@ -13,21 +13,22 @@ the kernel's deadline accounting is checked to be back where it was.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.cpuset import Partitions
-from rtdra import host, sched
+from agent.store import FileStore
+from rtdra import host, sched, tasks
 from rtdra.ledger import NodeLedger, PodAllocation, Slot
 
 pytestmark = pytest.mark.kernel
@@ -88,7 +89,7 @@ class Containers:
         while len(sched.threads_of(proc.pid)) < threads and time.monotonic() < deadline:
             time.sleep(0.01)
         for tid in sched.threads_of(proc.pid):
-            host.wait_blocked(tid)
+            tasks.wait_blocked(tid)
         return proc.pid
 
     def close(self) -> None:
@@ -122,11 +123,19 @@ class Agent:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def allocate(self, uid: str, container: str, slots: tuple[Slot, ...]) -> None:
-        ledger = NodeLedger.from_nas(json.loads(self.nas.read_text()))
-        pods = {**ledger.pods, uid: PodAllocation(uid, "default", "p", {container: slots})}
-        tmp = self.nas.with_suffix(".new")
-        tmp.write_text(json.dumps(NodeLedger(self.node, ledger.capacities, pods, ledger.prepared).to_nas()))
-        os.replace(tmp, self.nas)
+        """Write an allocation through the file store's compare-and-swap, as the extender writes the NAS.
+
+        Unchecked (no ``NodeLedger.reserve``): some tests allocate what the kernel must refuse.
+        """
+        allocation = PodAllocation(uid, "default", "p", {container: slots})
+        self.change_ledger(lambda ledger: dataclasses.replace(ledger, pods={**ledger.pods, uid: allocation}))
+
+    def change_ledger(self, change: Callable[[NodeLedger], NodeLedger]) -> None:
+        def step(current: NodeLedger | None) -> NodeLedger:
+            assert current is not None, "the agent has not published its NAS"
+            return change(current)
+
+        FileStore(self.node, self.nas).update(step)
 
     def start(self) -> None:
         argv = [sys.executable, "-m", "agent.cli", "--node-name", self.node, "--nas-file", str(self.nas)]
@@ -314,10 +323,7 @@ def test_deleted_pod_is_released_by_the_reconcile_loop(agent: Agent, containers:
     agent.allocate("uid-d", "rt", (Slot(0, 1_000_000, 10_000_000, 10_000_000),))
     pid = containers.start()
     assert agent.hook(oci_state(pid, "uid-d", "rt")).returncode == 0
-    ledger = agent.ledger()
-    tmp = agent.nas.with_suffix(".new")
-    tmp.write_text(json.dumps(NodeLedger(agent.node, ledger.capacities, {}, ledger.prepared).to_nas()))
-    os.replace(tmp, agent.nas)
+    agent.change_ledger(lambda ledger: ledger.release("uid-d"))  # the pod was deleted: the extender releases it
     deadline = time.monotonic() + 10
     while sched.policy_from_proc(pid) == sched.SCHED_DEADLINE and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -390,7 +396,7 @@ def test_partitioned_mode_admits_per_cpu_and_restores_the_machine(
         # The partition is full: one more unit on CPU 1 is refused by the kernel, per CPU.
         probe = containers.start()
         (part / "tasks").write_text(str(probe))
-        host.settle_on(probe, (1,))
+        tasks.settle_on(probe, (1,))
         with pytest.raises(sched.AdmissionRefused):
             sched.sched_setattr(probe, sched.deadline(1 << 10, period, period))
         (CPUSET / containers.cgroup.name / "tasks").write_text(str(probe))
@@ -399,6 +405,23 @@ def test_partitioned_mode_admits_per_cpu_and_restores_the_machine(
         assert Path(f"/proc/{pid}/cpuset").read_text().strip() == f"/{containers.cgroup.name}"
     finally:
         agent.stop()
+    assert not (CPUSET / name).exists()
+    assert (CPUSET / "cpuset.sched_load_balance").read_text().strip() == cpuset_root_guard["original"]
+
+
+def test_an_agent_that_cannot_create_its_partitions_says_why_in_one_line_and_changes_nothing(
+    containers: Containers, tmp_path: Path, cpuset_root_guard: dict[str, Any]
+) -> None:
+    # The test's cpuset keeps every CPU, as kubelet's kubepods does: an exclusive cpuset on CPU 1 overlaps it.
+    name = f"rtdra-part-{uuid.uuid4().hex[:6]}"
+    argv = [sys.executable, "-m", "agent.cli", "--node-name", "n-part", "--nas-file", str(tmp_path / "nas.json")]
+    argv += ["--state-dir", str(tmp_path / "state"), "--no-cdi", "--partitioned", "--rt-cpus", "1"]
+    done = subprocess.run(
+        [*argv, "--partition-name", name], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1].startswith(f"rtdra-agent: creating the cpuset partitions {CPUSET / name}: ")
     assert not (CPUSET / name).exists()
     assert (CPUSET / "cpuset.sched_load_balance").read_text().strip() == cpuset_root_guard["original"]
 

@@ -31,7 +31,7 @@ from agent.config import parse_args
 from agent.discovery import simulate
 from agent.enforce import Enforcer
 from agent.store import FileStore
-from rtdra import host, names
+from rtdra import host, names, tasks
 from rtdra.ledger import NodeLedger, PodAllocation, Slot
 
 REPO = Path(__file__).resolve().parents[2]
@@ -219,7 +219,7 @@ def test_enforcer_records_the_reservation_in_its_state_file_before_answering(
     outcome = enforcer.handle("createRuntime", state_of(child.pid, "u1"))
     assert outcome.ok, outcome.message
     record = json.loads((tmp_path / "prepared.json").read_text())["u1"]["containers"]["c"]
-    assert record["pid"] == child.pid and record["startTime"] == host.task_start_time(child.pid)
+    assert record["pid"] == child.pid and record["startTime"] == tasks.task_start_time(child.pid)
     assert enforcer.handle("createRuntime", state_of(child.pid, "u1")).message.endswith("already reserved")
 
 
@@ -266,6 +266,27 @@ def test_reconcile_releases_pods_whose_allocation_disappeared(tmp_path: Path, ch
     assert set(json.loads((tmp_path / "prepared.json").read_text())) == {"u2"}
 
 
+def test_publishing_never_undoes_a_deletion_written_meanwhile_without_the_lock(tmp_path: Path) -> None:
+    """The cause of a flaky kernel test: the agent's read-modify-write put a deleted allocation back."""
+    store = nas_with(tmp_path, "uid-gone", "uid-kept")
+    deleted = False
+
+    def publish(current: NodeLedger | None) -> NodeLedger:
+        nonlocal deleted
+        assert current is not None
+        if not deleted:  # the extender (or a test) replaces the file between the agent's read and write
+            deleted = True
+            tmp = tmp_path / "nas.new"
+            tmp.write_text(json.dumps(current.release("uid-gone").to_nas()))
+            os.replace(tmp, store.path)
+        return replace(current, ready=True)
+
+    stored = store.update(publish)
+    assert set(stored.pods) == {"uid-kept"} and stored.ready
+    ledger = store.read()
+    assert ledger is not None and set(ledger.pods) == {"uid-kept"}
+
+
 def test_reconcile_releases_containers_whose_process_is_gone(tmp_path: Path) -> None:
     enforcer = make_enforcer(tmp_path, nas_with(tmp_path, "u1"), NoneBackend())
     proc = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL)
@@ -281,7 +302,7 @@ def test_reconcile_releases_containers_whose_process_is_gone(tmp_path: Path) -> 
 def test_a_reused_process_id_is_not_taken_for_the_reserved_process(
     tmp_path: Path, child: subprocess.Popen[bytes]
 ) -> None:
-    now = host.task_start_time(child.pid)
+    now = tasks.task_start_time(child.pid)
     assert Applied("none", "c", "id", child.pid, (SLOT,), start_time=now).is_alive()
     assert not Applied("none", "c", "id", child.pid, (SLOT,), start_time=now - 1).is_alive()
     assert not TaskRecord(child.pid, 0, start_time=now + 1).is_alive()
@@ -604,3 +625,17 @@ def test_the_nas_is_not_ready_until_the_node_can_give_rt_containers_their_device
     registered.clear()  # kubelet restarted: until the plugin registers again
     loop.step()
     assert store.read().ready is False
+
+
+def test_the_backend_choices_and_discovery_come_from_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.backends.registry import BACKENDS, NAMES
+    from agent.discovery import supported_backends
+
+    assert tuple(BACKENDS) == NAMES and NAMES[0] == "deadline"
+    for name in NAMES:
+        assert parse_args(["--node-name", "n", "--backend", name], env={}).backend == name
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--node-name", "n", "--backend", "bogus"], env={})
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.endswith("(choose from 'deadline', 'hcbs', 'none')\n")
+    assert "none" in supported_backends(host.cgroup_layout())

@@ -271,7 +271,8 @@ def test_device_plugin_is_on_in_kubelets_directory_where_the_agent_enforces() ->
         (["--backend", "none"], {}, None),  # simulated nodes: no kubelet of theirs on this host
         (["--backend", "none", "--device-plugin-dir", "/tmp/dp"], {}, Path("/tmp/dp")),
         (["--backend", "deadline"], {"RTDRA_AGENT_DEVICE_PLUGIN_DIR": "/k/dp"}, Path("/k/dp")),
-        (["--backend", "deadline"], {"RTDRA_AGENT_DEVICE_PLUGIN_DIR": ""}, None),
+        # a blank variable means "not set" for every RT-DRA setting (rtdra.settings): the default
+        (["--backend", "deadline"], {"RTDRA_AGENT_DEVICE_PLUGIN_DIR": ""}, Path("/var/lib/kubelet/device-plugins")),
         (["--backend", "deadline", "--device-plugin-dir", ""], {}, None),
         (["--backend", "deadline", "--no-device-plugin"], {}, None),
         (["--backend", "hcbs"], {"RTDRA_AGENT_NO_DEVICE_PLUGIN": "true"}, None),

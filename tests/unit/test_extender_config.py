@@ -10,11 +10,12 @@ import sys
 
 import pytest
 
-from extender.bind import allocation_annotation
+from agent.backends import Applied
 from extender.cli import gunicorn_options, parser
 from extender.config import ConfigError, ExtenderConfig
-from extender.reconcile import PodState, is_pending_rt_pod, pending_view, stale_reason
-from rtdra.ledger import PodAllocation, Slot
+from extender.pods import is_pending_rt_pod, pending_view
+from extender.reconcile import PodState, stale_reason
+from rtdra.ledger import NodeLedger, PodAllocation, Slot, allocation_annotation
 
 MS = 1_000_000
 
@@ -36,8 +37,11 @@ def test_settings_come_from_prefixed_environment_variables_and_flags_win() -> No
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"RTDRA_EXTENDER_WORKERS": "many"}, "RTDRA_EXTENDER_WORKERS='many' is not a valid int"),
-        ({"RTDRA_EXTENDER_DEFAULT_PLACEMENT": "random"}, "default placement must be one of pack, spread"),
+        ({"RTDRA_EXTENDER_WORKERS": "many"}, "RTDRA_EXTENDER_WORKERS='many': is not a whole number"),
+        (
+            {"RTDRA_EXTENDER_DEFAULT_PLACEMENT": "random"},
+            "RTDRA_EXTENDER_DEFAULT_PLACEMENT='random': must be one of pack, spread",
+        ),
         ({"RTDRA_EXTENDER_TLS_CERT_FILE": "c.pem"}, "TLS needs both a certificate and a key file"),
         ({"RTDRA_EXTENDER_CLIENT_CA_FILE": "ca.pem"}, "checking client certificates needs HTTPS"),
         ({"RTDRA_EXTENDER_URL_PREFIX": "scheduler"}, "the URL prefix must start with '/'"),
@@ -86,10 +90,22 @@ def test_the_allocation_annotation_names_the_node_and_each_containers_cpus_and_t
     assert json.loads(allocation_annotation(allocation, "n1")) == {
         "node": "n1",
         "containers": {
-            "a": {"cpus": [0, 2], "runtime": 2 * MS, "deadline": 8 * MS, "period": 10 * MS},
-            "b": {"cpus": [3], "runtime": 1 * MS, "deadline": 5 * MS, "period": 5 * MS},
+            "a": {"cpus": [0, 2], "runtimeNs": 2 * MS, "deadlineNs": 8 * MS, "periodNs": 10 * MS},
+            "b": {"cpus": [3], "runtimeNs": 1 * MS, "deadlineNs": 5 * MS, "periodNs": 5 * MS},
         },
     }
+
+
+def test_a_slot_has_one_wire_shape_in_the_ledger_and_in_the_agents_records() -> None:
+    slot = Slot(2, 1 * MS, 5 * MS, 10 * MS)
+    assert slot.to_json() == {"id": 2, "runtimeNs": 1 * MS, "deadlineNs": 5 * MS, "periodNs": 10 * MS}
+    assert Slot.from_json(slot.to_json()) == slot
+    allocation = PodAllocation("u", "ns", "p", {"c": (slot,)})
+    nas = NodeLedger("n1", {2: 1 << 20}, {"u": allocation}).to_nas()
+    assert nas["spec"]["allocatedClaims"]["u"]["containers"]["c"]["rtcpu"]["cpuset"] == [slot.to_json()]
+    record = Applied("none", "c", "ctr", 1, (slot,)).to_json()
+    assert record["slots"] == [slot.to_json()]
+    assert Applied.from_json("c", record).slots == (slot,)
 
 
 # -- which reservations the reconciler releases ------------------------------------------------------------

@@ -95,10 +95,8 @@ def test_metrics_count_admissions_by_outcome_and_time_them() -> None:
     assert _metric(text, 'rtdra_webhook_admission_duration_seconds_count{outcome="mutated"}') == 2
 
 
-def test_floor_endpoint_exists_only_when_configured() -> None:
+def test_the_product_serves_no_benchmark_floor() -> None:
     assert create_app(WebhookConfig(), Lookups()).test_client().post("/floor", json=REVIEW).status_code == 404
-    reply = create_app(WebhookConfig(floor_endpoint=True), Lookups()).test_client().post("/floor", json=REVIEW)
-    assert reply.get_json()["response"] == {"uid": "u-1", "allowed": True}
 
 
 def test_configuration_is_read_from_prefixed_environment() -> None:

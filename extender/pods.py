@@ -1,0 +1,156 @@
+"""The extender's one watch on pods: what bind needs of pending real-time pods, and events for the reconciler.
+
+One list-then-watch (``rtdra.listwatch``) per process: the list takes only
+unbound pods (those bind may be asked about), the watch then follows every
+pod, so that deletions and completions of bound pods are seen too. Two parts
+of the extender use it:
+
+- bind looks up the pending pod it is asked to bind (:meth:`PodWatch.pending_pod`)
+  instead of reading it from the API;
+- the reconciler subscribes (:meth:`PodWatch.subscribe`) to release a
+  reservation as soon as its pod is deleted or finishes, and touches the
+  pending pods (:meth:`PodWatch.pending`) so that kube-scheduler tries them again.
+
+Of a pending pod only what bind needs is kept (:func:`pending_view`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Final
+
+from kubernetes import client
+
+from rtdra import names
+from rtdra.listwatch import ListWatch, ObjectEvent, list_objects, watch_objects
+from rtdra.request import has_rt_request
+
+log = logging.getLogger(__name__)
+
+FINISHED_PHASES: Final = ("Succeeded", "Failed")
+
+#: ``(event type, pod)``, called in the watch thread for every pod event.
+PodListener = Callable[[str, Mapping[str, Any]], None]
+
+
+def is_pending_rt_pod(pod: Mapping[str, Any]) -> bool:
+    """An unbound pod asking for real-time bandwidth (webhook spec, user annotations or the opt-in resource)."""
+    if (pod.get("spec") or {}).get("nodeName"):
+        return False
+    if str((pod.get("status") or {}).get("phase") or "") in FINISHED_PHASES:
+        return False
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    if names.SPEC in annotations or has_rt_request(annotations):
+        return True
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        resources = container.get("resources") or {}
+        if names.DL_RESOURCE in (resources.get("requests") or {}) or names.DL_RESOURCE in (
+            resources.get("limits") or {}
+        ):
+            return True
+    return False
+
+
+def pending_view(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """What bind needs of a pending pod: its identity, resourceVersion, our annotations, container names."""
+    metadata = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    annotations = metadata.get("annotations") or {}
+    return {
+        "metadata": {
+            "name": str(metadata.get("name") or ""),
+            "namespace": str(metadata.get("namespace") or ""),
+            "uid": str(metadata.get("uid") or ""),
+            "resourceVersion": str(metadata.get("resourceVersion") or ""),
+            "annotations": {k: v for k, v in annotations.items() if k.startswith(names.PREFIX)},
+        },
+        "spec": {
+            key: [{"name": c.get("name")} for c in spec.get(key) or [] if isinstance(c, Mapping)]
+            for key in ("containers", "initContainers")
+        },
+    }
+
+
+class PodWatch:
+    """Pending real-time pods by UID, kept by a watch on all pods; listeners hear every event."""
+
+    def __init__(
+        self, api: client.ApiClient, *, watch_timeout_seconds: int = 300, request_timeout: float = 30.0
+    ) -> None:
+        self.core = client.CoreV1Api(api)
+        self.request_timeout = request_timeout
+        self._lock = threading.Lock()
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._listeners: list[PodListener] = []
+        self.feed: ListWatch[dict[str, Any], ObjectEvent] = ListWatch(
+            "pod-watch",
+            self._list,
+            self._watch,
+            on_list=self._replace_all,
+            on_event=self._apply,
+            timeout_seconds=watch_timeout_seconds,
+        )
+
+    def start(self) -> PodWatch:
+        self.feed.start()
+        return self
+
+    def stop(self) -> None:
+        self.feed.stop()
+
+    def subscribe(self, listener: PodListener) -> None:
+        self._listeners.append(listener)
+
+    # -- what bind and the reconciler ask ------------------------------------------
+
+    def pending_pod(self, uid: str) -> Mapping[str, Any] | None:
+        """The pending real-time pod with ``uid`` as last seen (what bind needs of it), or ``None``."""
+        return self._pending.get(uid)
+
+    def pending(self, limit: int) -> list[tuple[str, dict[str, Any]]]:
+        """At most ``limit`` pending real-time pods, ``(uid, view)``."""
+        with self._lock:
+            return list(self._pending.items())[:limit]
+
+    def track(self, pod: Mapping[str, Any], *, deleted: bool = False) -> None:
+        """Remember the pod if it is a pending real-time pod, else forget it."""
+        metadata = pod.get("metadata") or {}
+        uid = str(metadata.get("uid") or "")
+        pending = not deleted and not metadata.get("deletionTimestamp") and is_pending_rt_pod(pod)
+        with self._lock:
+            if pending:
+                self._pending[uid] = pending_view(pod)
+            else:
+                self._pending.pop(uid, None)
+
+    def forget(self, uid: str) -> None:
+        with self._lock:
+            self._pending.pop(uid, None)
+
+    # -- the feed ----------------------------------------------------------------
+
+    def _list(self) -> tuple[list[dict[str, Any]], str]:
+        return list_objects(
+            self.core.list_pod_for_all_namespaces, field_selector="spec.nodeName=", request_timeout=self.request_timeout
+        )
+
+    def _watch(self, version: str, timeout_seconds: int) -> Iterator[ObjectEvent]:
+        return watch_objects(
+            self.core.list_pod_for_all_namespaces,
+            resource_version=version,
+            timeout_seconds=timeout_seconds,
+            request_timeout=self.request_timeout,
+        )
+
+    def _replace_all(self, pods: Sequence[Mapping[str, Any]]) -> None:
+        with self._lock:
+            self._pending = {}
+        for pod in pods:
+            self.track(pod)
+
+    def _apply(self, event: ObjectEvent) -> None:
+        self.track(event.object, deleted=event.type == "DELETED")
+        for listener in self._listeners:
+            listener(event.type, event.object)

@@ -1,0 +1,91 @@
+"""Bind chooses CPUs by the pod's placement, exactly as the simulator measures it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import client
+
+from extender.bind import Binder
+from rtdra import names
+from rtdra.ledger import NodeLedger, PodAllocation, Slot
+from rtdra.placement import placement_policy
+from rtdra.request import PLACEMENTS
+
+MS = 1_000_000
+CAP = 943719
+
+
+class OneLedger:
+    """The store of one node's ledger: ``update`` applies the change (no API)."""
+
+    def __init__(self, ledger: NodeLedger) -> None:
+        self.ledger = ledger
+
+    def update(self, node: str, change: Callable[[NodeLedger], NodeLedger], *, reuse_last: bool = False) -> NodeLedger:
+        assert node == self.ledger.node
+        self.ledger = change(self.ledger)
+        return self.ledger
+
+
+class Bindings:
+    """``CoreV1Api`` as bind uses it: records the Binding bodies it is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def create_namespaced_pod_binding(self, name: str, namespace: str, body: dict[str, Any], **_: Any) -> Any:
+        self.sent.append(body)
+        return type("Reply", (), {"drain_conn": lambda self: None, "release_conn": lambda self: None})()
+
+
+def half_full_node() -> NodeLedger:
+    """CPU 0 holds 6 ms every 10 ms, CPU 1 holds 1 ms, CPUs 2 and 3 are empty."""
+    ledger = NodeLedger("n1", dict.fromkeys(range(4), CAP))
+    for cpu, ms in ((0, 6), (1, 1)):
+        ledger = ledger.reserve(
+            PodAllocation(f"old-{cpu}", "ns", "old", {"c": (Slot(cpu, ms * MS, 10 * MS, 10 * MS),)})
+        )
+    return ledger
+
+
+def pending_pod(placement: str) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": "p",
+            "namespace": "ns",
+            "uid": "uid-p",
+            "resourceVersion": "7",
+            "annotations": {f"{names.PREFIX}container.app": "runtime=2ms,period=10ms", names.PLACEMENT: placement},
+        },
+        "spec": {"containers": [{"name": "app"}]},
+    }
+
+
+def bound_cpus(placement: str) -> list[int]:
+    store = OneLedger(half_full_node())
+    binder = Binder(client.ApiClient(), store, pods=lambda uid: pending_pod(placement))  # type: ignore[arg-type]
+    bindings = Bindings()
+    binder.core = bindings  # type: ignore[assignment]
+    binder.bind("ns", "p", "uid-p", "n1")
+    annotation = json.loads(bindings.sent[0]["metadata"]["annotations"][names.ALLOCATION])
+    cpus: list[int] = annotation["containers"]["app"]["cpus"]
+    assert [s.cpu for s in store.ledger.pods["uid-p"].containers["app"]] == cpus
+    return cpus
+
+
+def test_bind_packs_a_pack_pod_onto_the_fullest_cpu_that_fits() -> None:
+    assert bound_cpus("pack") == [0]
+
+
+def test_bind_spreads_a_spread_pod_onto_the_emptiest_cpu() -> None:
+    assert bound_cpus("spread") == [2]
+
+
+def test_one_policy_per_placement_decides_cpus_and_node_score() -> None:
+    assert {p: placement_policy(p).cpu_choice for p in PLACEMENTS} == {"pack": "best-fit", "spread": "worst-fit"}
+    assert placement_policy("pack").score(used=5, capacity=10, added=0) == 5
+    assert placement_policy("spread").score(used=5, capacity=10, added=0) == 5
+    assert placement_policy("spread").score(used=2, capacity=10, added=0) == 8
