@@ -42,7 +42,8 @@ bench: $(STAMP)
 	$(PY) bench/bench_nri.py
 	$(PY) bench/bench_nri_start.py
 	$(PY) bench/bench_scheduling.py
-	$(PY) bench/bench_node.py
+	$(PY) bench/bench_node.py --mode nri
+	$(PY) bench/bench_node.py --mode cdi
 
 # The main job: the whole chain on a local control plane, the four demo apps,
 # a report of placements and kernel reservations; then everything is torn down.

@@ -31,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from kubernetes import client, watch
@@ -75,10 +76,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pods", type=int, default=20, help="pods of each kind")
     parser.add_argument("--request", default="runtime=1ms,period=10ms", help="the RT pods' reservation")
+    parser.add_argument("--mode", choices=("nri", "cdi"), default="nri", help="how the agent hears of containers")
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="rtdra-bench-node-") as tmp,
-        running_stack(Path(tmp) / "cp", [NODE], progress=lambda m: print(f"[bench-node] {m}", flush=True)) as stack,
+        running_stack(
+            Path(tmp) / "cp", [replace(NODE, mode=args.mode)], progress=lambda m: print(f"[bench-node] {m}", flush=True)
+        ) as stack,
     ):
         core = client.CoreV1Api(stack.api)
         core.create_namespace({"metadata": {"name": NS, "labels": {names.NAMESPACE_OPT_IN_LABEL: "true"}}})
@@ -102,7 +106,9 @@ def main() -> int:
                 with contextlib.suppress(Exception):
                     delete(core, name)
     plain, rt = statistics.median(times["plain"]), statistics.median(times["rt"])
-    print(f"\npod start on the real node ({args.pods} pods each, interleaved; RT pods {args.request})")
+    print(
+        f"\npod start on the real node ({args.pods} pods each, interleaved; RT pods {args.request}, agent mode {args.mode})"
+    )
     print(f"  {'kind':<26} {'create->bound':>13} {'create->Running':>15} {'max':>7}   (medians, seconds)")
     for kind, label in (("plain", "plain pod"), ("rt", "RT pod (SCHED_DEADLINE)")):
         print(

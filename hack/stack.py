@@ -81,12 +81,16 @@ class NodeSpec:
     """A node of the stack: its name, the agent's backend, and (for ``none``) how many CPUs it pretends to have.
 
     ``real``: this machine as a real kubelet + containerd node (at most one per machine); otherwise simulated.
+    ``mode`` (real nodes): how the agent hears of container starts - ``nri`` (the fast path: containerd's NRI
+    plugin, no process per container) or ``cdi`` (the device plugin hands each RT container the CDI device,
+    whose OCI hook calls the agent: the path any CDI runtime has).
     """
 
     name: str
     backend: str = "none"
     cpus: int | None = None
     real: bool = False
+    mode: str = "nri"
 
 
 def manifest_documents(paths: Iterable[Path] | None = None) -> list[dict[str, Any]]:
@@ -359,10 +363,12 @@ class Stack:
             argv += ["--cpus", str(node.cpus)]
         if node.real:
             argv += ["--device-plugin-dir", str(self.real[node.name].device_plugin_dir)]
-            # Its containerd offers NRI: the agent hears of containers there, no hook process runs.
-            containerd = self.real[node.name].containerd
-            assert containerd is not None
-            argv += ["--mode", "nri", "--nri-socket", str(containerd.nri_socket)]
+            if node.mode == "nri":  # its containerd offers NRI: the agent hears of containers there, no hook runs
+                containerd = self.real[node.name].containerd
+                assert containerd is not None
+                argv += ["--mode", "nri", "--nri-socket", str(containerd.nri_socket)]
+            else:
+                argv += ["--mode", node.mode]
         else:  # simulated nodes must not register with this machine's real kubelet
             argv += ["--no-device-plugin"]
         self.spawn(f"agent-{node.name}", argv)
