@@ -78,6 +78,10 @@ def main() -> int:
     parser.add_argument("--request", default="runtime=1ms,period=10ms", help="the RT pods' reservation")
     parser.add_argument("--mode", choices=("nri", "cdi"), default="nri", help="how the agent hears of containers")
     args = parser.parse_args()
+
+    def progress(message: str) -> None:
+        print(f"[bench-node] {message}", flush=True)
+
     with (
         tempfile.TemporaryDirectory(prefix="rtdra-bench-node-") as tmp,
         running_stack(
