@@ -111,7 +111,8 @@ def main() -> int:
                     delete(core, name)
     plain, rt = statistics.median(times["plain"]), statistics.median(times["rt"])
     print(
-        f"\npod start on the real node ({args.pods} pods each, interleaved; RT pods {args.request}, agent mode {args.mode})"
+        f"\npod start on the real node ({args.pods} pods each, interleaved; "
+        f"RT pods {args.request}, agent mode {args.mode})"
     )
     print(f"  {'kind':<26} {'create->bound':>13} {'create->Running':>15} {'max':>7}   (medians, seconds)")
     for kind, label in (("plain", "plain pod"), ("rt", "RT pod (SCHED_DEADLINE)")):
