@@ -82,7 +82,7 @@ from kubernetes.client.rest import ApiException
 if __package__ in (None, ""):  # run as a script: make ``hack`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hack.procs import die_with_parent, free_port, kill, pid_alive, pid_cmdline, tail
+from hack.procs import die_with_parent, free_port, kill, pid_alive, pid_cmdline, run_build_script, tail
 from rtdra.certs import CertificateAuthority
 
 HACK = Path(__file__).resolve().parent
@@ -169,8 +169,7 @@ def ensure_binaries(version: str = K8S_VERSION, quiet: bool = False) -> Binaries
         b = Binaries.from_dir(cached)
         if b.exist():
             return b
-    env = dict(os.environ, K8S_VERSION=version, RTDRA_CACHE=str(CACHE_ROOT))
-    env.setdefault("PYTHON", sys.executable)
+    env = {"K8S_VERSION": version, "RTDRA_CACHE": str(CACHE_ROOT), "PYTHON": os.environ.get("PYTHON", sys.executable)}
     if not quiet:
         print(
             f"[cluster] building Kubernetes {version} control plane (cached afterwards in {cached})",
@@ -178,21 +177,9 @@ def ensure_binaries(version: str = K8S_VERSION, quiet: bool = False) -> Binaries
             flush=True,
         )
     try:
-        proc = subprocess.run(
-            ["bash", str(BUILD_SCRIPT)],
-            check=False,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL if quiet else None,
-            text=True,
-        )
-    except OSError as e:
-        raise BuildError(f"cannot run {BUILD_SCRIPT}: {e}") from e
-    if proc.returncode != 0:
-        raise BuildError(
-            f"{BUILD_SCRIPT} failed with exit code {proc.returncode} (log: {CACHE_ROOT / f'build-{version}.log'})"
-        )
-    out_dir = Path(proc.stdout.strip().splitlines()[-1])
+        out_dir = run_build_script(BUILD_SCRIPT, env, quiet=quiet, log_hint=str(CACHE_ROOT / f"build-{version}.log"))
+    except RuntimeError as err:
+        raise BuildError(str(err)) from None
     b = Binaries.from_dir(out_dir)
     if not b.exist():
         raise BuildError(f"{BUILD_SCRIPT} reported {out_dir} but the binaries are missing")

@@ -19,16 +19,22 @@ takes 2-3 minutes.
 (``bin/`` with the six programs, ``cni/`` with the plugins) and skips the build.
 ``RTDRA_CACHE`` is the cache root (default ``~/.cache/rt-dra``).
 
-Stdlib only.
+Stdlib and ``hack.procs`` only.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (make node): make ``hack`` importable
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hack.procs import run_build_script
 
 HACK = Path(__file__).resolve().parent
 NODE_BUILD_SCRIPT = HACK / "node" / "build.sh"
@@ -102,23 +108,13 @@ def ensure_node_binaries(quiet: bool = False) -> NodeBinaries:
         if nb.missing():
             raise NodeBuildError(f"RTDRA_NODE_BIN_DIR={override} lacks {', '.join(map(str, nb.missing()))}")
         return nb
-    env = dict(os.environ, RTDRA_CACHE=str(CACHE_ROOT))
     try:
-        proc = subprocess.run(
-            ["bash", str(NODE_BUILD_SCRIPT)],
-            check=False,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL if quiet else None,
-            text=True,
+        out = run_build_script(
+            NODE_BUILD_SCRIPT, {"RTDRA_CACHE": str(CACHE_ROOT)}, quiet=quiet, log_hint=f"{CACHE_ROOT}/build-node-*.log"
         )
-    except OSError as e:
-        raise NodeBuildError(f"cannot run {NODE_BUILD_SCRIPT}: {e}") from e
-    if proc.returncode != 0 or not proc.stdout.strip():
-        raise NodeBuildError(
-            f"{NODE_BUILD_SCRIPT} failed with exit code {proc.returncode} (log: {CACHE_ROOT}/build-node-*.log)"
-        )
-    nb = NodeBinaries.from_dir(Path(proc.stdout.strip().splitlines()[-1]))
+    except RuntimeError as err:
+        raise NodeBuildError(str(err)) from None
+    nb = NodeBinaries.from_dir(out)
     if nb.missing():
         raise NodeBuildError(f"{NODE_BUILD_SCRIPT} finished but {', '.join(map(str, nb.missing()))} are missing")
     return nb

@@ -136,3 +136,24 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def run_build_script(script: Path, env: Mapping[str, str], *, quiet: bool, log_hint: str) -> Path:
+    """Run a build script that prints its output directory last (progress on stderr); return that directory.
+
+    Raises ``RuntimeError`` naming the script, its exit status and where its full log is.
+    """
+    try:
+        proc = subprocess.run(
+            ["bash", str(script)],
+            check=False,
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL if quiet else None,
+            text=True,
+        )
+    except OSError as err:
+        raise RuntimeError(f"cannot run {script}: {err}") from err
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise RuntimeError(f"{script} failed with exit code {proc.returncode} (log: {log_hint})")
+    return Path(proc.stdout.strip().splitlines()[-1])
