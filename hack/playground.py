@@ -112,6 +112,7 @@ def up(workdir: Path) -> int:
             state = json.loads(state_path.read_text())
             print(f"up: kube-apiserver {state['server']}, node rt-node-0 (image {state['image']})", file=sys.stderr)
             print(f"container logs: {state['pod_logs']}/<namespace>_<pod>_<uid>/<container>/", file=sys.stderr)
+            print(f"kubectl: {state['kubectl']}", file=sys.stderr)
             print(f"export KUBECONFIG={state['kubeconfig']}", file=sys.stderr)
             print(state["kubeconfig"])
             return 0
