@@ -39,6 +39,18 @@ ENV_DEADLINE: Final = "RT_DEADLINE_NS"
 ENV_PERIOD: Final = "RT_PERIOD_NS"
 ENV_CPUS: Final = "RT_CPUS"
 
+
+def container_env(runtime_ns: int, deadline_ns: int, period_ns: int, cpus: int) -> dict[str, str]:
+    """The environment an RT container is given (values are strings, as in a pod): by the webhook,
+    or by the agent's NRI plugin for a pod that bypassed it."""
+    return {
+        ENV_RUNTIME: str(runtime_ns),
+        ENV_DEADLINE: str(deadline_ns),
+        ENV_PERIOD: str(period_ns),
+        ENV_CPUS: str(cpus),
+    }
+
+
 # The ledger (the seed driver's NodeAllocationState) and claim parameters.
 NAS_GROUP: Final = f"nas.{DOMAIN}"
 NAS_VERSION: Final = "v1alpha1"

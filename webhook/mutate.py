@@ -56,12 +56,7 @@ def escape(token: str) -> str:
 
 def container_env(reservation: Reservation) -> dict[str, str]:
     """The environment an RT container is given (values are strings, as in a pod)."""
-    return {
-        names.ENV_RUNTIME: str(reservation.runtime_ns),
-        names.ENV_DEADLINE: str(reservation.deadline_ns),
-        names.ENV_PERIOD: str(reservation.period_ns),
-        names.ENV_CPUS: str(reservation.cpus),
-    }
+    return names.container_env(reservation.runtime_ns, reservation.deadline_ns, reservation.period_ns, reservation.cpus)
 
 
 def bandwidth_millicpus(reservation: Reservation) -> int:

@@ -68,13 +68,8 @@ class Granted:
     period_ns: int
 
     def env(self) -> dict[str, str]:
-        """The environment the webhook gives an RT container (``webhook.mutate.container_env``)."""
-        return {
-            names.ENV_RUNTIME: str(self.runtime_ns),
-            names.ENV_DEADLINE: str(self.deadline_ns),
-            names.ENV_PERIOD: str(self.period_ns),
-            names.ENV_CPUS: str(len(self.cpus)),
-        }
+        """The environment the webhook gives an RT container."""
+        return names.container_env(self.runtime_ns, self.deadline_ns, self.period_ns, len(self.cpus))
 
 
 def granted(annotations: Mapping[str, str]) -> dict[str, Granted]:
