@@ -311,15 +311,3 @@ class RealNode:
                 parts = line.split(" ", 3)  # CRI log format: <time> <stream> <P|F> <text>
                 texts.append(parts[3] if len(parts) == 4 else line)
         return "\n".join(texts)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "node": self.name,
-            "workdir": str(self.workdir),
-            "kubelet_log": str(self.logs / "kubelet.log"),
-            "containerd_socket": str(self.containerd.socket) if self.containerd is not None else None,
-        }
-
-
-def write_state(path: Path, node: RealNode) -> None:
-    path.write_text(json.dumps(node.describe(), indent=2) + "\n")
