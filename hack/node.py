@@ -36,7 +36,14 @@ Facts learnt running it here:
   with ``true`` it refuses to start when they differ - so they are recorded and
   restored instead;
 - the ServiceAccount admission plugin is off on the test control plane, so
-  pods get no token volume and kubelet needs no ServiceAccount tokens.
+  pods get no token volume and kubelet needs no ServiceAccount tokens;
+- this kernel has no dummy network driver: pods' ``eth0`` is a tap device in
+  their own network namespace (``hack/runtime.py``);
+- the CDI ``createRuntime`` hook runs while the container's process is still
+  runc's init (a Go program with helper threads), and everything runc does
+  after it (pivot, mounts, wait for start, exec) runs under the container's
+  reservation: with a small one the pod starts measurably later
+  (``bench/bench_node.py``); the NRI path reserves at StartContainer instead.
 """
 
 from __future__ import annotations
@@ -84,10 +91,6 @@ NODE_LOCK = RECORD_DIR / "node.lock"
 
 class NodeError(RuntimeError):
     """The real node could not start or stop; the message has the log tail."""
-
-
-def cgroup_version() -> int:
-    return 1 if Path("/sys/fs/cgroup/cpu").is_dir() or Path("/sys/fs/cgroup/cpuset").is_dir() else 2
 
 
 class RealNode:
