@@ -61,6 +61,7 @@ def serve(workdir: Path) -> int:
             "pid": os.getpid(),
             "kubeconfig": str(cp.kubeconfig),
             "server": cp.server,
+            "kubectl": str(cp.binaries.kubectl) if cp.binaries and cp.binaries.kubectl else "kubectl",
             "image": stack.image,
             "node": "rt-node-0",
             "logs": [str(cp.logs), str(stack.logs)],
