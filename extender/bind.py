@@ -49,7 +49,7 @@ from extender.cache import LedgerCache
 from extender.metrics import Metrics
 from extender.writes import NodeWrites
 from rtdra import names
-from rtdra.kube import API_FAILURES, api_error
+from rtdra.kube import API_FAILURES, api_error, failure_text
 from rtdra.ledger import LedgerError, NodeLedger, PodAllocation, allocation_annotation
 from rtdra.placement import NoFit, place_pod
 from rtdra.request import ClaimParametersLookup, InvalidRequest, Placement, PodRequest, read_pod_request
@@ -127,12 +127,12 @@ class Binder:
             allocation = self._reserve(node, request, uid, namespace, name)
         version = str((pod.get("metadata") or {}).get("resourceVersion") or "")
         annotation = allocation_annotation(allocation, node) if allocation is not None else None
-        what = f"binding pod {namespace}/{name} to {node}"
         try:
             self._create_binding(namespace, name, uid, version, node, annotation)
         except API_FAILURES as err:
-            error = api_error(err, what)
-            return self._after_failed_binding(namespace, name, uid, node, request, allocation, annotation, error)
+            return self._after_failed_binding(
+                namespace, name, uid, node, request, allocation, annotation, failure_text(err)
+            )
         return BindOutcome(allocation)
 
     # -- steps -----------------------------------------------------------------
@@ -243,9 +243,8 @@ class Binder:
         request: PodRequest | None,
         allocation: PodAllocation | None,
         annotation: str | None,
-        err: StoreError,
+        what: str,
     ) -> BindOutcome:
-        what = str(err)
         for attempt in range(2):
             try:
                 pod = self._read_pod(namespace, name)
@@ -296,7 +295,7 @@ class Binder:
         try:
             self._create_binding(namespace, name, uid, version, node, annotation)
         except API_FAILURES as err:
-            return str(api_error(err, "binding again"))
+            return failure_text(err)
         return None
 
     def rollback(self, node: str, uid: str) -> None:

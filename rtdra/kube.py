@@ -55,10 +55,10 @@ def api_error(err: ApiException | HTTPError | OSError, what: str) -> StoreError:
 
     A transport failure (no answer) is a :class:`StoreError` with status 0.
     """
+    message = f"{what}: {failure_text(err)}"
     if not isinstance(err, ApiException):
-        return StoreError(f"{what}: the API server did not answer ({type(err).__name__}: {err})")
+        return StoreError(message)
     status = int(err.status or 0)
-    message = f"{what}: {status} {err.reason}"
     if status == 404:
         return NotFound(message, status)
     if status == 409:
@@ -66,6 +66,13 @@ def api_error(err: ApiException | HTTPError | OSError, what: str) -> StoreError:
     if status == 410:
         return Expired(message, status)
     return StoreError(message, status)
+
+
+def failure_text(err: ApiException | HTTPError | OSError) -> str:
+    """What went wrong, in words: ``403 Forbidden``, or that the API server did not answer and why."""
+    if isinstance(err, ApiException):
+        return f"{int(err.status or 0)} {err.reason}"
+    return f"the API server did not answer ({type(err).__name__}: {err})"
 
 
 def api_client(kubeconfig: str | None = None) -> client.ApiClient:
