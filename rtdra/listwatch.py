@@ -170,6 +170,11 @@ class ListWatch(Generic[Item, E]):
     def stopped(self) -> bool:
         return self._stop.is_set()
 
+    @property
+    def running(self) -> bool:
+        """Whether the thread is alive (after :meth:`stop`: still finishing an event)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def run(self) -> None:
         """List and watch until stopped (the thread's body)."""
         failures = 0
