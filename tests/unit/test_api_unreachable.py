@@ -15,11 +15,13 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import MaxRetryError, ProtocolError, ReadTimeoutError
 
 from extender.app import create_app
 from extender.bind import Binder
 from extender.cache import LedgerCache
+from extender.claims import ClaimParametersCache, ClaimParametersUnavailable
 from extender.config import ExtenderConfig
 from extender.pods import PodWatch
 from extender.reconcile import Reconciler
@@ -193,3 +195,22 @@ def test_requeue_goes_on_past_a_pod_it_could_not_reach_and_tries_that_pod_again_
     assert touched == 2
     assert sorted(fake.patched + fake.tried[:1]) == ["a", "b", "c"]
     assert {uid for uid, _ in watch.pending(10)} == {"uid-a", "uid-b", "uid-c"}
+
+
+class ClaimObjects:
+    """``CustomObjectsApi`` as the RtClaimParameters cache reads one on a miss: no answer, or a 404."""
+
+    def __init__(self, failure: Exception) -> None:
+        self.failure = failure
+
+    def get_namespaced_custom_object(self, *_: Any, **__: Any) -> Any:
+        raise self.failure
+
+
+def test_a_claim_parameters_read_without_an_answer_is_unavailable_and_a_404_is_none() -> None:
+    cache = ClaimParametersCache(client.ApiClient())
+    cache._objects = ClaimObjects(unreachable())  # type: ignore[assignment]
+    with pytest.raises(ClaimParametersUnavailable, match=r"team-a/two-cpus: the API server did not answer \(MaxRetry"):
+        cache("team-a", "two-cpus")
+    cache._objects = ClaimObjects(ApiException(status=404, reason="Not Found"))  # type: ignore[assignment]
+    assert cache("team-a", "two-cpus") is None
