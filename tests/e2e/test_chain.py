@@ -201,7 +201,7 @@ def test_deleting_pods_frees_bandwidth_for_a_pending_pod(stack: Stack, ns: str) 
     for i in range(3):
         core.create_namespaced_pod(ns, rt_pod(f"big-{i}", "runtime=6ms,period=10ms,cpus=2"))
     for i in range(3):
-        wait_for(f"big-{i} running", lambda i=i: running(core, ns, f"big-{i}"))
+        wait_running(stack, ns, f"big-{i}")
     core.create_namespaced_pod(ns, rt_pod("waiting", "runtime=6ms,period=10ms,cpus=2"))
     wait_for("waiting rejected", lambda: any(e.startswith("FailedScheduling") for e in events_of(core, ns, "waiting")))
     freed = core.read_namespaced_pod("big-1", ns).spec.node_name
