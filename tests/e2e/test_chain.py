@@ -9,12 +9,9 @@ node simulator standing in for kubelet + runtime there.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,11 +19,11 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from hack.images import IMAGE_NAME
-from hack.procs import pid_alive
-from hack.stack import NodeSpec, Stack, running_stack, wait_for
+from hack.stack import NodeSpec, Stack, wait_for
 from rtdra import names
 from rtdra.ledger import NodeLedger
 from rtdra.sched import sched_getattr
+from tests.e2e.stacks import module_stack, opted_in_namespace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kernel, pytest.mark.slow]
 
@@ -38,26 +35,13 @@ FAST_RECONCILE = ("--reconcile-interval-seconds", "2")
 
 @pytest.fixture(scope="module")
 def stack(k8s_binaries: Any, node_binaries: Any) -> Iterator[Stack]:
-    workdir = Path(tempfile.mkdtemp(prefix="rtdra-chain-"))
-    with running_stack(workdir / "cp", NODES, binaries=k8s_binaries, extender_args=FAST_RECONCILE) as s:
-        yield s
-    with contextlib.suppress(OSError):
-        workdir.rmdir()
-    left = {n: p for n, p in s.pids.items() if pid_alive(p)}
-    assert not left, f"processes survived teardown: {left}"
+    yield from module_stack(k8s_binaries, NODES, "rtdra-chain-", extender_args=FAST_RECONCILE)
 
 
 @pytest.fixture
 def ns(stack: Stack, request: pytest.FixtureRequest) -> Iterator[str]:
     name = "chain-" + request.node.name.replace("_", "-")[5:40].strip("-").lower()
-    core = client.CoreV1Api(stack.api)
-    core.create_namespace({"metadata": {"name": name, "labels": {names.NAMESPACE_OPT_IN_LABEL: "true"}}})
-    yield name
-    for pod in core.list_namespaced_pod(name).items:
-        with contextlib.suppress(ApiException):
-            core.delete_namespaced_pod(pod.metadata.name, name)
-    wait_for(f"pods of {name} gone", lambda: not core.list_namespaced_pod(name).items, timeout=60)
-    core.delete_namespace(name)
+    yield from opted_in_namespace(stack, name, drain_timeout=60)
 
 
 def container(name: str) -> dict[str, Any]:

@@ -20,24 +20,21 @@ log file kubelet writes, the bandwidth from the kernel's own admission.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from hack.procs import pid_alive
-from hack.stack import NodeSpec, Stack, running_stack, wait_for
+from hack.stack import NodeSpec, Stack, wait_for
 from rtdra import host, names, sched
 from rtdra.bandwidth import BW_UNIT, bandwidth
+from tests.e2e.stacks import module_stack, opted_in_namespace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kernel, pytest.mark.slow]
 
@@ -48,27 +45,14 @@ FAST_RECONCILE = ("--reconcile-interval-seconds", "2")
 
 @pytest.fixture(scope="module", params=MODES)
 def stack(request: pytest.FixtureRequest, k8s_binaries: Any, node_binaries: Any) -> Iterator[Stack]:
-    workdir = Path(tempfile.mkdtemp(prefix="rtdra-realnode-"))
     node = replace(NODE, mode=request.param)
-    with running_stack(workdir / "cp", [node], binaries=k8s_binaries, extender_args=FAST_RECONCILE) as s:
-        yield s
-    with contextlib.suppress(OSError):
-        workdir.rmdir()
-    left = {n: p for n, p in s.pids.items() if pid_alive(p)}
-    assert not left, f"processes survived teardown: {left}"
+    yield from module_stack(k8s_binaries, [node], "rtdra-realnode-", extender_args=FAST_RECONCILE)
 
 
 @pytest.fixture
 def ns(stack: Stack, request: pytest.FixtureRequest) -> Iterator[str]:
     name = "real-" + request.node.name.replace("_", "-")[5:40].strip("-").lower()
-    core = client.CoreV1Api(stack.api)
-    core.create_namespace({"metadata": {"name": name, "labels": {names.NAMESPACE_OPT_IN_LABEL: "true"}}})
-    yield name
-    for pod in core.list_namespaced_pod(name).items:
-        with contextlib.suppress(ApiException):
-            core.delete_namespaced_pod(pod.metadata.name, name)
-    wait_for(f"pods of {name} gone", lambda: not core.list_namespaced_pod(name).items, timeout=90)
-    core.delete_namespace(name)
+    yield from opted_in_namespace(stack, name, drain_timeout=90)
 
 
 def rt_pod(stack: Stack, name: str, value: str | None, command: list[str] | None = None) -> dict[str, Any]:
