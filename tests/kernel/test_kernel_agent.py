@@ -12,7 +12,6 @@ the kernel's deadline accounting is checked to be back where it was.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import signal
@@ -30,6 +29,7 @@ from agent.cpuset import Partitions
 from agent.store import FileStore
 from rtdra import host, sched, tasks
 from rtdra.ledger import NodeLedger, PodAllocation, Slot
+from tests.kernel.processes import SleepingProcesses
 
 pytestmark = pytest.mark.kernel
 
@@ -46,7 +46,6 @@ HOST_PYTHON = next(
     "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable,
 )
 CPUSET = Path("/sys/fs/cgroup/cpuset")
-TWO_THREADS = "import threading, time\nthreading.Thread(target=time.sleep, args=(600,)).start()\ntime.sleep(600)\n"
 
 
 def oci_state(pid: int, uid: str, container: str, *, crio: bool = False) -> bytes:
@@ -70,7 +69,7 @@ def oci_state(pid: int, uid: str, container: str, *, crio: bool = False) -> byte
     return json.dumps({**state, "annotations": annotations}).encode()
 
 
-class Containers:
+class Containers(SleepingProcesses):
     """Stand-in containers: processes in a cpuset cgroup made for the test."""
 
     def __init__(self) -> None:
@@ -78,25 +77,13 @@ class Containers:
         self.cgroup.mkdir()
         for name in ("cpuset.cpus", "cpuset.mems"):
             (self.cgroup / name).write_text((CPUSET / name).read_text())
-        self.procs: list[subprocess.Popen[bytes]] = []
+        super().__init__()
 
-    def start(self, threads: int = 1) -> int:
-        argv = ["sleep", "600"] if threads == 1 else [sys.executable, "-c", TWO_THREADS]
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
-        self.procs.append(proc)
-        (self.cgroup / "cgroup.procs").write_text(str(proc.pid))
-        deadline = time.monotonic() + 5
-        while len(sched.threads_of(proc.pid)) < threads and time.monotonic() < deadline:
-            time.sleep(0.01)
-        for tid in sched.threads_of(proc.pid):
-            tasks.wait_blocked(tid)
-        return proc.pid
+    def placed(self, pid: int) -> None:
+        (self.cgroup / "cgroup.procs").write_text(str(pid))
 
     def close(self) -> None:
-        for proc in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGKILL)
-            proc.wait()
+        super().close()
         for _ in range(100):
             try:
                 self.cgroup.rmdir()

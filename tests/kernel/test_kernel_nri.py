@@ -29,11 +29,11 @@ from agent._generated.nri import api_pb2  # noqa: E402
 from hack.fake_nri import CallFailed, FakeRuntime  # noqa: E402
 from rtdra import host, names, sched  # noqa: E402
 from rtdra.ledger import NodeLedger, PodAllocation, Slot  # noqa: E402
+from tests.kernel.processes import SleepingProcesses  # noqa: E402
 
 pytestmark = pytest.mark.kernel
 
 SLOT = Slot(0, 2_000_000, 5_000_000, 10_000_000)
-TWO_THREADS = "import threading, time\nthreading.Thread(target=time.sleep, args=(600,)).start()\ntime.sleep(600)\n"
 
 
 class Runtime:
@@ -100,26 +100,7 @@ class Agent:
         return (self.tmp / "agent.log").read_text()
 
 
-class Processes:
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, threads: int = 1) -> int:
-        argv = ["sleep", "600"] if threads == 1 else [sys.executable, "-c", TWO_THREADS]
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
-        self.procs.append(proc)
-        deadline = time.monotonic() + 5
-        while len(sched.threads_of(proc.pid)) < threads and time.monotonic() < deadline:
-            time.sleep(0.01)
-        for tid in sched.threads_of(proc.pid):
-            host.wait_blocked(tid)
-        return proc.pid
-
-    def close(self) -> None:
-        for proc in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGKILL)
-            proc.wait()
+Processes = SleepingProcesses
 
 
 @pytest.fixture
