@@ -2,9 +2,9 @@
 
 Start-up: read the configuration, set up the partitions (if configured),
 discover the node, load what earlier runs applied, install the OCI hook for
-the host (``agent.cdi``), reconcile, publish the NAS as Ready, write the CDI
-spec, then serve the hook socket and reconcile every
-interval. SIGTERM/SIGINT: stop serving, publish NotReady; reservations of
+the host (``agent.cdi``), reconcile, publish the NAS as Ready, renew the
+agent's Lease (its heartbeat), write the CDI spec, then serve the hook socket
+and reconcile (and renew) every interval. SIGTERM/SIGINT: stop serving, publish NotReady; reservations of
 running containers stay (a restarted agent picks them up) unless
 ``--release-on-exit``.
 
@@ -20,7 +20,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -144,6 +144,7 @@ def _main(config: AgentConfig) -> int:
         config.state_dir.mkdir(parents=True, exist_ok=True)
     store: LedgerStore
     events: EventSink
+    heartbeat: Callable[[], None] | None = None
     if config.nas_file is not None:
         store, events = FileStore(config.node_name, config.nas_file, config.namespace), LogEvents()
     else:
@@ -153,6 +154,10 @@ def _main(config: AgentConfig) -> int:
             client = kubeapi.api_client(config.kubeconfig)
             store = kubeapi.ApiStore(config.node_name, kubeapi.NasStore(client, config.namespace))
             events = kubeapi.ApiEvents(client, config.node_name)
+            lease = kubeapi.LeaseRenewer(
+                client, config.namespace, config.node_name, duration_s=4 * config.lease_renew_interval_s
+            )
+            heartbeat = lease.renew
 
     partitions: Partitions | None = None
     if config.partitioned and config.backend == "deadline":
@@ -165,7 +170,7 @@ def _main(config: AgentConfig) -> int:
         with starting(f"creating the cpuset partitions {mount / config.partition_name}"):
             partitions.setup()
     try:
-        return _run(config, store, events, partitions)
+        return _run(config, store, events, partitions, heartbeat)
     finally:
         if partitions is not None and (config.release_on_exit or not _has_records(config)):
             partitions.teardown()
@@ -178,7 +183,13 @@ def _has_records(config: AgentConfig) -> bool:
         return False
 
 
-def _run(config: AgentConfig, store: LedgerStore, events: EventSink, partitions: Partitions | None) -> int:
+def _run(
+    config: AgentConfig,
+    store: LedgerStore,
+    events: EventSink,
+    partitions: Partitions | None,
+    heartbeat: Callable[[], None] | None = None,
+) -> int:
     with starting("discovering the node"):
         if config.backend == "none":
             facts = simulate(config.sim_cpus, config.capacity, config.rt_cpus)
@@ -217,11 +228,14 @@ def _run(config: AgentConfig, store: LedgerStore, events: EventSink, partitions:
         enforcer,
         config.reconcile_interval_s,
         ready=lambda: config.device_plugin_dir is None or any(p.registered.is_set() for p in plugin_box),
+        heartbeat=heartbeat,
+        heartbeat_interval_s=config.lease_renew_interval_s,
     )
     loop_ref.append(loop)
     hook_argv = install_hook(config) if config.write_cdi else None
     with starting(f"publishing the NodeAllocationState {config.node_name}"):
         loop.step()
+    loop.beat()  # the first heartbeat with the first publication (a failure is retried by the loop)
     if hook_argv is not None:
         with starting(f"writing the CDI spec in {config.cdi_dir}"):
             path = cdi.write_spec(config.cdi_dir, config.node_name, cdi.spec(config.node_name, hook_argv))

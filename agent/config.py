@@ -64,6 +64,8 @@ class AgentConfig:
     device_plugin_dir: Path | None = None
     #: Slots of ``rt.resource.example.com/dl`` the device plugin advertises (RT containers at once).
     device_plugin_devices: int = DEVICE_PLUGIN_DEVICES
+    #: How often the agent renews its Lease, the heartbeat the extender trusts (``rtdra.leases``).
+    lease_renew_interval_s: float = 10.0
 
     @property
     def socket_path(self) -> Path:
@@ -151,6 +153,13 @@ def _parse(argv: Sequence[str] | None, e: Env, env: Mapping[str, str]) -> AgentC
         type=positive_int,
         default=e.parsed("DEVICE_PLUGIN_DEVICES", positive_int, DEVICE_PLUGIN_DEVICES),
     )
+    p.add_argument(
+        "--lease-renew-interval",
+        type=float,
+        default=e.number("LEASE_RENEW_INTERVAL", 10.0, positive=True),
+        help="renew the agent's Lease rtdra-agent-<node> this often, in seconds (default 10; "
+        "the extender's --agent-lease-seconds must be well above it)",
+    )
     a = p.parse_args(argv)
     if a.rt_cpus:
         try:
@@ -198,4 +207,5 @@ def _parse(argv: Sequence[str] | None, e: Env, env: Mapping[str, str]) -> AgentC
         nri_socket=a.nri_socket,
         device_plugin_dir=device_plugin_dir,
         device_plugin_devices=int(a.device_plugin_devices),
+        lease_renew_interval_s=a.lease_renew_interval,
     )

@@ -1,4 +1,4 @@
-"""The agent's edge to the Kubernetes API: its NAS through ``rtdra.store``, and Events on pods.
+"""The agent's edge to the Kubernetes API: its NAS through ``rtdra.store``, its Lease, and Events on pods.
 
 Kept apart from :mod:`agent.store` and :mod:`agent.events` so that only an
 agent whose ledger lives in the API imports the Kubernetes client
@@ -21,10 +21,11 @@ from agent.events import LogEvents
 from agent.oci import ContainerRef
 from agent.store import Update
 from rtdra.kube import api_client
+from rtdra.leases import LeaseRenewer
 from rtdra.ledger import NodeLedger
 from rtdra.store import AlreadyExists, NasStore, NotFound, TooManyConflicts
 
-__all__ = ["ApiEvents", "ApiStore", "NasStore", "api_client"]
+__all__ = ["ApiEvents", "ApiStore", "LeaseRenewer", "NasStore", "api_client"]
 
 log = logging.getLogger(__name__)
 

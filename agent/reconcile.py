@@ -3,13 +3,16 @@
 Every interval: re-read the ledger, release pods that lost their allocation
 and containers whose process is gone, bring new tasks of reserved containers
 under their free slots, and publish capacity, readiness and the prepared
-records (only when they changed).
+records (only when they changed). The same loop renews the agent's Lease
+(``rtdra.leases``) every ``heartbeat_interval_s``, so the heartbeat the
+extender trusts stops when the loop does.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -50,6 +53,8 @@ class Loop:
         enforcer: Enforcer,
         interval_s: float,
         ready: Callable[[], bool] = lambda: True,
+        heartbeat: Callable[[], None] | None = None,
+        heartbeat_interval_s: float = 10.0,
     ) -> None:
         self.store = store
         self.facts = facts
@@ -61,6 +66,10 @@ class Loop:
         self.stopping = threading.Event()
         self.dirty = threading.Event()
         self.published: dict[str, object] | None = None
+        #: Renews the agent's Lease (``None``: no API, e.g. a ``--nas-file`` agent).
+        self.heartbeat = heartbeat
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self._next_heartbeat = 0.0
 
     def mark_dirty(self) -> None:
         self.dirty.set()
@@ -75,12 +84,24 @@ class Loop:
             publish(self.store, self.facts, self.enforcer, ready=ready)
             self.published = current
 
+    def beat(self) -> None:
+        """Renew the Lease if it is due; a failure is logged and retried on the next round."""
+        if self.heartbeat is None or time.monotonic() < self._next_heartbeat:
+            return
+        try:
+            self.heartbeat()
+        except Exception as err:  # the API may be away for a while; the extender sees the silence
+            log.warning("renewing the agent's Lease failed: %s", err)
+            return
+        self._next_heartbeat = time.monotonic() + self.heartbeat_interval_s
+
     def run(self) -> None:
         while not self.stopping.is_set():
             try:
                 self.step()
             except Exception:
                 log.exception("reconcile step failed")
+            self.beat()
             if self.dirty.wait(self.interval_s):
                 # A hint comes from a request still being answered: let the answer go out first
                 # (on a busy machine, this thread taking the GIL can delay it by milliseconds).

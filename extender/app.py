@@ -13,11 +13,11 @@ Routes (the verbs under the configured URL prefix)::
     POST <prefix>/prioritize  ExtenderArgs -> HostPriorityList
     POST <prefix>/bind        ExtenderBindingArgs -> ExtenderBindingResult
     GET  /healthz             the process serves
-    GET  /readyz              the ledger cache has synced
+    GET  /readyz              the ledger cache (and the agents' Leases) have synced
     GET  /metrics             Prometheus text format
 
 ``create_app(config)`` wires the production parts (API client, watch-fed
-cache, binder, reconciler) from the configuration; tests and the benchmark pass
+cache, the agents' heartbeats, binder, reconciler) from the configuration; tests and the benchmark pass
 their own ``cache`` (and ``binder``) instead and no thread is started.
 """
 
@@ -40,6 +40,7 @@ from extender.cache import LedgerCache, WatchedLedgerCache
 from extender.claims import ClaimParametersCache, ClaimParametersUnavailable
 from extender.config import ExtenderConfig
 from extender.decide import FitMemo, PodView, filter_nodes, prioritize_nodes
+from extender.heartbeats import AgentHeartbeats, WatchedAgentHeartbeats
 from extender.metrics import CONTENT_TYPE, Metrics
 from extender.pods import PodWatch
 from extender.reconcile import Reconciler
@@ -83,8 +84,11 @@ class Extender:
         metrics: Metrics,
         reconciler: Reconciler | None = None,
         claim_parameters: ClaimParametersLookup | None = None,
+        heartbeats: AgentHeartbeats | None = None,
     ) -> None:
         self.config = config
+        #: Whose agent is alive (``None``: not checked - tests and the benchmark, or a bound of 0).
+        self.heartbeats = heartbeats
         self.cache = cache
         self.binder = binder
         self.metrics = metrics
@@ -104,6 +108,7 @@ class ProductionParts:
     binder: Binder
     reconciler: Reconciler | None
     claim_parameters: ClaimParametersCache
+    heartbeats: AgentHeartbeats | None
 
 
 def api_client(config: ExtenderConfig) -> client.ApiClient:
@@ -123,6 +128,11 @@ def _production_parts(config: ExtenderConfig, metrics: Metrics) -> ProductionPar
     store = NasStore(api, config.namespace)
     cache = WatchedLedgerCache(store, watch_timeout_seconds=config.watch_timeout_seconds).start()
     claim_parameters = ClaimParametersCache(api, watch_timeout_seconds=config.watch_timeout_seconds).start()
+    heartbeats = None
+    if config.agent_lease_seconds > 0:
+        heartbeats = WatchedAgentHeartbeats(
+            api, config.namespace, config.agent_lease_seconds, watch_timeout_seconds=config.watch_timeout_seconds
+        ).start()
     reconciler = None
     pods = None
     if config.reconcile_interval_seconds > 0:
@@ -147,7 +157,7 @@ def _production_parts(config: ExtenderConfig, metrics: Metrics) -> ProductionPar
         pods=pods.pending_pod if pods is not None else None,
         claim_parameters=claim_parameters,
     )
-    return ProductionParts(cache, binder, reconciler, claim_parameters)
+    return ProductionParts(cache, binder, reconciler, claim_parameters, heartbeats)
 
 
 def create_app(
@@ -157,6 +167,7 @@ def create_app(
     binder: Binder | None = None,
     metrics: Metrics | None = None,
     claim_parameters: ClaimParametersLookup | None = None,
+    heartbeats: AgentHeartbeats | None = None,
 ) -> Flask:
     """The extender app. Without ``cache`` it connects to the API and starts the watches and the reconciler.
 
@@ -174,7 +185,8 @@ def create_app(
             parts.reconciler,
             parts.claim_parameters,
         )
-    ext = Extender(config, cache, binder, metrics, reconciler, claim_parameters)
+        heartbeats = parts.heartbeats
+    ext = Extender(config, cache, binder, metrics, reconciler, claim_parameters, heartbeats)
 
     app = Flask("extender")
     app.extensions[EXTENSION] = ext
@@ -200,14 +212,16 @@ def create_app(
         candidates = wire.parse_args(_body())
         if not ext.cache.synced:
             raise NotSynced("the extender's ledger cache has not synced yet; try again")
-        verdicts = filter_nodes(ext.view(candidates.pod), candidates.names, ext.cache, ext.memo)
+        if ext.heartbeats is not None and not ext.heartbeats.synced:
+            raise NotSynced("the extender has not listed the agents' Leases yet; try again")
+        verdicts = filter_nodes(ext.view(candidates.pod), candidates.names, ext.cache, ext.memo, ext.heartbeats)
         for reason, count in verdicts.reasons.items():
             ext.metrics.filter_rejections.labels(reason).inc(count)
         return _json(wire.filter_result(candidates, verdicts.passed, verdicts.failed, verdicts.unresolvable))
 
     def prioritize() -> Response:
         candidates = wire.parse_args(_body())
-        return _json(prioritize_nodes(ext.view(candidates.pod), candidates.names, ext.cache, ext.memo))
+        return _json(prioritize_nodes(ext.view(candidates.pod), candidates.names, ext.cache, ext.memo, ext.heartbeats))
 
     def bind() -> Response:
         args = wire.parse_binding_args(_body())
@@ -234,6 +248,8 @@ def create_app(
     def readyz() -> Response:
         if not ext.cache.synced:
             return Response("ledger cache not synced\n", status=503, mimetype="text/plain")
+        if ext.heartbeats is not None and not ext.heartbeats.synced:
+            return Response("agent leases not listed\n", status=503, mimetype="text/plain")
         return Response("ok\n", mimetype="text/plain")
 
     @app.get("/metrics")

@@ -44,12 +44,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from extender.cache import LedgerCache
 from extender.metrics import Metrics
 from extender.writes import NodeWrites
 from rtdra import names
+from rtdra.kube import API_FAILURES, api_error, failure_text
 from rtdra.ledger import LedgerError, NodeLedger, PodAllocation, allocation_annotation
 from rtdra.placement import NoFit, place_pod
 from rtdra.request import ClaimParametersLookup, InvalidRequest, Placement, PodRequest, read_pod_request
@@ -129,8 +129,10 @@ class Binder:
         annotation = allocation_annotation(allocation, node) if allocation is not None else None
         try:
             self._create_binding(namespace, name, uid, version, node, annotation)
-        except (ApiException, OSError) as err:
-            return self._after_failed_binding(namespace, name, uid, node, request, allocation, annotation, err)
+        except API_FAILURES as err:
+            return self._after_failed_binding(
+                namespace, name, uid, node, request, allocation, annotation, failure_text(err)
+            )
         return BindOutcome(allocation)
 
     # -- steps -----------------------------------------------------------------
@@ -173,11 +175,13 @@ class Binder:
             response: Any = self.core.read_namespaced_pod(
                 name, namespace, _preload_content=False, _request_timeout=self.request_timeout
             )
-        except ApiException as err:
-            if err.status == 404:
+            data = response.data
+        except API_FAILURES as err:
+            error = api_error(err, f"reading pod {namespace}/{name}")
+            if isinstance(error, NotFound):
                 raise BindError(f"pod {namespace}/{name} does not exist") from None
-            raise BindError(f"reading pod {namespace}/{name}: {err.status} {err.reason}") from None
-        pod: dict[str, Any] = json.loads(response.data)
+            raise BindError(str(error)) from None
+        pod: dict[str, Any] = json.loads(data)
         return pod
 
     def _reserve(self, node: str, request: PodRequest, uid: str, namespace: str, name: str) -> PodAllocation:
@@ -239,9 +243,8 @@ class Binder:
         request: PodRequest | None,
         allocation: PodAllocation | None,
         annotation: str | None,
-        err: Exception,
+        what: str,
     ) -> BindOutcome:
-        what = f"{err.status} {err.reason}" if isinstance(err, ApiException) else str(err)
         for attempt in range(2):
             try:
                 pod = self._read_pod(namespace, name)
@@ -291,15 +294,15 @@ class Binder:
         version = str((pod.get("metadata") or {}).get("resourceVersion") or "")
         try:
             self._create_binding(namespace, name, uid, version, node, annotation)
-        except (ApiException, OSError) as err:
-            return f"{err.status} {err.reason}" if isinstance(err, ApiException) else str(err)
+        except API_FAILURES as err:
+            return failure_text(err)
         return None
 
     def rollback(self, node: str, uid: str) -> None:
         """Release ``uid``'s reservation on ``node`` (best effort: the reconciler retries later)."""
         try:
             self.writes.apply(node, lambda ledger: ledger.release(uid))
-        except (StoreError, OSError) as err:
+        except StoreError as err:
             log.warning("rollback of pod %s on %s failed (the reconciler will release it): %s", uid, node, err)
         else:
             if self.metrics is not None:

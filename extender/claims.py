@@ -23,10 +23,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import HTTPError
 
 from rtdra import names
+from rtdra.kube import API_FAILURES, NotFound, api_error
 from rtdra.listwatch import ListWatch, ObjectEvent, list_objects, watch_objects
 
 Key = tuple[str, str]
@@ -91,14 +90,11 @@ class ClaimParametersCache:
                 name,
                 _request_timeout=self.request_timeout,
             )
-        except ApiException as err:
-            if err.status == 404:
+        except API_FAILURES as err:
+            error = api_error(err, f"cannot read RtClaimParameters {namespace}/{name}")
+            if isinstance(error, NotFound):
                 return None
-            raise ClaimParametersUnavailable(
-                f"cannot read RtClaimParameters {namespace}/{name}: {err.status} {err.reason}"
-            ) from None
-        except (HTTPError, OSError) as err:
-            raise ClaimParametersUnavailable(f"cannot read RtClaimParameters {namespace}/{name}: {err}") from None
+            raise ClaimParametersUnavailable(str(error)) from None
         return _spec(obj if isinstance(obj, Mapping) else {})  # the watch will bring it into the cache
 
     # -- the feed ------------------------------------------------------------------

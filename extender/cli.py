@@ -38,6 +38,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=int, help="gunicorn worker timeout in seconds (default 30)")
     p.add_argument("--bind-grace-seconds", type=float, help="release unbound reservations after this long (60)")
     p.add_argument("--reconcile-interval-seconds", type=float, help="reconcile period, 0 disables (default 30)")
+    p.add_argument(
+        "--agent-lease-seconds",
+        type=float,
+        help="a node whose agent has not renewed its Lease for this long takes no RT pods, 0: do not check (40)",
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING ... (default INFO)")
     return p
 

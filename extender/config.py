@@ -50,6 +50,8 @@ class ExtenderConfig:
     bind_grace_seconds: float = 60.0
     #: How often the reconcile loop runs (0 disables it).
     reconcile_interval_seconds: float = 30.0
+    #: A node whose agent has not renewed its Lease for this long is not ready for RT pods (0: do not check).
+    agent_lease_seconds: float = 40.0
     #: Server-side timeout of one watch request (the cache re-watches after it).
     watch_timeout_seconds: int = 300
     #: Log level name for the extender's logger.
@@ -68,6 +70,8 @@ class ExtenderConfig:
             raise ConfigError(f"the URL prefix must start with '/', got {self.url_prefix!r}")
         if self.workers < 1 or self.threads < 1 or self.timeout < 1:
             raise ConfigError("workers, threads and timeout must be at least 1")
+        if self.agent_lease_seconds < 0:
+            raise ConfigError(f"the agent lease bound must not be negative, got {self.agent_lease_seconds}")
         if ":" not in self.bind:
             raise ConfigError(f"bind must be HOST:PORT, got {self.bind!r}")
 

@@ -10,7 +10,8 @@ Where a node goes when it fails:
 - ``FailedNodes`` - the pod does not fit the room left. Freeing reservations
   (preemption) could change that.
 - ``FailedAndUnresolvableNodes`` - the node has no ledger, its ledger is not
-  Ready, or the pod's request is invalid. Preemption cannot help, so the
+  Ready, its agent has not renewed its Lease in time (``extender.heartbeats``),
+  or the pod's request is invalid. Preemption cannot help, so the
   scheduler should not evict anyone for these.
 """
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from extender.cache import LedgerCache
+from extender.heartbeats import AgentHeartbeats
 from extender.wire import MIN_PRIORITY, FailedNodesMap, HostPriority, reason_text
 from rtdra.placement import NodeDigest, PodDemand, check_demand, score_demand
 from rtdra.request import ClaimParametersLookup, InvalidRequest, Placement, PodRequest, read_pod_request
@@ -115,8 +117,14 @@ def reason_class(reason: str) -> str:
     return "other"
 
 
-def filter_nodes(view: PodView, nodes: Sequence[str], cache: LedgerCache, memo: FitMemo | None = None) -> Verdicts:
-    """Which of ``nodes`` have room for the pod, and why the others do not."""
+def filter_nodes(
+    view: PodView,
+    nodes: Sequence[str],
+    cache: LedgerCache,
+    memo: FitMemo | None = None,
+    heartbeats: AgentHeartbeats | None = None,
+) -> Verdicts:
+    """Which of ``nodes`` have room for the pod, and why the others do not (``heartbeats``: whose agent is alive)."""
     verdicts = Verdicts()
     if view.invalid is not None:
         verdicts.unresolvable = dict.fromkeys(nodes, view.invalid)
@@ -131,6 +139,8 @@ def filter_nodes(view: PodView, nodes: Sequence[str], cache: LedgerCache, memo: 
     remembered = memo.verdicts(view.key, create=True) if memo is not None else None
     remember = remembered.__setitem__ if remembered is not None else None
     get, check, keep = digests.get, check_demand, passed.append  # hot loop: up to thousands of nodes
+    silence = heartbeats.silence if heartbeats is not None else None
+    now = heartbeats.clock() if heartbeats is not None else 0.0
     for node in nodes:
         digest = get(node)
         if digest is None:
@@ -139,6 +149,9 @@ def filter_nodes(view: PodView, nodes: Sequence[str], cache: LedgerCache, memo: 
         elif not digest.ready:
             verdicts.unresolvable[node] = not_ready_reason(node)
             verdicts.reasons["not_ready"] += 1
+        elif silence is not None and (silent := silence(node, now)) is not None:
+            verdicts.unresolvable[node] = silent
+            verdicts.reasons["agent_silent"] += 1
         else:
             verdict = check(digest, demand)
             if remember is not None:
@@ -153,9 +166,13 @@ def filter_nodes(view: PodView, nodes: Sequence[str], cache: LedgerCache, memo: 
 
 
 def prioritize_nodes(
-    view: PodView, nodes: Sequence[str], cache: LedgerCache, memo: FitMemo | None = None
+    view: PodView,
+    nodes: Sequence[str],
+    cache: LedgerCache,
+    memo: FitMemo | None = None,
+    heartbeats: AgentHeartbeats | None = None,
 ) -> list[HostPriority]:
-    """0..10 per node by the pod's placement; nodes it does not fit (or without a ledger) get 0."""
+    """0..10 per node by the pod's placement; nodes it does not fit (or not ready, or without a ledger) get 0."""
     if view.request is None:
         return [{"Host": node, "Score": MIN_PRIORITY} for node in nodes]
     demand = PodDemand.of(view.request)
@@ -163,9 +180,11 @@ def prioritize_nodes(
     remembered = (memo.verdicts(view.key, create=False) if memo is not None else None) or {}
     out: list[HostPriority] = []
     add, get, recall = out.append, digests.get, remembered.get  # hot loop
+    silence = heartbeats.silence if heartbeats is not None else None
+    now = heartbeats.clock() if heartbeats is not None else 0.0
     for node in nodes:
         digest = get(node)
-        if digest is None or not digest.ready:
+        if digest is None or not digest.ready or (silence is not None and silence(node, now) is not None):
             add({"Host": node, "Score": MIN_PRIORITY})
             continue
         seen = recall(node)

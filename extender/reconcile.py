@@ -39,11 +39,11 @@ from functools import partial
 from typing import Any, Final
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from extender.metrics import Metrics
 from extender.pods import FINISHED_PHASES, PodWatch
 from rtdra import names
+from rtdra.kube import API_FAILURES, NotFound, api_error
 from rtdra.ledger import NodeLedger, PodAllocation
 from rtdra.store import NasStore, StoreError
 
@@ -226,10 +226,12 @@ class Reconciler:
             try:
                 self.core.patch_namespaced_pod(name, namespace, body, _request_timeout=self.request_timeout)
                 touched += 1
-            except ApiException as err:
-                if err.status != 404:
-                    log.warning("reconcile: could not requeue pod %s/%s: %s", namespace, name, err)
-                self.pods.forget(uid)
+            except API_FAILURES as err:  # one pod's failure must not keep the others waiting
+                error = api_error(err, f"requeueing pod {namespace}/{name}")
+                if not isinstance(error, NotFound):
+                    log.warning("reconcile: could not requeue: %s", error)
+                if error.status:  # an answer: it will not change; no answer: try it again next release
+                    self.pods.forget(uid)
         return touched
 
     # -- the periodic pass -----------------------------------------------------------------
@@ -250,11 +252,13 @@ class Reconciler:
             response: Any = self.core.read_namespaced_pod(
                 name, namespace, _preload_content=False, _request_timeout=self.request_timeout
             )
-        except ApiException as err:
-            if err.status == 404:
+            data = response.data
+        except API_FAILURES as err:
+            error = api_error(err, f"reading pod {namespace}/{name}")
+            if isinstance(error, NotFound):
                 return None
-            raise
-        return PodState.of(json.loads(response.data))
+            raise error from None
+        return PodState.of(json.loads(data))
 
     def reconcile_once(self, now: dt.datetime | None = None) -> dict[str, list[str]]:
         """One pass over every ledger; returns node -> UIDs released."""

@@ -22,7 +22,14 @@ pods bound to the simulated nodes it is given, as far as RT-DRA is concerned:
 - otherwise the pod is reported ``Running`` with its containers running;
 - when the pod is deleted it runs ``poststop`` hooks (status ``stopped``),
   stops the processes, and confirms the deletion (grace period 0), as the
-  kubelet does.
+  kubelet does;
+- a pod whose start failed is not started again until the pod changes (its
+  spec generation or its annotations): its own status report, a relist or
+  a requeue must not start processes nobody waits for.
+
+``stop()`` stops the watch and waits for its thread to end before it tears
+the pods down, and a handler started before that starts nothing more, so no
+process outlives the simulator.
 
 It is test scaffolding, not a product: the hooks, the agent and the API
 server it talks to are the real ones.
@@ -56,18 +63,13 @@ from rtdra.listwatch import ListWatch, ObjectEvent, watch_objects
 log = logging.getLogger("nodesim")
 
 
-@dataclass(frozen=True)
-class _Raw:
-    """What ``ApiClient.deserialize`` reads: a response's ``data``."""
-
-    data: str
-
-
 #: The agent's device-plugin resource, and the CDI device its Allocate gives each container requesting it.
 DL_RESOURCE = "rt.resource.example.com/dl"
 CDI_DEVICE = "rt.resource.example.com/cpu=deadline"
 HOOK_ORDER_START = ("createRuntime", "createContainer", "startContainer")
 HOOK_TIMEOUT_S = 10.0
+#: How long ``stop()`` waits for the watch thread: a watch request (5 s + 10 s) or one pod's hooks.
+STOP_JOIN_S = 60.0
 #: What each simulated container runs: sleeps, so a real reservation costs no CPU.
 DEFAULT_COMMAND = (sys.executable, "-c", "import time\nwhile True: time.sleep(3600)")
 
@@ -86,6 +88,7 @@ class Container:
     hooks: Mapping[str, list[Mapping[str, Any]]]
     bundle: Path
     error: str = ""
+    stopped: bool = False
 
 
 @dataclass
@@ -96,6 +99,17 @@ class SimPod:
     node: str
     annotations: Mapping[str, str]
     containers: list[Container] = field(default_factory=list)
+    #: What the pod was when it was started (:func:`pod_version`): a failed pod is retried only when that changes.
+    version: tuple[object, ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        return any(c.error for c in self.containers)
+
+
+def pod_version(pod: client.V1Pod) -> tuple[object, ...]:
+    """What makes a failed pod worth another start: its spec (generation) and annotations - not its status."""
+    return (pod.metadata.generation, sorted((pod.metadata.annotations or {}).items()))
 
 
 def load_cdi_devices(dirs: Sequence[Path]) -> dict[str, dict[str, Any]]:
@@ -184,8 +198,11 @@ class NodeSimulator:
         return self
 
     def stop(self) -> None:
+        """Stop the watch, wait for its thread, then stop every pod's processes."""
         self._stop.set()
-        self.feed.stop(join_seconds=10)
+        self.feed.stop(join_seconds=STOP_JOIN_S)
+        if self.feed.running:
+            log.warning("the watch thread is still running after %.0fs; it stops what it starts", STOP_JOIN_S)
         with self._lock:
             pods = list(self.pods.values())
             self.pods.clear()
@@ -221,14 +238,16 @@ class NodeSimulator:
             self._handle("MODIFIED", pod)
 
     def _on_event(self, event: ObjectEvent) -> None:
-        # The handlers read typed pods, as kubelet's informer hands them out.
-        typed: client.V1Pod = self.api.deserialize(_Raw(json.dumps(event.object)), "V1Pod")
+        # The handlers read typed pods, as kubelet's informer hands them out. (kubernetes 37 takes the
+        # text and its content type: the old one-argument call raised on every event, so that only
+        # relists - after a retry delay each time - brought pods in.)
+        typed: client.V1Pod = self.api.deserialize(json.dumps(event.object), "V1Pod", "application/json")
         self._handle(event.type, typed)
 
     def _handle(self, kind: str, pod: client.V1Pod) -> None:
         node = pod.spec.node_name
         uid = pod.metadata.uid
-        if node not in self.nodes:
+        if node not in self.nodes or self._stop.is_set():
             return
         with self._lock:
             known = self.pods.get(uid)
@@ -246,6 +265,11 @@ class NodeSimulator:
                         body=client.V1DeleteOptions(grace_period_seconds=0, preconditions={"uid": uid}),
                     )
             return
+        if known is not None and known.failed and known.version != pod_version(pod):
+            with self._lock:
+                self.pods.pop(uid, None)
+            self._teardown(known)
+            known = None  # it changed since its start failed: try again, as kubelet would
         if known is None and (pod.status.phase in (None, "Pending")):
             self._start_pod(pod)
 
@@ -254,16 +278,28 @@ class NodeSimulator:
     def _start_pod(self, pod: client.V1Pod) -> None:
         node = self.nodes[pod.spec.node_name]
         annotations = dict(pod.metadata.annotations or {})
-        sim = SimPod(pod.metadata.uid, pod.metadata.namespace, pod.metadata.name, node.name, annotations)
+        sim = SimPod(
+            pod.metadata.uid,
+            pod.metadata.namespace,
+            pod.metadata.name,
+            node.name,
+            annotations,
+            version=pod_version(pod),
+        )
         with self._lock:
             self.pods[sim.uid] = sim
         devices = load_cdi_devices(node.cdi_dirs)
         failures: list[tuple[str, str]] = []
         for spec in pod.spec.containers:
+            if self._stop.is_set():
+                break
             container = self._start_container(sim, spec, devices)
             sim.containers.append(container)
             if container.error:
                 failures.append((container.name, container.error))
+        if self._stop.is_set():  # stop() came while this pod was starting: what started here stops here
+            self._teardown(sim)
+            return
         self._report(pod, sim, failures)
 
     def _start_container(self, pod: SimPod, spec: client.V1Container, devices: Mapping[str, Any]) -> Container:
@@ -305,6 +341,9 @@ class NodeSimulator:
         return container
 
     def _stop_container(self, pod: SimPod, container: Container) -> None:
+        if container.stopped:
+            return
+        container.stopped = True
         proc = container.process
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -316,9 +355,8 @@ class NodeSimulator:
             log.warning("pod %s/%s: %s", pod.namespace, pod.name, err)
 
     def _teardown(self, pod: SimPod) -> None:
-        for container in pod.containers:
-            if not container.error:
-                self._stop_container(pod, container)
+        for container in list(pod.containers):
+            self._stop_container(pod, container)  # a failed one was stopped already: nothing twice
 
     def _report(self, pod: client.V1Pod, sim: SimPod, failures: Sequence[tuple[str, str]]) -> None:
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -2,22 +2,28 @@
 
 ``--kubeconfig FILE`` wins; without it we use the in-cluster service account
 when running in a pod, then ``$KUBECONFIG`` / ``~/.kube/config``.
-:func:`api_error` is the one mapping of an API status to an exception.
+:func:`api_error` is the one mapping of a failed call to an exception, and
+:data:`API_FAILURES` is what to catch around a call: the generated client
+raises :class:`ApiException` for an answer it did not like, but urllib3's own
+errors (``MaxRetryError``, ``ProtocolError``, ``ReadTimeoutError``: neither an
+``ApiException`` nor an ``OSError``) when there is no answer at all - as while
+kube-apiserver restarts.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Final, Literal
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED", "BOOKMARK"]
 
 
 class StoreError(RuntimeError):
-    """The API refused an operation; ``status`` is the HTTP status (0 if none)."""
+    """The API refused an operation or could not be reached; ``status`` is the HTTP status (0: no answer)."""
 
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
@@ -40,10 +46,19 @@ class Expired(StoreError):
     """The watch's resourceVersion is too old (HTTP 410); list again."""
 
 
-def api_error(err: ApiException, what: str) -> StoreError:
-    """The one mapping of an API status to an exception: 404, 409, 410 by name, the rest :class:`StoreError`."""
+#: What a call through the generated client raises when it fails: an API status or a transport failure.
+API_FAILURES: Final = (ApiException, HTTPError, OSError)
+
+
+def api_error(err: ApiException | HTTPError | OSError, what: str) -> StoreError:
+    """The one mapping of a failed call to an exception: 404, 409, 410 by name, the rest :class:`StoreError`.
+
+    A transport failure (no answer) is a :class:`StoreError` with status 0.
+    """
+    message = f"{what}: {failure_text(err)}"
+    if not isinstance(err, ApiException):
+        return StoreError(message)
     status = int(err.status or 0)
-    message = f"{what}: {status} {err.reason}"
     if status == 404:
         return NotFound(message, status)
     if status == 409:
@@ -51,6 +66,13 @@ def api_error(err: ApiException, what: str) -> StoreError:
     if status == 410:
         return Expired(message, status)
     return StoreError(message, status)
+
+
+def failure_text(err: ApiException | HTTPError | OSError) -> str:
+    """What went wrong, in words: ``403 Forbidden``, or that the API server did not answer and why."""
+    if isinstance(err, ApiException):
+        return f"{int(err.status or 0)} {err.reason}"
+    return f"the API server did not answer ({type(err).__name__}: {err})"
 
 
 def api_client(kubeconfig: str | None = None) -> client.ApiClient:

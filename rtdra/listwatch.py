@@ -30,10 +30,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from rtdra.kube import EventType, Expired, StoreError, api_error
+from rtdra.kube import API_FAILURES, EventType, Expired, StoreError, api_error
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +65,10 @@ def list_objects(
     """Every object ``call`` (a generated ``list_*`` method) returns, and the list's resourceVersion."""
     try:
         response = call(*args, _preload_content=False, _request_timeout=request_timeout, **kwargs)
-    except ApiException as err:
+        data = response.data  # the body is read here, and reading it can fail too
+    except API_FAILURES as err:
         raise api_error(err, f"listing ({call.__name__})") from None
-    body = json.loads(response.data)
+    body = json.loads(data)
     return list(body.get("items") or []), str((body.get("metadata") or {}).get("resourceVersion", ""))
 
 
@@ -93,10 +93,17 @@ def watch_objects(
             _request_timeout=timeout_seconds + request_timeout,
             **kwargs,
         )
-    except ApiException as err:
+    except API_FAILURES as err:
         raise api_error(err, what) from None
+    lines = iter_resp_lines(response)  # type: ignore[no-untyped-call]
     try:
-        for line in iter_resp_lines(response):  # type: ignore[no-untyped-call]
+        while True:
+            try:
+                line = next(lines)
+            except StopIteration:
+                return
+            except API_FAILURES as err:  # the connection broke mid-watch
+                raise api_error(err, what) from None
             if not line.strip():
                 continue
             event = json.loads(line)
@@ -162,6 +169,11 @@ class ListWatch(Generic[Item, E]):
     @property
     def stopped(self) -> bool:
         return self._stop.is_set()
+
+    @property
+    def running(self) -> bool:
+        """Whether the thread is alive (after :meth:`stop`: still finishing an event)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def run(self) -> None:
         """List and watch until stopped (the thread's body)."""

@@ -26,7 +26,7 @@ The API is small on purpose::
 
 Errors: :class:`NotFound` (no ledger for the node), :class:`AlreadyExists`,
 :class:`TooManyConflicts` (the CAS loop gave up), :class:`StoreError` for
-anything else the API refused; whatever the update function raises (e.g.
+anything else the API refused or a failure to reach it; whatever the update function raises (e.g.
 ``rtdra.ledger.Overcommit``) propagates unchanged and nothing is written.
 
 Metadata the store does not model (labels, annotations, owner references) is
@@ -42,10 +42,18 @@ from dataclasses import dataclass, replace
 from typing import Any, Final, cast
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from rtdra import names
-from rtdra.kube import AlreadyExists, EventType, Expired, NotFound, StoreError, TooManyConflicts, api_error
+from rtdra.kube import (
+    API_FAILURES,
+    AlreadyExists,
+    EventType,
+    Expired,
+    NotFound,
+    StoreError,
+    TooManyConflicts,
+    api_error,
+)
 from rtdra.ledger import NodeLedger
 from rtdra.listwatch import watch_objects
 
@@ -101,10 +109,11 @@ class NasStore:
         """The raw object, as the API returns it; raises :class:`NotFound`."""
         try:
             obj = self._objects.get_namespaced_custom_object(*self._args(), node, _request_timeout=self.request_timeout)
-        except ApiException as err:
-            if err.status == 404:
+        except API_FAILURES as err:
+            error = api_error(err, f"reading NodeAllocationState {self.namespace}/{node}")
+            if isinstance(error, NotFound):
                 self._last.pop(node, None)
-            raise api_error(err, f"reading NodeAllocationState {self.namespace}/{node}") from None
+            raise error from None
         self._last[node] = cast(dict[str, Any], obj)
         return self._last[node]
 
@@ -122,7 +131,7 @@ class NasStore:
                 dict[str, Any],
                 self._objects.list_namespaced_custom_object(*self._args(), _request_timeout=self.request_timeout),
             )
-        except ApiException as err:
+        except API_FAILURES as err:
             raise api_error(err, f"listing NodeAllocationStates in {self.namespace}") from None
         ledgers = [NodeLedger.from_nas(obj) for obj in body.get("items") or []]
         return ledgers, str((body.get("metadata") or {}).get("resourceVersion", ""))
@@ -154,7 +163,7 @@ class NasStore:
                 names.NAS_GROUP, names.NAS_VERSION, self.namespace, names.NAS_PLURAL, body,
                 _request_timeout=self.request_timeout,
             )  # fmt: skip
-        except ApiException as err:
+        except API_FAILURES as err:
             raise api_error(err, f"creating NodeAllocationState {self.namespace}/{ledger.node}") from None
         return NodeLedger.from_nas(cast(dict[str, Any], obj))
 
@@ -175,7 +184,7 @@ class NasStore:
             obj = self._objects.replace_namespaced_custom_object(
                 *self._args(), ledger.node, body, _request_timeout=self.request_timeout
             )
-        except ApiException as err:
+        except API_FAILURES as err:
             error = api_error(err, f"writing NodeAllocationState {self.namespace}/{ledger.node}")
             if error.status == 409:
                 raise StoreError(str(error), 409) from None
@@ -238,9 +247,10 @@ class NasStore:
         self._last.pop(node, None)
         try:
             self._objects.delete_namespaced_custom_object(*self._args(), node, _request_timeout=self.request_timeout)
-        except ApiException as err:
-            if err.status != 404:
-                raise api_error(err, f"deleting NodeAllocationState {self.namespace}/{node}") from None
+        except API_FAILURES as err:
+            error = api_error(err, f"deleting NodeAllocationState {self.namespace}/{node}")
+            if not isinstance(error, NotFound):
+                raise error from None
 
 
 def _at_version(ledger: NodeLedger, resource_version: str | None) -> NodeLedger:

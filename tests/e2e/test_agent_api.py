@@ -297,6 +297,129 @@ def denial(api: client.ApiClient, node: str) -> str:
     return ""
 
 
+# -- the heartbeat: a silent agent's node takes no RT pods --------------------------------------------------------
+
+EXTENDER_MANIFESTS = [
+    REPO / "manifests" / "extender" / "serviceaccount.yaml",
+    REPO / "manifests" / "extender" / "rbac.yaml",
+]
+LEASE_BOUND_S = 3.0
+
+
+def agent_lease(api: client.ApiClient, node: str) -> dict[str, Any] | None:
+    try:
+        raw: Any = client.CoordinationV1Api(api).read_namespaced_lease(
+            f"rtdra-agent-{node}", NS, _preload_content=False
+        )
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+    lease: dict[str, Any] = json.loads(raw.data)
+    return lease
+
+
+def lease_denial(api: client.ApiClient, node: str, holder: str) -> str:
+    """The API's own words refusing a (dry-run) create of ``node``'s agent Lease held by ``holder``."""
+    body = {"metadata": {"name": f"rtdra-agent-{node}"}, "spec": {"holderIdentity": holder}}
+    try:
+        client.CoordinationV1Api(api).create_namespaced_lease(NS, body, dry_run="All")
+    except ApiException as err:
+        return str(err.body)
+    return ""
+
+
+@contextlib.contextmanager
+def extender_filter(cp: ControlPlane, admin: client.ApiClient) -> Iterator[Callable[[str], dict[str, Any]]]:
+    """The extender's filter (its production parts, in this process) under its ServiceAccount and RBAC."""
+    from extender.app import EXTENSION, create_app
+    from extender.config import ExtenderConfig
+
+    apply_manifests(admin, manifest_documents(EXTENDER_MANIFESTS))
+    kubeconfig = cp.service_account_kubeconfig(NS, "rtdra-extender")
+    config = ExtenderConfig(
+        kubeconfig=str(kubeconfig), namespace=NS, reconcile_interval_seconds=0, agent_lease_seconds=LEASE_BOUND_S
+    )
+    app = create_app(config)
+    web = app.test_client()
+    pod = {
+        "metadata": {"name": "p", "namespace": "default", "uid": "uid-p",
+                     "annotations": {names.CONTAINER_PREFIX + "ctr0": "runtime=2ms,period=10ms"}},
+        "spec": {"containers": [{"name": "ctr0"}]},
+    }  # fmt: skip
+
+    def filter_(node: str) -> dict[str, Any]:
+        body = {"Pod": pod, "Nodes": None, "NodeNames": [node]}
+        reply = web.post("/filter", data=json.dumps(body), content_type="application/json")
+        assert reply.status_code == 200
+        result: dict[str, Any] = reply.get_json()
+        return result
+
+    try:
+        yield filter_
+    finally:
+        ext = app.extensions[EXTENSION]
+        ext.cache.stop()
+        ext.heartbeats.stop()
+        ext.claim_parameters.stop()
+
+
+def test_a_sigkilled_agents_node_takes_no_rt_pods_once_its_lease_is_older_than_the_bound(
+    agent_cluster: ControlPlane,
+    identity: Callable[[str | None], AgentIdentity],
+    run_agent: Callable[..., AgentProcess],
+    kube_api: client.ApiClient,
+) -> None:
+    ident = identity(None)
+    agent = run_agent(
+        ident, "--backend", "none", "--cpus", "2", "--capacity", str(CAPACITY), "--lease-renew-interval", "0.5"
+    )
+    first = wait_for(lambda: agent_lease(kube_api, ident.node), "the agent's Lease")
+    assert first["spec"]["holderIdentity"] == ident.node
+    wait_for(
+        lambda: renewed(agent_lease(kube_api, ident.node), first),
+        "the agent to renew its Lease",
+    )
+    with extender_filter(agent_cluster, kube_api) as filter_:
+        wait_for(
+            lambda: filter_(ident.node).get("NodeNames") == [ident.node], "the filter to take the live agent's node"
+        )
+
+        agent.proc.kill()  # SIGKILL: no NotReady is published
+        agent.proc.wait()
+        assert NasStore(kube_api, NS).get_object(ident.node)["status"] == "Ready"
+
+        reason = (
+            f"node {ident.node} is not ready for real-time pods (its rt-dra agent has not renewed its Lease "
+            f"{NS}/rtdra-agent-{ident.node} for more than {LEASE_BOUND_S:g}s)"
+        )
+        reply = wait_for(
+            lambda: (r := filter_(ident.node)).get("FailedAndUnresolvableNodes") and r,
+            "the filter to reject the silent agent's node",
+            timeout=4 * LEASE_BOUND_S,
+        )
+        assert reply["NodeNames"] == []
+        assert reply["FailedAndUnresolvableNodes"] == {ident.node: reason}
+
+
+def renewed(lease: dict[str, Any] | None, first: dict[str, Any]) -> bool:
+    return lease is not None and lease["spec"]["renewTime"] != first["spec"]["renewTime"]
+
+
+def test_an_agent_may_write_only_its_own_nodes_lease_held_by_its_node(
+    agent_cluster: ControlPlane, identity: Callable[[str | None], AgentIdentity], unique_name: Any
+) -> None:
+    mine = identity(None)
+    as_agent = agent_cluster.api_client(mine.kubeconfig)
+    try:
+        ghost = unique_name("ghost")
+        wait_for(lambda: "own node's Lease" in lease_denial(as_agent, ghost, ghost), "the lease policy to be in force")
+        assert "own node's Lease" in lease_denial(as_agent, mine.node, ghost)  # its name, another holder
+        assert lease_denial(as_agent, mine.node, mine.node) == ""  # its own: allowed
+    finally:
+        as_agent.close()
+
+
 # -- a real node: the kernel's word ---------------------------------------------------------------------------
 
 

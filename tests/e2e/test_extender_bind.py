@@ -143,8 +143,14 @@ def running_extender(
     threads: int = 4,
     tls: TLS | None = None,
     reconcile_seconds: float = 0,
+    agent_lease_seconds: float = 0,
 ) -> Iterator[str]:
-    """``rtdra-extender`` (gunicorn) on a free loopback port; yields its base URL."""
+    """``rtdra-extender`` (gunicorn) on a free loopback port; yields its base URL.
+
+    These tests write the ledgers by hand, with no agent behind them, so the
+    agents' heartbeat is not checked unless a test asks (``agent_lease_seconds``;
+    tests/e2e/test_agent_api.py checks it with real agents).
+    """
     port = free_port()
     log = tmp_path / f"extender-{port}.log"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -152,7 +158,7 @@ def running_extender(
     cmd = [
         sys.executable, "-m", "extender.cli", "--bind", f"127.0.0.1:{port}", "--kubeconfig", str(kubeconfig),
         "--namespace", NAMESPACE, "--workers", str(workers), "--threads", str(threads),
-        "--reconcile-interval-seconds", str(reconcile_seconds),
+        "--reconcile-interval-seconds", str(reconcile_seconds), "--agent-lease-seconds", str(agent_lease_seconds),
     ]  # fmt: skip
     probe: dict[str, Any] = {}
     if tls is not None:

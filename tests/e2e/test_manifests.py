@@ -508,21 +508,25 @@ def granted(api: client.ApiClient, account: str) -> set[Access]:
 #: allocation annotation), extender/reconcile.py (list/watch pods in all namespaces, patch to requeue,
 #: read), extender/claims.py (list/watch RtClaimParameters cluster-wide, get on a cache miss),
 #: rtdra/store.py through extender/cache.py and bind (list + watch, get + replace = update) in the
-#: driver namespace only.
+#: driver namespace only; extender/heartbeats.py (list + watch the agents' Leases there).
 EXTENDER_NEEDS = (
     grid(("get", "list", "watch", "patch"), "", "pods")
     | grid(("create",), "", "pods/binding")
     | grid(("get", "list", "watch"), names.CLAIM_PARAMETERS_GROUP, names.CLAIM_PARAMETERS_PLURAL)
     | grid(("get", "list", "watch", "update"), names.NAS_GROUP, names.NAS_PLURAL, (NS,))
+    | grid(("get", "list", "watch"), "coordination.k8s.io", "leases", (NS,))
 )
 #: webhook/lookups.py: get_namespaced_custom_object(RtClaimParameters) in the pod's namespace, read_namespace.
 WEBHOOK_NEEDS = grid(("get",), names.CLAIM_PARAMETERS_GROUP, names.CLAIM_PARAMETERS_PLURAL) | {
     ("get", "", "namespaces", "")
 }
 #: agent/kubeapi.py: create_namespaced_event in the pod's namespace; rtdra/store.py through ApiStore:
-#: get, create, and replace (update) of its node's NAS in the driver namespace - no list, no watch.
-AGENT_NEEDS = grid(("create",), "", "events") | grid(
-    ("get", "create", "update"), names.NAS_GROUP, names.NAS_PLURAL, (NS,)
+#: get, create, and replace (update) of its node's NAS in the driver namespace - no list, no watch;
+#: rtdra/leases.py: get, create and replace (update) of its Lease there.
+AGENT_NEEDS = (
+    grid(("create",), "", "events")
+    | grid(("get", "create", "update"), names.NAS_GROUP, names.NAS_PLURAL, (NS,))
+    | grid(("get", "create", "update"), "coordination.k8s.io", "leases", (NS,))
 )
 
 

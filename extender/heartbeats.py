@@ -1,0 +1,137 @@
+"""Which node agents are alive: the extender's watch-fed view of the agents' Leases (``rtdra.leases``).
+
+A node's NodeAllocationState stays ``Ready`` when its agent is SIGKILLed, so
+the filter also asks this view: a node whose agent's Lease is missing, or
+whose ``renewTime`` has not changed for ``bound_s`` seconds, is not ready for
+real-time pods, and the filter says so.
+
+Silence is measured on this process's monotonic clock, from when it saw the
+``renewTime`` change - as kube-controller-manager's node lifecycle controller
+does with kubelet's Lease - so clock skew between the nodes and the extender
+does not matter. The price: right after the extender starts, a node whose
+agent died earlier is trusted for one more bound.
+
+The feed is the project's one list-then-watch (``rtdra.listwatch``) on the
+Leases of the driver namespace; Leases that are not an agent's are ignored.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from kubernetes import client
+
+from rtdra.leases import agent_lease_name, lease_node, renew_time
+from rtdra.listwatch import ListWatch, ObjectEvent, list_objects, watch_objects
+
+
+class AgentHeartbeats:
+    """Node -> when this process last saw its agent renew its Lease."""
+
+    def __init__(
+        self,
+        namespace: str,
+        bound_s: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.namespace = namespace
+        self.bound_s = bound_s
+        self.clock = clock
+        #: node -> (the renewTime seen, when it was first seen by :attr:`clock`)
+        self._seen: dict[str, tuple[str, float]] = {}
+        self._synced = threading.Event()
+
+    @property
+    def synced(self) -> bool:
+        """Whether the view has seen a complete list at least once."""
+        return self._synced.is_set()
+
+    def silence(self, node: str, now: float | None = None) -> str | None:
+        """Why ``node``'s agent counts as gone (``None``: it renewed its Lease within the bound)."""
+        seen = self._seen.get(node)
+        lease = f"{self.namespace}/{agent_lease_name(node)}"
+        if seen is None:
+            return f"node {node} is not ready for real-time pods (its rt-dra agent has no Lease {lease})"
+        if (self.clock() if now is None else now) - seen[1] > self.bound_s:
+            return (
+                f"node {node} is not ready for real-time pods "
+                f"(its rt-dra agent has not renewed its Lease {lease} for more than {self.bound_s:g}s)"
+            )
+        return None
+
+    # -- what the feed brings --------------------------------------------------------------
+
+    def replace_all(self, leases: Sequence[Mapping[str, Any]]) -> None:
+        held, now = self._seen, self.clock()
+        seen: dict[str, tuple[str, float]] = {}
+        for lease in leases:
+            node = lease_node(lease)
+            if node is not None:
+                seen[node] = _observed(held.get(node), renew_time(lease), now)
+        self._seen = seen
+        self._synced.set()
+
+    def apply(self, kind: str, lease: Mapping[str, Any]) -> None:
+        node = lease_node(lease)
+        if node is None:
+            return
+        if kind == "DELETED":
+            self._seen.pop(node, None)
+        else:
+            self._seen[node] = _observed(self._seen.get(node), renew_time(lease), self.clock())
+
+
+def _observed(held: tuple[str, float] | None, renewed: str, now: float) -> tuple[str, float]:
+    if held is not None and held[0] == renewed:
+        return held  # not renewed since: silence keeps counting
+    return renewed, now
+
+
+class WatchedAgentHeartbeats(AgentHeartbeats):
+    """:class:`AgentHeartbeats` kept current by list-then-watch on the driver namespace's Leases."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespace: str,
+        bound_s: float,
+        *,
+        watch_timeout_seconds: int = 300,
+        request_timeout: float = 30.0,
+    ) -> None:
+        super().__init__(namespace, bound_s)
+        self.coordination = client.CoordinationV1Api(api)
+        self.request_timeout = request_timeout
+        self.feed: ListWatch[dict[str, Any], ObjectEvent] = ListWatch(
+            "lease-watch",
+            self._list,
+            self._watch,
+            on_list=self.replace_all,
+            on_event=lambda event: self.apply(event.type, event.object),
+            timeout_seconds=watch_timeout_seconds,
+        )
+
+    def start(self) -> WatchedAgentHeartbeats:
+        self.feed.start()
+        return self
+
+    def stop(self) -> None:
+        self.feed.stop()
+
+    def _list(self) -> tuple[list[dict[str, Any]], str]:
+        return list_objects(
+            self.coordination.list_namespaced_lease, self.namespace, request_timeout=self.request_timeout
+        )
+
+    def _watch(self, version: str, timeout_seconds: int) -> Iterator[ObjectEvent]:
+        return watch_objects(
+            self.coordination.list_namespaced_lease,
+            self.namespace,
+            resource_version=version,
+            timeout_seconds=timeout_seconds,
+            request_timeout=self.request_timeout,
+        )
