@@ -44,6 +44,7 @@ from extender.heartbeats import AgentHeartbeats, WatchedAgentHeartbeats
 from extender.metrics import CONTENT_TYPE, Metrics
 from extender.pods import PodWatch
 from extender.reconcile import Reconciler
+from extender.requeue import Requeuer
 from rtdra import kube
 from rtdra.request import ClaimParametersLookup
 from rtdra.store import NasStore
@@ -126,12 +127,20 @@ def api_client(config: ExtenderConfig) -> client.ApiClient:
 def _production_parts(config: ExtenderConfig, metrics: Metrics) -> ProductionParts:
     api = api_client(config)
     store = NasStore(api, config.namespace)
-    cache = WatchedLedgerCache(store, watch_timeout_seconds=config.watch_timeout_seconds).start()
+    # Room appearing in this process's cache sends the pending RT pods back to kube-scheduler.
+    requeuer = Requeuer(api).start()
+    cache = WatchedLedgerCache(
+        store, watch_timeout_seconds=config.watch_timeout_seconds, on_room=requeuer.signal
+    ).start()
     claim_parameters = ClaimParametersCache(api, watch_timeout_seconds=config.watch_timeout_seconds).start()
     heartbeats = None
     if config.agent_lease_seconds > 0:
         heartbeats = WatchedAgentHeartbeats(
-            api, config.namespace, config.agent_lease_seconds, watch_timeout_seconds=config.watch_timeout_seconds
+            api,
+            config.namespace,
+            config.agent_lease_seconds,
+            watch_timeout_seconds=config.watch_timeout_seconds,
+            on_room=requeuer.signal,
         ).start()
     reconciler = None
     pods = None

@@ -12,13 +12,17 @@ the benchmark); it is then synced from the start.
 
 Reads are lock-free: single dict operations are atomic under the GIL and a
 re-list swaps in a whole new dict.
+
+When a ledger it takes in has more room than the one it held (a release, a
+ledger turned Ready, more capacity, a new node), the cache calls ``on_room``
+- the extender's :class:`extender.requeue.Requeuer` - after the filter can see it.
 """
 
 from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from rtdra.ledger import NodeLedger
 from rtdra.listwatch import ListWatch
@@ -29,8 +33,16 @@ from rtdra.store import NasEvent, NasStore
 class LedgerCache:
     """Node name -> :class:`NodeLedger`, as last seen."""
 
-    def __init__(self, ledgers: Iterable[NodeLedger] = (), *, synced: bool = True) -> None:
+    def __init__(
+        self,
+        ledgers: Iterable[NodeLedger] = (),
+        *,
+        synced: bool = True,
+        on_room: Callable[[], None] | None = None,
+    ) -> None:
         self._digests: dict[str, NodeDigest] = {ledger.node: NodeDigest.of(ledger) for ledger in ledgers}
+        #: Called after a ledger with more room than before is in the cache (see :func:`more_room`).
+        self.on_room = on_room
         self._synced = threading.Event()
         if synced:
             self._synced.set()
@@ -67,7 +79,10 @@ class LedgerCache:
         held = self._digests.get(ledger.node)
         if held is not None and _older(ledger.resource_version, held.ledger.resource_version):
             return
-        self._digests[ledger.node] = NodeDigest.of(ledger)
+        digest = NodeDigest.of(ledger)
+        self._digests[ledger.node] = digest
+        if self.on_room is not None and more_room(held, digest):
+            self.on_room()
 
     def remove(self, node: str) -> None:
         self._digests.pop(node, None)
@@ -81,9 +96,27 @@ class LedgerCache:
         trigger a full collection (that set the filter's p99). Values that go
         away are still freed by reference counting.
         """
+        held = self._digests
         self._digests = {ledger.node: NodeDigest.of(ledger) for ledger in ledgers}
         gc.freeze()
         self._synced.set()
+        if self.on_room is not None and any(more_room(held.get(n), d) for n, d in self._digests.items()):
+            self.on_room()
+
+
+def more_room(held: NodeDigest | None, now: NodeDigest) -> bool:
+    """Whether a pod the filter turned away on ``held`` could fit ``now``: a reservation left, the
+    ledger turned Ready, capacity grew, or a Ready ledger appeared."""
+    if not now.ready:
+        return False
+    if held is None or not held.ready:
+        return True
+    return (
+        bool(held.ledger.pods.keys() - now.ledger.pods.keys())
+        or now.total_capacity > held.total_capacity
+        or now.root_capacity > held.root_capacity
+        or any(a > b for a, b in zip(now.residuals, held.residuals, strict=False))
+    )
 
 
 def _older(version: str | None, than: str | None) -> bool:
@@ -95,8 +128,15 @@ def _older(version: str | None, than: str | None) -> bool:
 class WatchedLedgerCache(LedgerCache):
     """A :class:`LedgerCache` kept current by list-then-watch (``rtdra.listwatch``) on a :class:`NasStore`."""
 
-    def __init__(self, store: NasStore, *, watch_timeout_seconds: int = 300, retry_seconds: float = 1.0) -> None:
-        super().__init__(synced=False)
+    def __init__(
+        self,
+        store: NasStore,
+        *,
+        watch_timeout_seconds: int = 300,
+        retry_seconds: float = 1.0,
+        on_room: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(synced=False, on_room=on_room)
         self.store = store
         self.feed: ListWatch[NodeLedger, NasEvent] = ListWatch(
             "nas-watch",

@@ -37,10 +37,13 @@ class AgentHeartbeats:
         bound_s: float,
         *,
         clock: Callable[[], float] = time.monotonic,
+        on_room: Callable[[], None] | None = None,
     ) -> None:
         self.namespace = namespace
         self.bound_s = bound_s
         self.clock = clock
+        #: Called when a silent (or unknown) node's agent is heard again: the filter may now pass it.
+        self.on_room = on_room
         #: node -> (the renewTime seen, when it was first seen by :attr:`clock`)
         self._seen: dict[str, tuple[str, float]] = {}
         self._synced = threading.Event()
@@ -81,8 +84,12 @@ class AgentHeartbeats:
             return
         if kind == "DELETED":
             self._seen.pop(node, None)
-        else:
-            self._seen[node] = _observed(self._seen.get(node), renew_time(lease), self.clock())
+            return
+        now = self.clock()
+        silent = self.silence(node, now) is not None
+        self._seen[node] = _observed(self._seen.get(node), renew_time(lease), now)
+        if silent and self.on_room is not None and self.silence(node, now) is None:
+            self.on_room()
 
 
 def _observed(held: tuple[str, float] | None, renewed: str, now: float) -> tuple[str, float]:
@@ -102,8 +109,9 @@ class WatchedAgentHeartbeats(AgentHeartbeats):
         *,
         watch_timeout_seconds: int = 300,
         request_timeout: float = 30.0,
+        on_room: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(namespace, bound_s)
+        super().__init__(namespace, bound_s, on_room=on_room)
         self.coordination = client.CoordinationV1Api(api)
         self.request_timeout = request_timeout
         self.feed: ListWatch[dict[str, Any], ObjectEvent] = ListWatch(

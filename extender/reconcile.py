@@ -17,9 +17,8 @@ deleted one. Besides the periodic pass, the extender's pod watch
 (``extender.pods``, which bind uses too) makes it release a reservation as
 soon as its pod (found through its ``rt.resource.example.com/allocation``
 annotation) is deleted or finishes; after any release the ledger as stored
-goes to the filter's cache and then the pending real-time pods are touched
-(``rt.resource.example.com/requeue``) so that kube-scheduler tries them again -
-it does not see ledgers change. Releasing goes through the same compare-and-swap as
+goes to the filter's cache, whose new room sends the pending real-time pods
+back to kube-scheduler (``extender.requeue``). Releasing goes through the same compare-and-swap as
 reserving and
 is idempotent, so several workers or replicas may reconcile at once; the grace
 period must stay well above kube-scheduler's extender ``httpTimeout`` (5 s by
@@ -36,7 +35,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Final
+from typing import Any
 
 from kubernetes import client
 
@@ -48,11 +47,6 @@ from rtdra.ledger import NodeLedger, PodAllocation
 from rtdra.store import NasStore, StoreError
 
 log = logging.getLogger(__name__)
-
-#: Written on pending RT pods after bandwidth was released, so that kube-scheduler tries them again.
-REQUEUE: Final = names.REQUEUE
-#: At most this many pending pods are touched per release.
-REQUEUE_LIMIT: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,19 +153,16 @@ class Reconciler:
     # -- prompt release: the pod watch ----------------------------------------------------
 
     def _on_pod(self, kind: str, pod: Mapping[str, Any]) -> None:
-        """Release a reservation as soon as its pod is deleted or finishes, then requeue pending RT pods.
+        """Release a reservation as soon as its pod is deleted or finishes.
 
         kube-scheduler retries a pod the extender rejected on the next cluster
         event - the very deletion that frees the room - at once, before this
         release can land (observed: within 5 ms, while the release takes a
-        read and a write). Nothing it watches changes when a ledger does, so
-        the pod would wait for the next unrelated event or for the scheduler's
-        5-minute flush. After releasing, the extender therefore touches each
-        pending real-time pod (:data:`REQUEUE`), which kube-scheduler treats as
-        an update worth a new attempt.
+        read and a write). The release goes to the filter's cache
+        (``on_stored``), whose new room makes the extender requeue the
+        pending pods (``extender.requeue``).
         """
-        if self.on_pod_event(kind, pod):
-            self.requeue_pending()
+        self.on_pod_event(kind, pod)
 
     def on_pod_event(self, kind: str, pod: Mapping[str, Any]) -> str | None:
         """Release the pod's reservation if it is gone or finished; returns the node released on, or ``None``."""
@@ -199,40 +190,9 @@ class Reconciler:
         return node
 
     def _stored(self, ledger: NodeLedger) -> None:
-        """A release is written: show it to the filter before any pod is requeued for the room.
-
-        Cause of a pending pod waiting minutes for room already freed (the
-        end-to-end test timed out under load): the requeue reached
-        kube-scheduler before the ledger watch brought the release into the
-        cache, so the retry was filtered on the old ledger, and nothing else
-        made the scheduler try again.
-        """
+        """A release is written: show it to the filter at once (its cache then requeues pending pods)."""
         if self.on_stored is not None:
             self.on_stored(ledger)
-
-    def pending_pod(self, uid: str) -> Mapping[str, Any] | None:
-        """The pending real-time pod with ``uid`` as the pod watch last saw it, or ``None``."""
-        return self.pods.pending_pod(uid) if self.pods is not None else None
-
-    def requeue_pending(self) -> int:
-        """Touch every pending RT pod (at most :data:`REQUEUE_LIMIT`) so kube-scheduler tries it again."""
-        if self.pods is None:
-            return 0
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        touched = 0
-        for uid, pod in self.pods.pending(REQUEUE_LIMIT):
-            namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
-            body = {"metadata": {"annotations": {REQUEUE: stamp}}}
-            try:
-                self.core.patch_namespaced_pod(name, namespace, body, _request_timeout=self.request_timeout)
-                touched += 1
-            except API_FAILURES as err:  # one pod's failure must not keep the others waiting
-                error = api_error(err, f"requeueing pod {namespace}/{name}")
-                if not isinstance(error, NotFound):
-                    log.warning("reconcile: could not requeue: %s", error)
-                if error.status:  # an answer: it will not change; no answer: try it again next release
-                    self.pods.forget(uid)
-        return touched
 
     # -- the periodic pass -----------------------------------------------------------------
 
@@ -281,8 +241,6 @@ class Reconciler:
                 log.info("reconcile: released pod %s on %s (%s)", uid, ledger.node, reason)
                 if self.metrics is not None:
                     self.metrics.reconcile_releases.labels(reason).inc()
-        if released:
-            self.requeue_pending()
         return released
 
     def _stale(self, ledger: NodeLedger, pods: Mapping[str, PodState], now: dt.datetime) -> dict[str, str]:

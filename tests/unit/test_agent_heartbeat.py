@@ -106,6 +106,23 @@ def test_a_deleted_lease_makes_the_node_leaseless_and_a_renewal_brings_it_back()
     assert heartbeats.silence("n1") is None
 
 
+def test_an_agent_heard_again_after_silence_sends_pending_pods_back_to_the_scheduler() -> None:
+    """The filter turned pods away for the silence; nothing else would tell kube-scheduler the node is back."""
+    clock = Clock()
+    rooms: list[str] = []
+    heartbeats = AgentHeartbeats("rt-dra", BOUND_S, clock=clock, on_room=lambda: rooms.append("room"))
+    heartbeats.replace_all([lease("n1", "2026-11-30T11:45:00.000000Z")])
+    clock.now += 20
+    heartbeats.apply("MODIFIED", lease("n1", "2026-11-30T11:45:20.000000Z"))  # alive all along: no news
+    assert rooms == []
+    clock.now += 60
+    assert heartbeats.silence("n1") is not None
+    heartbeats.apply("MODIFIED", lease("n1", "2026-11-30T11:46:20.000000Z"))  # back after 60 s of silence
+    assert rooms == ["room"]
+    heartbeats.apply("ADDED", lease("n2", "2026-11-30T11:46:20.000000Z"))  # a new agent
+    assert rooms == ["room", "room"]
+
+
 def test_a_relist_keeps_counting_the_silence_of_a_lease_that_was_not_renewed() -> None:
     clock = Clock()
     heartbeats = AgentHeartbeats("rt-dra", BOUND_S, clock=clock)

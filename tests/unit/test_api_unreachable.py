@@ -23,8 +23,7 @@ from extender.bind import Binder
 from extender.cache import LedgerCache
 from extender.claims import ClaimParametersCache, ClaimParametersUnavailable
 from extender.config import ExtenderConfig
-from extender.pods import PodWatch
-from extender.reconcile import Reconciler
+from extender.requeue import Requeuer
 from rtdra import names
 from rtdra.kube import StoreError
 from rtdra.ledger import NodeLedger
@@ -162,11 +161,15 @@ def test_the_store_turns_a_transport_failure_into_a_store_error(failure: Excepti
 
 
 class Requeues:
-    """``CoreV1Api`` as requeue uses it: the first patch gets no answer, the rest land."""
+    """``CoreV1Api`` as requeue uses it: three unscheduled RT pods; the first patch gets no answer, the rest land."""
 
     def __init__(self) -> None:
         self.tried: list[str] = []
         self.patched: list[str] = []
+
+    def list_pod_for_all_namespaces(self, **_: Any) -> Any:
+        items = [pending(name) for name in ("a", "b", "c")]
+        return type("Reply", (), {"data": json.dumps({"items": items})})()
 
     def patch_namespaced_pod(self, name: str, namespace: str, body: Any, **_: Any) -> None:
         self.tried.append(name)
@@ -181,20 +184,16 @@ def pending(name: str) -> dict[str, Any]:
     return pod
 
 
-def test_requeue_goes_on_past_a_pod_it_could_not_reach_and_tries_that_pod_again_later() -> None:
-    watch = PodWatch(client.ApiClient())
-    for name in ("a", "b", "c"):
-        watch.track(pending(name))
-    reconciler = Reconciler(client.ApiClient(), None, pods=watch)  # type: ignore[arg-type]
+def test_requeue_goes_on_past_a_pod_it_could_not_reach() -> None:
+    requeuer = Requeuer(client.ApiClient())
     fake = Requeues()
-    reconciler.core = fake  # type: ignore[assignment]
+    requeuer.core = fake  # type: ignore[assignment]
 
-    touched = reconciler.requeue_pending()
+    touched = requeuer.requeue_once()
 
     assert len(fake.tried) == 3
     assert touched == 2
     assert sorted(fake.patched + fake.tried[:1]) == ["a", "b", "c"]
-    assert {uid for uid, _ in watch.pending(10)} == {"uid-a", "uid-b", "uid-c"}
 
 
 class ClaimObjects:

@@ -1,4 +1,5 @@
-"""The extender's watches: the configured timeout is used, and a release is visible before pods are requeued."""
+"""The extender's watches: the configured timeout is used, and pending pods are requeued only once the
+filter's cache shows the room - listed from the API then, not taken from a pod watch that may lag."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from extender import pods as pods_module
-from extender.cache import LedgerCache
-from extender.pods import PodWatch
+from extender.cache import LedgerCache, WatchedLedgerCache, more_room
 from extender.reconcile import Reconciler
+from extender.requeue import REQUEUE, Requeuer
 from rtdra import names
 from rtdra.ledger import NodeLedger, PodAllocation, Slot
+from rtdra.placement import NodeDigest
+from rtdra.store import NasEvent, NasStore
 
 MS = 1_000_000
 
@@ -28,18 +31,25 @@ class Pods:
         self.watched = threading.Event()
         self.watch_kwargs: dict[str, Any] = {}
         self.patched: list[str] = []
+        self.stamps: list[str] = []
         self.on_patch: Callable[[], None] = lambda: None
+        #: What a list of unscheduled pods returns (the API's field selector already applied).
+        self.unscheduled: list[dict[str, Any]] = []
+        self.list_kwargs: dict[str, Any] = {}
 
     def list_pod_for_all_namespaces(self, **kwargs: Any) -> Any:
         if kwargs.get("watch"):
             self.watch_kwargs = kwargs
             self.watched.set()
             raise ApiException(status=500, reason="test: no more")
-        return type("Reply", (), {"data": json.dumps({"metadata": {"resourceVersion": "5"}, "items": []})})()
+        self.list_kwargs = kwargs
+        items = self.unscheduled if kwargs.get("field_selector") == "spec.nodeName=" else []
+        return type("Reply", (), {"data": json.dumps({"metadata": {"resourceVersion": "5"}, "items": items})})()
 
     def patch_namespaced_pod(self, name: str, namespace: str, body: Any, **_: Any) -> None:
         self.on_patch()
         self.patched.append(f"{namespace}/{name}")
+        self.stamps.append(body["metadata"]["annotations"][REQUEUE])
 
 
 def test_the_reconcilers_pod_watch_uses_the_configured_watch_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,23 +95,101 @@ def pod(name: str, uid: str, *, node: str = "", allocated_on: str = "") -> dict[
     }
 
 
-def test_a_release_reaches_the_filters_cache_before_pending_pods_are_requeued() -> None:
-    held = NodeLedger("n1", {0: 943719}, resource_version="10").reserve(
+def held_ledger() -> NodeLedger:
+    return NodeLedger("n1", {0: 943719}, resource_version="10").reserve(
         PodAllocation("uid-big", "ns", "big", {"app": (Slot(0, 6 * MS, 10 * MS, 10 * MS),)})
     )
-    cache = LedgerCache([held])
-    watch = PodWatch(client.ApiClient())
-    watch.track(pod("waiting", "uid-waiting"))
+
+
+def requeuer(fake: Pods) -> Requeuer:
+    r = Requeuer(client.ApiClient())
+    r.core = fake  # type: ignore[assignment]
+    return r
+
+
+def test_a_release_reaches_the_filters_cache_before_pending_pods_are_requeued() -> None:
+    """The touch comes after the filter can see the room, and reaches a pod no pod watch has seen yet.
+
+    The race this pins (``test_chain`` left a pod pending beside free room): the
+    scheduler filtered the new pod on the old ledger, and the release's requeue
+    took its pods from the extender's pod watch, which had not yet seen that pod.
+    """
+    held = held_ledger()
     fake = Pods()
+    fake.unscheduled = [pod("waiting", "uid-waiting")]  # created a moment ago: only the API knows it
     seen_at_requeue: list[set[str]] = []
+    cache = LedgerCache([held])
     fake.on_patch = lambda: seen_at_requeue.append(set(cache.get("n1").pods))  # type: ignore[union-attr]
-    reconciler = Reconciler(client.ApiClient(), OneNode(held), pods=watch, on_stored=cache.put)  # type: ignore[arg-type]
-    reconciler.core = fake  # type: ignore[assignment]
+    cache.on_room = requeuer(fake).requeue_once  # synchronously, where production signals a thread
+    reconciler = Reconciler(client.ApiClient(), OneNode(held), on_stored=cache.put)  # type: ignore[arg-type]
 
     reconciler._on_pod("DELETED", pod("big", "uid-big", node="n1", allocated_on="n1"))
 
     assert fake.patched == ["ns/waiting"]
     assert seen_at_requeue == [set()]  # the filter already saw the room the requeued pod is sent to
+    assert fake.list_kwargs["field_selector"] == "spec.nodeName="
+
+
+def test_a_process_that_learns_of_a_release_from_its_watch_requeues_too() -> None:
+    """With several workers or replicas each cache requeues after taking the room in: the last touch then
+    comes after every cache has it."""
+    held = held_ledger()
+    rooms: list[str] = []
+    cache = WatchedLedgerCache(NasStore(client.ApiClient()), on_room=lambda: rooms.append("room"))  # never started
+    cache.replace_all([held])
+    rooms.clear()
+    more = NodeLedger("n1", {0: 943719}, resource_version="12").reserve(
+        PodAllocation("uid-other", "ns", "other", {"app": (Slot(0, 1 * MS, 10 * MS, 10 * MS),)})
+    )
+    cache._apply(NasEvent("MODIFIED", more.release("uid-other").release("uid-big"), "12"))
+    assert rooms == ["room"]
+    cache._apply(NasEvent("MODIFIED", more, "13"))  # a reservation only: no room
+    assert rooms == ["room"]
+
+
+def digest(ledger: NodeLedger) -> NodeDigest:
+    return NodeDigest.of(ledger)
+
+
+def test_room_is_a_release_a_ledger_turned_ready_more_capacity_or_a_new_ready_ledger() -> None:
+    held = held_ledger()
+    released = held.release("uid-big")
+    assert more_room(digest(held), digest(released))
+    assert not more_room(digest(released), digest(held))
+    assert more_room(None, digest(released))
+    assert not more_room(None, digest(NodeLedger("n1", {0: 943719}, ready=False)))
+    assert more_room(digest(NodeLedger("n1", {0: 943719}, ready=False)), digest(NodeLedger("n1", {0: 943719})))
+    assert more_room(digest(NodeLedger("n1", {0: 900000})), digest(NodeLedger("n1", {0: 943719})))
+    assert not more_room(digest(NodeLedger("n1", {0: 943719})), digest(NodeLedger("n1", {0: 943719})))
+
+
+def test_requeue_touches_only_live_unbound_rt_pods_and_marks_each_touch_as_its_own() -> None:
+    fake = Pods()
+    deleting = pod("deleting", "uid-deleting")
+    deleting["metadata"]["deletionTimestamp"] = "2026-11-30T12:00:00Z"
+    plain = pod("plain", "uid-plain")
+    plain["metadata"]["annotations"] = {}
+    fake.unscheduled = [pod("a", "uid-a"), deleting, plain, pod("b", "uid-b")]
+    r = requeuer(fake)
+    assert r.requeue_once() == 2
+    assert fake.patched == ["ns/a", "ns/b"]
+    assert r.requeue_once() == 2
+    assert len(set(fake.stamps)) == 2  # each round is a change the scheduler sees
+    assert all(stamp.endswith(r._origin) for stamp in fake.stamps)
+
+
+def test_a_signal_makes_the_thread_requeue() -> None:
+    fake = Pods()
+    fake.unscheduled = [pod("a", "uid-a")]
+    touched = threading.Event()
+    fake.on_patch = touched.set
+    r = requeuer(fake).start()
+    try:
+        assert not touched.wait(0.2)  # nothing before a signal
+        r.signal()
+        assert touched.wait(10)
+    finally:
+        r.stop()
 
 
 def test_the_cache_never_goes_back_to_an_older_version_of_a_ledger() -> None:
