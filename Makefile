@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: install test test-fast lint bench demo up down node cluster-up cluster-down controlplane e2e clean
+.PHONY: install test test-fast lint bench chaos soak demo up down node cluster-up cluster-down controlplane e2e clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,18 @@ bench: $(STAMP)
 	$(PY) bench/bench_scheduling.py
 	$(PY) bench/bench_node.py --mode nri
 	$(PY) bench/bench_node.py --mode cdi
+
+# Faults during a burst of RT pods (extender, kube-apiserver, agent killed; etcd and
+# the extender stopped; the webhook down; a node deleted), then the invariants: no
+# CPU overcommitted, nothing leaked, nothing stuck. A few minutes; needs root and Go.
+chaos: $(STAMP)
+	$(PY) hack/chaos.py
+
+# Steady churn of RT pods (SOAK_MINUTES, default 60) with the invariants checked every
+# 10 s and each component's memory and open files sampled: a leak shows as a slope.
+SOAK_MINUTES ?= 60
+soak: $(STAMP)
+	$(PY) hack/chaos.py --soak $(SOAK_MINUTES)
 
 # The main job: the whole chain on a local control plane, the four demo apps,
 # a report of placements and kernel reservations; then everything is torn down.

@@ -56,11 +56,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import datetime as _dt
 import ipaddress
 import json
 import os
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -329,6 +331,23 @@ class ControlPlane:
         self._started = False
         if not self.keep_workdir and self.workdir.exists():
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def restart(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Kill one component (hard by default) and start it again with the same ports and data (chaos tests)."""
+        starts = {
+            "etcd": self._start_etcd,
+            "kube-apiserver": self._start_apiserver,
+            "kube-controller-manager": self._start_controller_manager,
+        }
+        if name not in starts:
+            raise ControlPlaneError(f"cannot restart {name!r} (one of {', '.join(starts)})")
+        pid = self.pids.pop(name, None)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            kill(pid, self._procs.pop(name, None))
+        starts[name]()
+        self._write_state()
 
     @classmethod
     def attach(cls, workdir: Path | str) -> ControlPlane:

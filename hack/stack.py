@@ -172,11 +172,14 @@ class Stack:
         *,
         progress: Callable[[str], None] = lambda _msg: None,
         extender_args: Sequence[str] = (),
+        agent_args: Sequence[str] = (),
     ) -> None:
         self.cp = cp
         self.nodes = list(nodes)
         self.progress = progress
         self.extender_args = list(extender_args)
+        #: Added to every agent's command line (e.g. a faster Lease renewal for fault tests).
+        self.agent_args = list(agent_args)
         self.workdir = cp.workdir / "stack"
         self.logs = self.workdir / "logs"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -371,7 +374,7 @@ class Stack:
                 argv += ["--mode", node.mode]
         else:  # simulated nodes must not register with this machine's real kubelet
             argv += ["--no-device-plugin"]
-        self.spawn(f"agent-{node.name}", argv)
+        self.spawn(f"agent-{node.name}", [*argv, *self.agent_args])
 
     def nas(self, node: str) -> dict[str, Any] | None:
         try:

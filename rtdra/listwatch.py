@@ -193,7 +193,7 @@ class ListWatch(Generic[Item, E]):
                 failures += 1
                 delay = min(self.max_retry_seconds, self.retry_seconds * 2 ** (failures - 1))
                 delay *= random.uniform(0.5, 1.0)
-                if isinstance(err, StoreError | OSError | ValueError):
+                if isinstance(err, (StoreError, ValueError, *API_FAILURES)):  # expected: the API away, bad data
                     log.warning("%s: %s; listing again in %.1fs", self.name, err, delay)
                 else:
                     log.exception("%s: unexpected error; listing again in %.1fs", self.name, delay)

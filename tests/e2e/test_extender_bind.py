@@ -34,6 +34,7 @@ from kubernetes.client.exceptions import ApiException
 from extender.bind import Binder, BindError
 from extender.pods import pending_view
 from rtdra import names
+from rtdra.certs import CertificateAuthority
 from rtdra.ledger import NodeLedger
 from rtdra.store import NasStore
 
@@ -200,9 +201,8 @@ class TLS:
 
     @classmethod
     def make(cls, directory: Path) -> TLS:
-        from hack.cluster import CertificateAuthority
-
         ca = CertificateAuthority.create("rtdra-extender-test-ca")
+        (directory / "ca.key").write_bytes(ca.key_pem)
         paths = {
             name: directory / f"{name}.pem" for name in ("ca", "server_cert", "server_key", "client_cert", "client_key")
         }
@@ -214,6 +214,48 @@ class TLS:
         paths["client_cert"].write_bytes(client_pair[0])
         paths["client_key"].write_bytes(client_pair[1])
         return cls(**paths)
+
+    @property
+    def client(self) -> tuple[str, str]:
+        return str(self.client_cert), str(self.client_key)
+
+
+def foreign_ca(directory: Path) -> tuple[Path, tuple[str, str]]:
+    """A CA the extender does not trust (its certificate file) and a client certificate and key it issued."""
+    other = CertificateAuthority.create("someone-else")
+    cert, key = other.issue("system:kube-scheduler", client=True)
+    for name, data in (("foreign-ca.pem", other.cert_pem), ("foreign.pem", cert), ("foreign.key", key)):
+        (directory / name).write_bytes(data)
+    return directory / "foreign-ca.pem", (str(directory / "foreign.pem"), str(directory / "foreign.key"))
+
+
+def expired_client(ca: Any, directory: Path) -> tuple[str, str]:
+    """A client certificate from the trusted ``ca`` that expired yesterday, and its key."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "system:kube-scheduler")]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=30))
+        .not_valid_after(now - dt.timedelta(days=1))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    (directory / "expired.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "expired.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return str(directory / "expired.pem"), str(directory / "expired.key")
 
 
 def bind(url: str, namespace: str, name: str, uid: str, node: str) -> str:
@@ -602,6 +644,14 @@ def test_kube_scheduler_reaches_the_extender_over_https_with_its_client_certific
     with running_extender(extender_kubeconfig, tmp_path, tls=tls) as url:
         with pytest.raises(requests.exceptions.SSLError):  # no client certificate: refused in the handshake
             requests.get(f"{url}/healthz", verify=str(tls.ca), timeout=5)
+        other_ca, foreign = foreign_ca(tmp_path)
+        ca = CertificateAuthority.from_pem(tls.ca.read_bytes(), (tmp_path / "ca.key").read_bytes())
+        for wrong in (foreign, expired_client(ca, tmp_path)):  # another CA's client certificate; an expired one
+            with pytest.raises(requests.exceptions.SSLError):
+                requests.get(f"{url}/healthz", verify=str(tls.ca), cert=wrong, timeout=5)
+        with pytest.raises(requests.exceptions.SSLError):  # and a client that trusts another CA refuses the server
+            requests.get(f"{url}/healthz", verify=str(other_ca), cert=tls.client, timeout=5)
+        assert requests.get(f"{url}/healthz", verify=str(tls.ca), cert=tls.client, timeout=5).status_code == 200
         config = yaml.safe_load((MANIFESTS / "extender" / "scheduler-config.yaml").read_text())
         extender = config["extenders"][0]
         extender["urlPrefix"] = url
