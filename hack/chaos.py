@@ -145,7 +145,7 @@ class Report:
         yield (
             f"pods: {self.pods_created} created ({self.creates_refused} creations refused while a fault lasted), "
             f"{self.pods_deleted} deleted mid-burst, {self.refused_without_webhook} refused without the webhook "
-            "(failurePolicy Fail); at the end {self.bound} bound, {self.pending} pending; "
+            f"(failurePolicy Fail); at the end {self.bound} bound, {self.pending} pending; "
             f"settled in {self.settle_s:.1f}s"
         )
         for title, items in (

@@ -230,3 +230,28 @@ def test_a_plain_pod_on_the_same_node_is_untouched(stack: Stack, ns: str) -> Non
     assert sched.sched_getattr(pid).policy == sched.SCHED_OTHER
     assert pod.metadata.uid not in (stack.nas(NODE.name) or {})["spec"].get("preparedClaims", {})
     assert "RT_" not in stack.real[NODE.name].container_log(pod, "app")
+
+
+def test_a_pod_cannot_take_another_pods_reservation_through_runtime_annotations(stack: Stack, ns: str) -> None:
+    """The agent names a container's pod by what the runtime says (containerd's own CRI annotations, or NRI's
+    pod), never by annotations a user writes: a pod claiming to be another one gets its own reservation."""
+    core = client.CoreV1Api(stack.api)
+    core.create_namespaced_pod(ns, rt_pod(stack, "victim", "runtime=3ms,period=10ms"))
+    victim = wait_for("victim running", lambda: running(core, ns, "victim"), timeout=120)
+    victim_pid = container_pid(stack, victim)
+    spoof = rt_pod(stack, "spoof", "runtime=1ms,period=10ms")
+    spoof["metadata"]["annotations"].update(
+        {
+            "io.kubernetes.cri.sandbox-uid": victim.metadata.uid,
+            "io.kubernetes.cri.sandbox-name": "victim",
+            "io.kubernetes.cri.sandbox-namespace": ns,
+            "io.kubernetes.pod.uid": victim.metadata.uid,
+        }
+    )
+    core.create_namespaced_pod(ns, spoof)
+    pod = wait_for("spoof running", lambda: running(core, ns, "spoof"), timeout=120)
+    assert_deadline(container_pid(stack, pod), 1_000_000, 10_000_000, 10_000_000)  # its own, not the victim's
+    assert_deadline(victim_pid, 3_000_000, 10_000_000, 10_000_000)
+    prepared = (stack.nas(NODE.name) or {})["spec"]["preparedClaims"]
+    assert prepared[victim.metadata.uid]["containers"]["app"]["pid"] == victim_pid
+    assert prepared[pod.metadata.uid]["containers"]["app"]["pid"] == container_pid(stack, pod)
