@@ -211,7 +211,7 @@ class Chaos:
         for i in range(self.pods):
             if self._stop.is_set():
                 return
-            body = rt_pod(f"rt-{i:03d}", self.random.choice((2, 3, 4, 5)), self.random.choice((1, 1, 2)))
+            body = rt_pod(f"rt-{i:03d}", self.random.choice((3, 4, 5, 6)), self.random.choice((1, 1, 2)))
             while not self._stop.is_set():
                 try:
                     self.core.create_namespaced_pod(NS, body)
@@ -625,7 +625,7 @@ class Soak(Chaos):
                     oldest = min(live, key=lambda p: p.metadata.creation_timestamp)
                     self.core.delete_namespaced_pod(oldest.metadata.name, NS)
                     report.pods_deleted += 1
-                body = rt_pod(f"soak-{i:06d}", self.random.choice((2, 3, 4, 5)), self.random.choice((1, 1, 2)))
+                body = rt_pod(f"soak-{i:06d}", self.random.choice((3, 4, 5, 6)), self.random.choice((1, 1, 2)))
                 self.core.create_namespaced_pod(NS, body)
                 report.pods_created += 1
                 i += 1

@@ -89,15 +89,16 @@ def test_a_ledger_round_trips_through_the_api_with_its_schema(store: NasStore) -
 
 
 def test_the_crd_schema_refuses_a_malformed_ledger(store: NasStore) -> None:
-    body = NodeLedger("bad", {0: CAP}).to_nas(store.namespace)
+    body = NodeLedger("bad", {0: CAP}).reserve(pod_allocation("u1", 0)).to_nas(store.namespace)
     body["spec"]["allocatableCpuset"][0]["rtcpu"]["capacity"] = 2 << 20  # more than a whole CPU
     body["status"] = "Maybe"
+    body["spec"]["allocatedClaims"]["u1"]["containers"]["c"]["rtcpu"]["cpuset"][0]["runtimeNs"] = 10  # < 1024 ns
     with pytest.raises(ApiException) as err:
         client.CustomObjectsApi(store.api).create_namespaced_custom_object(
             names.NAS_GROUP, names.NAS_VERSION, store.namespace, names.NAS_PLURAL, body
         )
     assert err.value.status == 422
-    assert "capacity" in err.value.body and "status" in err.value.body
+    assert "capacity" in err.value.body and "status" in err.value.body and "runtimeNs" in err.value.body
 
 
 def test_a_stale_write_is_refused_with_409_and_update_retries_on_the_fresh_value(store: NasStore) -> None:
