@@ -120,6 +120,8 @@ class Report:
     bound: int = 0
     pending: int = 0
     settle_s: float = 0.0
+    #: The last lines of each component's log, kept when a component was found unhealthy.
+    logs: dict[str, str] = field(default_factory=dict)
 
     @property
     def broken(self) -> bool:
@@ -148,6 +150,9 @@ class Report:
             f"(failurePolicy Fail); at the end {self.bound} bound, {self.pending} pending; "
             f"settled in {self.settle_s:.1f}s"
         )
+        for name, tail in self.logs.items():
+            yield f"--- last lines of {name}'s log:"
+            yield tail
         for title, items in (
             ("overcommitted CPUs", sorted(self.overcommitted)),
             ("leaked reservations", self.leaked),
@@ -468,6 +473,9 @@ class Chaos:
             time.sleep(2.0)
             report = self.check()
         report.settle_s = time.monotonic() - start
+        if report.unhealthy:  # the evidence goes before the stack does
+            for name in sorted(self.stack.procs):
+                report.logs[name] = self.stack.log_tail(name, 40)
         return report
 
     def drain(self) -> None:

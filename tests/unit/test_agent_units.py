@@ -31,7 +31,7 @@ from agent.config import parse_args
 from agent.discovery import simulate
 from agent.enforce import Enforcer
 from agent.store import FileStore
-from rtdra import host, names, tasks
+from rtdra import host, names, sched, tasks
 from rtdra.ledger import NodeLedger, PodAllocation, Slot
 
 REPO = Path(__file__).resolve().parents[2]
@@ -639,3 +639,19 @@ def test_the_backend_choices_and_discovery_come_from_the_registry(capsys: pytest
     assert exit_.value.code == 2
     assert capsys.readouterr().err.endswith("(choose from 'deadline', 'hcbs', 'none')\n")
     assert "none" in supported_backends(host.cgroup_layout())
+
+
+def test_capacity_is_never_more_than_the_rt_limit_when_the_measurement_overstates_what_is_free(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by the chaos suite: a restarted agent beside a reserved container measured 110% per CPU."""
+    limit = 943719  # the RT limit (996147) less the fair server (52428)
+    alive = host.DeadlineTask(4242, sched.deadline(4_000_000, 10_000_000, 10_000_000), frozenset({0, 1}))
+    monkeypatch.setattr(host, "read_debugfs", lambda *_a, **_k: None)
+    monkeypatch.setattr(host, "deadline_tasks", lambda: [alive])
+    monkeypatch.setattr(host, "probe_free_bandwidth", lambda *_a, **_k: 2 * limit)  # the task not counted
+    sysctls = host.RtSysctls(rt_runtime_us=950000, rt_period_us=1000000, period_min_us=100, period_max_us=4194304)
+    measured = host.discover_capacity((0, 1), sysctls=sysctls)
+    assert measured.per_cpu == {0: limit, 1: limit}
+    assert measured.root_domain_capacity == 2 * limit
+    assert any("taken as not counting them" in note for note in measured.notes)
