@@ -340,6 +340,8 @@ class Chaos:
                 continue
             if node:
                 r.bound += 1
+                if node not in nodes:  # kube-controller-manager's pod GC removes it, then the reservation goes
+                    r.stuck.append(f"{name}: bound to node {node}, which was deleted, and not removed yet")
                 reserved_on = held.get(uid, [])
                 if reserved_on != [node]:
                     r.double.append(f"{name} bound to {node}, reserved on {reserved_on or 'no node'}")
