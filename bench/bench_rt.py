@@ -580,9 +580,11 @@ class Bench:
         out = (hostdir / f"{w.name}.out").read_text(errors="replace")
         state = container_state(self.core, w.name)
         code = state.terminated.exit_code if state is not None and state.terminated is not None else None
-        # An RT-DRA worker ends by asking for SCHED_OTHER, which the kernel refuses (see the docstring).
-        if not (code == 0 or (w.rt and code == 1 and EPERM_LINE in out)):
-            raise Fail(f"{w.name}: rt-app exited {code}:\n{out[-2000:]}")
+        # An RT-DRA worker ends by asking for SCHED_OTHER, which the kernel refuses (see the docstring): exit 1
+        # with EPERM is what a worker still under the agent's reservation at its end gets; 0 would mean it was not.
+        expected = (1, True) if w.rt else (0, False)
+        if (code, EPERM_LINE in out) != expected:
+            raise Fail(f"{w.name}: rt-app exited {code}, expected {expected[0]}:\n{out[-2000:]}")
         jobs = parse_rtapp_log((hostdir / f"{w.name}-{WORKER}-0.log").read_text(), self._deadline_us(w))
         if not jobs:
             raise Fail(f"{w.name}: no jobs logged")
@@ -600,7 +602,7 @@ class Bench:
         ahead_s = (jobs[0].release_us - watch.seen_us) / 1e6
         note = (
             f"{w.name}: worker thread {watch.tid} {what} from {ahead_s:.1f}s before its first job "
-            f"({watch.samples} checks); CPU time per job {watch.cpu_per_job_us(jobs) / 1000:.3f} ms"
+            f"({watch.samples} checks); CPU time per job {watch.cpu_per_job_us(jobs) / 1000:.3f} ms; rt-app exit {code}"
         )
         missed = [j for j in jobs if not j.met]
         if missed:  # a late start: an earlier job ran over; a long work wall time: throttled (budget spent)
