@@ -758,7 +758,7 @@ def scenarios_for(ledger: NodeLedger, args: argparse.Namespace) -> list[Scenario
         "capacity", f"{count} RT-DRA pods at capacity + hogs", full, hogs=True, probe=f"runtime=100us,period={per}"
     )
     sc.notes.append(
-        f"per CPU {ncpu} x: capacity {cap} ({percent(cap)}), reserved {used} ({percent(used)}), "
+        f"each of {ncpu} CPUs: capacity {cap} ({percent(cap)}), reserved {used} ({percent(used)}), "
         f"left {cap - used}/{BW_UNIT} (< 1 ns of runtime per {format_ns(p_ns)})"
     )
     out.append(sc)
