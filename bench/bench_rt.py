@@ -799,6 +799,12 @@ def main() -> int:
         default=BUDGET_OVER_WORK,
         help="runtime of each pod at capacity / at the EDF limit, at least this many times W",
     )
+    parser.add_argument(
+        "--only",
+        default="",
+        help="run only these scenarios (comma-separated: plain-idle, rt-idle, plain-hogs, rt-hogs, capacity, "
+        "constrained)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / ".bench" / "rt", help="where tables, CSV and plot go")
     args = parser.parse_args()
 
@@ -817,6 +823,12 @@ def main() -> int:
             bench.calibrate()
             ledger = bench.ledger()
             scenarios = scenarios_for(ledger, args)
+            if args.only:
+                wanted = set(args.only.split(","))
+                unknown = wanted - {sc.key for sc in scenarios}
+                if unknown:
+                    raise SystemExit(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+                scenarios = [sc for sc in scenarios if sc.key in wanted]
             for sc in scenarios:
                 if sc.hogs and not bench.hogs:
                     bench.start_hogs()
