@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: install test test-fast lint bench chaos soak demo up down node cluster-up cluster-down controlplane e2e clean
+.PHONY: install test test-fast lint bench bench-rt chaos soak demo up down node cluster-up cluster-down controlplane e2e clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ $(STAMP): setup.cfg pyproject.toml | $(PY)
 	touch $@
 
 install: $(STAMP)
+
+# The benchmarks' optional extra (matplotlib, for bench-rt's plot), on top of the above.
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,dev,bench]'
+	touch $@
 
 # The whole suite: unit, property, real-kernel and real-control-plane tests.
 test: $(STAMP)
@@ -34,7 +40,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 # Benchmarks print tables with ratios to a floor measured in the same run.
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	$(BIN)/rtdra simulate --nodes 10 --cpus 8 --load 0.6 --load 0.8 --load 1.0
 	$(PY) bench/bench_extender.py
 	$(PY) bench/bench_webhook.py
@@ -44,6 +50,13 @@ bench: $(STAMP)
 	$(PY) bench/bench_scheduling.py
 	$(PY) bench/bench_node.py --mode nri
 	$(PY) bench/bench_node.py --mode cdi
+	$(PY) bench/bench_rt.py
+
+# The guarantee, measured (docs/benchmark-rt.md): rt-app's periodic jobs in pods on the real node under CPU
+# hogs - an RT-DRA pod against a plain pod, the node filled to its capacity, constrained deadlines at the EDF
+# limit. Root; about three minutes; tables, per-job CSV and a CDF plot in .bench/rt/.
+bench-rt: $(BENCH_STAMP)
+	$(PY) bench/bench_rt.py
 
 # Faults during a burst of RT pods (extender, kube-apiserver, agent killed; etcd and
 # the extender stopped; the webhook down; a node deleted), then the invariants: no

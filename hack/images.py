@@ -193,8 +193,9 @@ def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _rootfs_layer(busybox: bytes, applets: Sequence[str], pause: bytes) -> bytes:
+def _rootfs_layer(busybox: bytes, applets: Sequence[str], pause: bytes, extra: Sequence[_Entry] = ()) -> bytes:
     entries = [_Entry(d, tarfile.DIRTYPE, 0o755) for d in ("bin", "dev", "etc", "proc", "root", "sys", "var")]
+    entries += extra
     entries.append(_Entry("tmp", tarfile.DIRTYPE, 0o1777))
     entries.append(_Entry("bin/busybox", tarfile.REGTYPE, 0o755, busybox))
     entries += [_Entry(f"bin/{a}", tarfile.SYMTYPE, 0o777, link="busybox") for a in applets]
@@ -204,16 +205,28 @@ def _rootfs_layer(busybox: bytes, applets: Sequence[str], pause: bytes) -> bytes
     return _tar(entries)
 
 
-def image_layout(busybox: bytes, applets: Sequence[str], pause: bytes, name: str = IMAGE_NAME) -> tuple[bytes, str]:
-    """The OCI image-layout tar for these inputs and its manifest digest (pure)."""
-    layer = _rootfs_layer(busybox, applets, pause)
+def image_layout(
+    busybox: bytes,
+    applets: Sequence[str],
+    pause: bytes,
+    name: str = IMAGE_NAME,
+    *,
+    extra: Sequence[_Entry] = (),
+    history: str = "hack/images.py (busybox-static + hack/node/pause.c)",
+) -> tuple[bytes, str]:
+    """The OCI image-layout tar for these inputs and its manifest digest (pure).
+
+    ``extra``: more rootfs entries (directories first named by their own entries), e.g. the
+    benchmark image's programs and their shared libraries (``hack/bench_image.py``).
+    """
+    layer = _rootfs_layer(busybox, applets, pause, extra)
     config = _json(
         {
             "architecture": _GOARCH.get(platform.machine(), platform.machine()),
             "os": "linux",
             "config": {"Env": [PATH_ENV], "Cmd": ["/pause"], "WorkingDir": "/"},
             "rootfs": {"type": "layers", "diff_ids": [_digest(layer)]},
-            "history": [{"created_by": "hack/images.py (busybox-static + hack/node/pause.c)"}],
+            "history": [{"created_by": history}],
         }
     )
     manifest = _json(
