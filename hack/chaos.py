@@ -438,7 +438,7 @@ class Chaos:
                         bad.append(f"{name}: HTTP {reply.status}")
             except OSError as err:
                 bad.append(f"{name}: {err}")
-        for spec in NODES:
+        for spec in stack.nodes:
             if spec.name in self.deleted_nodes:
                 continue
             proc = stack.procs.get(f"agent-{spec.name}")
