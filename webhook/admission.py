@@ -7,7 +7,9 @@ labels), so it can be tested without HTTP or an API server. The Flask view in
 
 Rules, in order (docs/webhook.md explains them for users):
 
-1. Only pod CREATE is judged; anything else the configuration routes here is allowed untouched.
+1. Only pod CREATE is judged - and, in DRA mode, CREATE of ResourceClaims and
+   ResourceClaimTemplates (``resource.k8s.io``), which :mod:`webhook.claims` completes or
+   denies (422); anything else the configuration routes here is allowed untouched.
 2. A pod that does not have the shape of a Pod is denied (400): we never guess.
 3. ``rt.resource.example.com/allocation`` on a new pod is denied (403): only the
    extender writes it, at bind time.
@@ -31,6 +33,7 @@ from typing import Any, Final, cast
 
 from rtdra import names
 from rtdra.request import ClaimParametersLookup, InvalidRequest, PodRequest, has_rt_request, parse_pod
+from webhook.claims import CLAIMS, RESOURCE_GROUP, TEMPLATES, ClaimDenied, build_claim_patch, claim_spec_of
 from webhook.config import WebhookConfig
 from webhook.mutate import Mutation, build_patch, escape, request_warnings
 from webhook.reviews import (
@@ -159,8 +162,28 @@ def _legacy_warnings(annotations: Mapping[str, str], request: PodRequest) -> lis
     return out
 
 
+def decide_claim(request: AdmissionRequest, config: WebhookConfig, lookups: Lookups) -> Mutation:
+    """A ResourceClaim or ResourceClaimTemplate: completed for our device class, or denied (422)."""
+    resource = request["resource"]["resource"]
+    try:
+        spec, base = claim_spec_of(request.get("object"), resource)
+        mutation = build_claim_patch(spec, base, config.limits)
+    except ClaimDenied as err:
+        raise Denied(CODE_INVALID, f"invalid real-time claim: {err}") from None
+    if mutation.patch and config.verify_namespace:
+        _check_namespace(str(request.get("namespace") or "default"), lookups.namespace_labels)
+    return mutation
+
+
 def decide(request: AdmissionRequest, config: WebhookConfig, lookups: Lookups) -> Mutation:
     """The patch and warnings for an allowed request; raises :class:`Denied` otherwise."""
+    if (
+        request.get("operation") == "CREATE"
+        and request["resource"].get("group") == RESOURCE_GROUP
+        and request["resource"].get("resource") in (CLAIMS, TEMPLATES)
+        and not request.get("subResource")
+    ):
+        return decide_claim(request, config, lookups)
     if (
         request.get("operation") != "CREATE"
         or request["resource"].get("resource") != "pods"
