@@ -38,6 +38,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=int, help="gunicorn worker timeout in seconds (default 30)")
     p.add_argument("--bind-grace-seconds", type=float, help="release unbound reservations after this long (60)")
     p.add_argument("--reconcile-interval-seconds", type=float, help="reconcile period, 0 disables (default 30)")
+    p.add_argument(
+        "--dra-scoring",
+        action="store_true",
+        default=None,
+        help="serve <prefix>/dra/prioritize for pods with RT ResourceClaims (DRA mode; off by default)",
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING ... (default INFO)")
     return p
 

@@ -40,6 +40,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -172,11 +173,14 @@ class Stack:
         *,
         progress: Callable[[str], None] = lambda _msg: None,
         extender_args: Sequence[str] = (),
+        dra_scoring: bool = False,
     ) -> None:
         self.cp = cp
         self.nodes = list(nodes)
         self.progress = progress
-        self.extender_args = list(extender_args)
+        self.extender_args = list(extender_args) + (["--dra-scoring"] if dra_scoring else [])
+        #: DRA mode's optional scoring: the extender serves /dra/prioritize and kube-scheduler calls it.
+        self.dra_scoring = dra_scoring
         self.workdir = cp.workdir / "stack"
         self.logs = self.workdir / "logs"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -418,7 +422,18 @@ class Stack:
         """The shipped KubeSchedulerConfiguration, calling this stack's extender."""
         config: dict[str, Any] = yaml.safe_load((MANIFESTS / "extender" / "scheduler-config-http.yaml").read_text())
         config["extenders"][0]["urlPrefix"] = f"http://127.0.0.1:{self.extender_port}"
+        if self.dra_scoring:
+            config["extenders"].append(self.dra_scoring_extender())
         return config
+
+    def dra_scoring_extender(self) -> dict[str, Any]:
+        """The shipped DRA scoring entry (manifests/scheduler/dra-scoring-config.yaml), over loopback HTTP."""
+        shipped = yaml.safe_load((MANIFESTS / "scheduler" / "dra-scoring-config.yaml").read_text())
+        [entry] = [e for e in shipped["extenders"] if "managedResources" not in e]
+        path = urllib.parse.urlsplit(entry["urlPrefix"]).path
+        entry = {k: v for k, v in entry.items() if k not in ("enableHTTPS", "tlsConfig")}
+        entry["urlPrefix"] = f"http://127.0.0.1:{self.extender_port}{path}"
+        return entry
 
     def restart_extender(self, sig: int = signal.SIGKILL) -> None:
         """Kill the extender (hard by default) and start it again on the same port."""
