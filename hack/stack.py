@@ -429,7 +429,7 @@ class Stack:
     def dra_scoring_extender(self) -> dict[str, Any]:
         """The shipped DRA scoring entry (manifests/scheduler/dra-scoring-config.yaml), over loopback HTTP."""
         shipped = yaml.safe_load((MANIFESTS / "scheduler" / "dra-scoring-config.yaml").read_text())
-        [entry] = [e for e in shipped["extenders"] if "managedResources" not in e]
+        [entry] = [e for e in shipped["extenders"] if e["urlPrefix"].endswith("/dra")]
         path = urllib.parse.urlsplit(entry["urlPrefix"]).path
         entry = {k: v for k, v in entry.items() if k not in ("enableHTTPS", "tlsConfig")}
         entry["urlPrefix"] = f"http://127.0.0.1:{self.extender_port}{path}"
@@ -469,18 +469,20 @@ class Stack:
                 "--tls-key", str(certs / "tls.key"),
                 "--kubeconfig", str(self.cp.service_account_kubeconfig(NAMESPACE, "rtdra-webhook", create=False)),
             ],
+            env={"RTDRA_WEBHOOK_DRA_SCORING": "true"} if self.dra_scoring else None,
         )  # fmt: skip
         context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
         url = f"https://127.0.0.1:{self.webhook_port}/readyz"
         wait_for("webhook ready", lambda: self._http_ok(url, "webhook", context), timeout=60)
-        config = yaml.safe_load((MANIFESTS / "webhook" / "mutatingwebhookconfiguration.yaml").read_text())
-        config = copy.deepcopy(config)
-        for hook in config["webhooks"]:
-            hook["clientConfig"] = {
-                "url": f"https://127.0.0.1:{self.webhook_port}/mutate",
-                "caBundle": base64.b64encode((certs / "ca.crt").read_bytes()).decode(),
-            }
-        apply(self.api, [config])
+        files = ["mutatingwebhookconfiguration.yaml"] + (["dra-scoring.yaml"] if self.dra_scoring else [])
+        configs = [copy.deepcopy(yaml.safe_load((MANIFESTS / "webhook" / f).read_text())) for f in files]
+        for config in configs:
+            for hook in config["webhooks"]:
+                hook["clientConfig"] = {
+                    "url": f"https://127.0.0.1:{self.webhook_port}/mutate",
+                    "caBundle": base64.b64encode((certs / "ca.crt").read_bytes()).decode(),
+                }
+        apply(self.api, configs)
 
 
 @contextlib.contextmanager

@@ -43,6 +43,11 @@ ATTRIBUTE_NUMA: Final = "resource.kubernetes.io/numaNode"
 #: The opaque driver config's parameters, as the old driver's users wrote them.
 PARAMETERS_API_VERSION: Final = f"{DOMAIN}/v1alpha1"
 PARAMETERS_KIND: Final = "RtClaimParameters"
+#: The extended resource the webhook adds (optionally) to pods with ResourceClaims, so that the scheduler
+#: extender entry that scores DRA pods can name it in ``managedResources`` (``ignoredByScheduler``) and
+#: kube-scheduler calls it for those pods only, never for plain ones. No node advertises it; kubelet
+#: drops extended resources its node does not have before its fit check.
+SCORING_RESOURCE: Final = f"{DOMAIN}/dra"
 #: Upstream's limit on the devices allocated to one claim (``resource.k8s.io/v1`` AllocationResultsMaxSize).
 MAX_DEVICES_PER_CLAIM: Final = 32
 

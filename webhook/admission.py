@@ -10,6 +10,8 @@ Rules, in order (docs/webhook.md explains them for users):
 1. Only pod CREATE is judged - and, in DRA mode, CREATE of ResourceClaims and
    ResourceClaimTemplates (``resource.k8s.io``), which :mod:`webhook.claims` completes or
    denies (422); anything else the configuration routes here is allowed untouched.
+   With ``dra_scoring``, a pod with ResourceClaims first gets DRA mode's scoring marker
+   (:func:`webhook.mutate.scoring_marker`), then the rules below.
 2. A pod that does not have the shape of a Pod is denied (400): we never guess.
 3. ``rt.resource.example.com/allocation`` on a new pod is denied (403): only the
    extender writes it, at bind time.
@@ -35,7 +37,14 @@ from rtdra import names
 from rtdra.request import ClaimParametersLookup, InvalidRequest, PodRequest, has_rt_request, parse_pod
 from webhook.claims import CLAIMS, RESOURCE_GROUP, TEMPLATES, ClaimDenied, build_claim_patch, claim_spec_of
 from webhook.config import WebhookConfig
-from webhook.mutate import Mutation, build_patch, escape, request_warnings
+from webhook.mutate import (
+    Mutation,
+    build_patch,
+    escape,
+    has_resource_claims,
+    request_warnings,
+    scoring_marker,
+)
 from webhook.reviews import (
     API_VERSION,
     KIND,
@@ -193,6 +202,16 @@ def decide(request: AdmissionRequest, config: WebhookConfig, lookups: Lookups) -
     pod = request.get("object")
     check_pod_shape(pod)
     assert isinstance(pod, dict)
+    if config.dra_scoring and has_resource_claims(pod):
+        # The marker first: the request's operations are then computed on the pod it leaves.
+        marker, pod = scoring_marker(pod)
+        mutation = decide_pod(request, pod, config, lookups)
+        return Mutation((*marker, *mutation.patch), mutation.warnings)
+    return decide_pod(request, pod, config, lookups)
+
+
+def decide_pod(request: AdmissionRequest, pod: dict[str, Any], config: WebhookConfig, lookups: Lookups) -> Mutation:
+    """A pod (shape checked): the real-time request's patch, or nothing for a pod without one."""
     metadata = pod.get("metadata") or {}
     annotations: Mapping[str, str] = metadata.get("annotations") or {}
     if not any(k.startswith(names.PREFIX) for k in annotations):

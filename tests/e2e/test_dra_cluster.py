@@ -26,6 +26,7 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from prometheus_client.parser import text_string_to_metric_families
 
 from hack.stack import Stack, wait_for
 from rtdra import dra, names
@@ -411,3 +412,32 @@ def test_rt_test5_becomes_a_valid_claim_that_the_scheduler_allocates(
     assert dra.parse_quantity(exactly["capacity"]["requests"][dra.CAPACITY]) == expected
     results = made["status"]["allocation"]["devices"]["results"]
     assert len({r["device"] for r in results}) == params["count"]
+
+
+def dra_prioritize_calls(stack: Stack) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.extender_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "rtdra_extender_requests_total" and sample.labels.get("verb") == "dra/prioritize":
+                return float(sample.value)
+    return 0.0
+
+
+def test_only_pods_with_claims_reach_the_dra_scoring(
+    stack: Stack, resource: client.ResourceV1Api, ns: str, rt_nodes: Any
+):
+    rt_nodes("route", 2, 2)
+    core = client.CoreV1Api(stack.api)
+    before = dra_prioritize_calls(stack)
+    for i in range(3):
+        core.create_namespaced_pod(
+            ns, {"metadata": {"name": f"plain-{i}"}, "spec": {"containers": [{"name": "a", "image": "busybox"}]}}
+        )
+    for i in range(3):
+        wait_for(f"plain-{i} bound", lambda n=f"plain-{i}": core.read_namespaced_pod(n, ns).spec.node_name)
+    assert dra_prioritize_calls(stack) == before  # the webhook marked none of them: never sent
+    resource.create_namespaced_resource_claim_template(ns, template("t", claim_spec(parameters(1))))
+    core.create_namespaced_pod(ns, pod_with_template("dra", "t"))
+    wait_for("dra bound", lambda: core.read_namespaced_pod("dra", ns).spec.node_name)
+    assert dra_prioritize_calls(stack) > before

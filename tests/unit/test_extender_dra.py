@@ -138,3 +138,19 @@ def test_the_dra_verb_is_served_only_when_enabled() -> None:
     assert on.get("/dra/nodes").get_json()["a"] == {"used": 8 * TENTH, "capacity": 2 * CPU}
     off = create_app(ExtenderConfig(), cache=LedgerCache(), dra_usage=usage).test_client()
     assert off.post("/dra/prioritize", data=body).status_code == 404
+
+
+def test_a_claim_the_watch_has_not_brought_is_read() -> None:
+    store = {("ns", "new"): claim("new", 1, TENTH), ("ns", "done"): claim("done", 1, TENTH, node="b")}
+    usage = DraUsage(reader=lambda ns, name: store.get((ns, name)))
+    usage.replace_slices([slice_("a", 2), slice_("b", 2)])
+    usage.replace_claims([claim("held", 2, 4 * TENTH, node="a")])
+    assert usage.pod_demand(pod("new")) == TENTH
+    assert usage.pod_demand(pod("done")) == 0  # allocated already: nothing to place
+    assert usage.pod_demand(pod("gone")) == 0
+
+    def broken(ns: str, name: str) -> dict[str, Any]:
+        raise OSError("connection refused")
+
+    usage.reader = broken
+    assert set(scores(usage, pod("new")).values()) == {0}  # no opinion rather than an error

@@ -193,3 +193,52 @@ def test_quantities_parse_as_kube_apiserver_writes_them() -> None:
         dra.parse_quantity("1Xi")
     with pytest.raises(ClaimDenied):
         build_claim_patch({"devices": {"requests": "x"}}, "/spec")
+
+
+def pod_review(pod: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "uid": "u-2",
+        "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "namespace": "rt",
+        "operation": "CREATE",
+        "userInfo": {"username": "alice"},
+        "object": pod,
+    }
+
+
+def pod_with_claims(**annotations: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "p", "annotations": annotations},
+        "spec": {
+            "containers": [{"name": "app", "image": "busybox"}, {"name": "side", "image": "busybox"}],
+            "resourceClaims": [{"name": "rt", "resourceClaimTemplateName": "t"}],
+        },
+    }
+
+
+def patched_pod(pod: dict[str, Any], config: WebhookConfig) -> dict[str, Any]:
+    response = admit(pod_review(pod), config, Lookups())  # type: ignore[arg-type]
+    assert response["allowed"], response
+    if "patch" not in response:
+        return pod
+    return dict(jsonpatch.apply_patch(pod, json.loads(base64.b64decode(response["patch"]))))
+
+
+def test_pods_with_claims_get_the_scoring_marker_only_when_configured() -> None:
+    marker = {dra.SCORING_RESOURCE: "1"}
+    done = patched_pod(pod_with_claims(), WebhookConfig(dra_scoring=True))
+    assert done["spec"]["containers"][0]["resources"] == {"requests": marker, "limits": marker}
+    assert "resources" not in done["spec"]["containers"][1]
+    assert patched_pod(done, WebhookConfig(dra_scoring=True)) == done  # idempotent
+    assert patched_pod(pod_with_claims(), WebhookConfig()) == pod_with_claims()
+    plain = pod_with_claims()
+    del plain["spec"]["resourceClaims"]
+    assert patched_pod(plain, WebhookConfig(dra_scoring=True)) == plain
+
+
+def test_the_marker_and_an_rt_request_on_one_container_keep_each_other() -> None:
+    pod = pod_with_claims(**{"rt.resource.example.com/container.app": "runtime=1ms,period=10ms"})
+    done = patched_pod(pod, WebhookConfig(dra_scoring=True))
+    requests = done["spec"]["containers"][0]["resources"]["requests"]
+    assert requests == {dra.SCORING_RESOURCE: "1", "rt.resource.example.com/dl": "1"}
