@@ -253,20 +253,35 @@ def test_a_claim_that_already_says_what_the_webhook_would_write_is_kept(
     assert exactly["count"] == 2 and dra.parse_quantity(exactly["capacity"]["requests"][dra.CAPACITY]) == 104857
 
 
-def test_claims_of_other_classes_and_other_namespaces_are_untouched(
-    stack: Stack, resource: client.ResourceV1Api, ns: str
-):
+def test_claims_of_other_classes_are_untouched(stack: Stack, resource: client.ResourceV1Api, ns: str):
     other = {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "gpu.example.com"}}]}}
     resource.create_namespaced_resource_claim(ns, claim("other", other))
     assert "capacity" not in only_request(read_claim(resource, ns, "other"))
-    # Outside an opted-in namespace the webhook is not called at all (namespaceSelector), as for pods.
+
+
+def test_outside_opted_in_namespaces_a_claim_is_stored_as_written_and_takes_whole_cpus(
+    stack: Stack, resource: client.ResourceV1Api, rt_nodes: Any
+):
+    """The webhook is not called there (namespaceSelector, as for pods). Upstream behaviour this relies on:
+    kube-apiserver defaults count to 1 (before admission), and the allocator books a request without a
+    capacity request at the device's whole capacity - so such a claim cannot overcommit a CPU."""
+    [node] = rt_nodes("plain", 1, 2)
     core = client.CoreV1Api(stack.api)
-    plain_ns = ns + "-plain"
+    plain_ns = "dra-plain"
     core.create_namespace({"metadata": {"name": plain_ns}})
     try:
-        resource.create_namespaced_resource_claim(plain_ns, claim("c", claim_spec(None)))
-        assert "capacity" not in only_request(read_claim(resource, plain_ns, "c"))
+        resource.create_namespaced_resource_claim_template(plain_ns, template("t", claim_spec(parameters(2))))
+        for i in range(3):
+            core.create_namespaced_pod(plain_ns, pod_with_template(f"p-{i}", "t"))
+        wait_scheduled_or_unschedulable(core, plain_ns, 3)
+        claims = claims_of(resource, plain_ns)
+        assert all(only_request(c) == {"deviceClassName": dra.DEVICE_CLASS, "allocationMode": "ExactCount",
+                                       "count": 1} for c in claims)  # fmt: skip
+        used = consumed_per_cpu(claims)
+        assert used == {(node, dra.device_name(0)): CAPACITY, (node, dra.device_name(1)): CAPACITY}
     finally:
+        core.delete_collection_namespaced_pod(plain_ns, grace_period_seconds=0)
+        wait_for(f"pods of {plain_ns} gone", lambda: not core.list_namespaced_pod(plain_ns).items)
         core.delete_namespace(plain_ns)
 
 
