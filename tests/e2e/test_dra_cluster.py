@@ -285,6 +285,19 @@ def test_outside_opted_in_namespaces_a_claim_is_stored_as_written_and_takes_whol
         core.delete_namespace(plain_ns)
 
 
+def test_a_resource_quota_counts_the_cpus_the_webhook_wrote(stack: Stack, resource: client.ResourceV1Api, ns: str):
+    """Quota admission runs after the mutating webhooks: it sees the count taken from the parameters."""
+    quota = f"{dra.DEVICE_CLASS}.deviceclass.resource.k8s.io/devices"
+    core = client.CoreV1Api(stack.api)
+    core.create_namespaced_resource_quota(ns, {"metadata": {"name": "rt"}, "spec": {"hard": {quota: "3"}}})
+    wait_for("quota status", lambda: (core.read_namespaced_resource_quota("rt", ns).status.hard or {}).get(quota))
+    resource.create_namespaced_resource_claim(ns, claim("c0", claim_spec(parameters(2))))
+    with pytest.raises(ApiException) as info:
+        resource.create_namespaced_resource_claim(ns, claim("c1", claim_spec(parameters(2))))
+    assert info.value.status == 403
+    assert f"requested: {quota}=2, used: {quota}=2, limited: {quota}=3" in json.loads(info.value.body)["message"]
+
+
 # --------------------------------------------------------------------------- allocation by kube-scheduler
 
 
