@@ -20,7 +20,9 @@ schedules
   entry (manifests/scheduler/dra-scoring-config.yaml): DRA pods carry the
   webhook's marker resource and kube-scheduler calls the extender's
   ``/dra/prioritize`` for them; ``plain+score`` / ``plain`` is what the option
-  costs pods that are not real-time (they should never reach the extender).
+  costs pods that are not real-time (they should never reach the extender);
+- ``mixed``: N pods, plain, RT and DRA in turn, all in one queue, with the
+  scoring entry on: what each kind does to the others' throughput.
 
 Each phase creates its pods while kube-scheduler is stopped, then starts it
 and times from the moment it is ready to the last pod bound (seen on a watch,
@@ -100,7 +102,21 @@ DRA_KINDS = ("DeviceClass",)
 RESERVATION = Reservation(1 * MS, 10 * MS, 10 * MS)
 #: Phases: (label, pods are RT / DRA / plain, DRA scoring entry in kube-scheduler).
 PHASES = (("plain", "plain", False), ("plain+score", "plain", True), ("rt", "rt", False),
-          ("dra", "dra", False), ("dra+score", "dra", True))  # fmt: skip
+          ("dra", "dra", False), ("dra+score", "dra", True), ("mixed", "mixed", True))  # fmt: skip
+#: The mixed phase's pods, in turn.
+MIXED = ("plain", "rt", "dra")
+
+
+def namespace(label: str) -> str:
+    return f"bench-{label.replace('+', '-')}"
+
+
+def pods_of_kind(label: str, kind: str, count: int) -> list[str]:
+    """The names of a phase's pods of ``kind`` (a mixed phase has every kind in turn)."""
+    names_ = [f"p-{i}" for i in range(count)]
+    if label == "mixed":
+        return [n for i, n in enumerate(names_) if MIXED[i % len(MIXED)] == kind]
+    return names_ if dict((lbl, k) for lbl, k, _ in PHASES)[label] == kind else []
 
 
 def resource_slice(node: str, cpus: int, capacity: int) -> dict[str, Any]:
@@ -292,14 +308,15 @@ def phase(
 ) -> tuple[float, str]:
     """Pods/s of one phase and where the CPU went meanwhile."""
     core = client.CoreV1Api(stack.api)
-    ns = f"bench-{label.replace('+', '-')}"
+    ns = namespace(label)
     core.create_namespace({"metadata": {"name": ns}})
     stop_scheduler(cp)
     resource = client.ResourceV1Api(stack.api)
     for i in range(count):
-        if kind == "dra":
+        pod_kind = MIXED[i % len(MIXED)] if kind == "mixed" else kind
+        if pod_kind == "dra":
             resource.create_namespaced_resource_claim(ns, resource_claim(f"p-{i}"))
-        core.create_namespaced_pod(ns, pod(f"p-{i}", kind, scoring))
+        core.create_namespaced_pod(ns, pod(f"p-{i}", pod_kind, scoring))
     listed: Any = core.list_namespaced_pod(ns, limit=1, _preload_content=False)
     version = str(json.loads(listed.data)["metadata"]["resourceVersion"])
     stack.dra_scoring = scoring
@@ -321,7 +338,12 @@ def phase(
 
 def check_ledgers(stack: Stack, nodes: list[str], count: int) -> str:
     core = client.CoreV1Api(stack.api)
-    rt = {p.metadata.uid: p.spec.node_name for p in core.list_namespaced_pod("bench-rt").items}
+    rt = {}
+    for label, _, _ in PHASES:
+        wanted = set(pods_of_kind(label, "rt", count))
+        if wanted:
+            pods = core.list_namespaced_pod(namespace(label)).items
+            rt.update({p.metadata.uid: p.spec.node_name for p in pods if p.metadata.name in wanted})
     held: dict[str, str] = {}
     for node in nodes:
         ledger = NodeLedger.from_nas(stack.nas(node) or {})
@@ -331,7 +353,9 @@ def check_ledgers(stack: Stack, nodes: list[str], count: int) -> str:
             assert uid not in held, f"pod {uid} reserved on {held[uid]} and {node}"
             held[uid] = node
     assert held == rt, "ledgers and bindings disagree"
-    return f"{len(held)} of {count} RT pods reserved exactly once, on the node they are bound to; no CPU over capacity"
+    return (
+        f"{len(held)} of {len(rt)} RT pods reserved exactly once, on the node they are bound to; no CPU over capacity"
+    )
 
 
 def check_claims(stack: Stack, capacity: int) -> str:
@@ -341,9 +365,9 @@ def check_claims(stack: Stack, capacity: int) -> str:
     used: dict[tuple[str, str], int] = defaultdict(int)
     allocated = 0
     for label, kind, _ in PHASES:
-        if kind != "dra":
+        if kind not in ("dra", "mixed"):
             continue
-        ns = f"bench-{label.replace('+', '-')}"
+        ns = namespace(label)
         bound = {p.metadata.name: p.spec.node_name for p in core.list_namespaced_pod(ns).items}
         claims = json.loads(resource.list_namespaced_resource_claim(ns, _preload_content=False).data)["items"]
         for claim in claims:
@@ -430,6 +454,7 @@ def main() -> int:
         "rt": "rt (extender: filter+bind)",
         "dra": "dra (DRA plugin)",
         "dra+score": "dra + extender DRA scoring",
+        "mixed": "mixed: plain, rt, dra+score",
     }
     print(f"{'pods':<30} {'pods/s':>8} {'ratio':>6}")
     ratios = {}
