@@ -47,7 +47,7 @@ from rtdra.request import DEFAULT_PLACEMENT, InvalidRequest, Placement, parse_pl
 log = logging.getLogger(__name__)
 
 ClaimKey = tuple[str, str]
-#: The pool of a node's CPUs is named after the node (the agent's side of the contract).
+#: Only our driver's slices (ResourceSlices support this field selector); a pool is named after its node.
 _SLICE_SELECTOR: Final = f"spec.driver={dra.DRIVER}"
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import replace
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from typing import Any, Final
 
 from rtdra.bandwidth import NSEC_PER_USEC, TIME_MAX_NS
@@ -78,8 +78,8 @@ def parameters_reservation(request: str, parameters: Any, limits: KernelLimits =
     ``parameters`` is the old driver's object, ``{apiVersion: rt.resource.example.com/v1alpha1,
     kind: RtClaimParameters, spec: {count, runtime, period[, deadline]}}`` (µs, the CRD's defaults
     1/10/100). ``deadline`` is the one addition: the CRD has none, a claim may say it (absent: the
-    period). Every rule is the annotations' (``rtdra.request``); problems name ``request`` where an
-    annotation's name the container.
+    period). Every rule is the annotations' (``rtdra.request``); problems name ``request`` where
+    an annotation's problems name the container.
     """
     if not isinstance(parameters, Mapping):
         raise InvalidRequest([Problem(request, "parameters", "must be an object (an RtClaimParameters)")])
@@ -164,6 +164,4 @@ def parse_quantity(value: Any) -> Decimal:
 
 def bandwidth_quantity(value: Any) -> int:
     """A bandwidth quantity in whole kernel units, rounded up as kube-apiserver rounds a Quantity."""
-    number = parse_quantity(value)
-    whole = int(number.to_integral_value(rounding="ROUND_CEILING"))
-    return whole
+    return int(parse_quantity(value).to_integral_value(rounding=ROUND_CEILING))
