@@ -10,7 +10,19 @@ schedules
 - ``rt``: N real-time pods (one container, 1 ms every 10 ms, as the webhook
   leaves them: canonical spec annotation and the opt-in resource) -
   kube-scheduler calls the extender's filter, prioritize and bind for each,
-  and bind writes the reservation with compare-and-swap before the Binding.
+  and bind writes the reservation with compare-and-swap before the Binding;
+- ``dra``: N pods each with a ResourceClaim of device class
+  rt.resource.example.com asking for the same reservation (as the webhook
+  leaves it: count 1 and the bandwidth capacity request), on the same nodes
+  published as DRA mode's ResourceSlices (a device per CPU, same capacity) -
+  kube-scheduler's DRA plugin allocates and binds, the extender is not called;
+- ``plain+score`` and ``dra+score``: the same with DRA mode's optional scoring
+  entry (manifests/scheduler/dra-scoring-config.yaml): DRA pods carry the
+  webhook's marker resource and kube-scheduler calls the extender's
+  ``/dra/prioritize`` for them; ``plain+score`` / ``plain`` is what the option
+  costs pods that are not real-time (they should never reach the extender);
+- ``mixed``: N pods, plain, RT and DRA in turn, all in one queue, with the
+  scoring entry on: what each kind does to the others' throughput.
 
 Each phase creates its pods while kube-scheduler is stopped, then starts it
 and times from the moment it is ready to the last pod bound (seen on a watch,
@@ -50,7 +62,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from hack.cluster import Binaries, ControlPlane, ensure_binaries, kill  # noqa: E402
 from hack.stack import NAMESPACE, Stack, apply, manifest_documents  # noqa: E402
-from rtdra import host, names  # noqa: E402
+from rtdra import dra, host, names  # noqa: E402
 from rtdra.ledger import NodeLedger  # noqa: E402
 from rtdra.request import PodRequest, Reservation  # noqa: E402
 
@@ -63,19 +75,84 @@ def measured_capacity() -> int:
     return min(host.discover_capacity().per_cpu.values())
 
 
-def pod(name: str, rt: bool) -> dict[str, Any]:
+def pod(name: str, kind: str, scoring: bool = False) -> dict[str, Any]:
     body: dict[str, Any] = {
         "metadata": {"name": name},
         "spec": {"containers": [{"name": "app", "image": "busybox"}]},
     }
-    if rt:
-        spec = PodRequest({"app": Reservation(1 * MS, 10 * MS, 10 * MS)}).spec_json()
+    if kind == "dra":
+        body["spec"]["resourceClaims"] = [{"name": "rt", "resourceClaimName": name}]
+        body["spec"]["containers"][0]["resources"] = {"claims": [{"name": "rt"}]}
+        if scoring:  # the webhook's marker (RTDRA_WEBHOOK_DRA_SCORING), the scoring entry's managedResources
+            marker = {dra.SCORING_RESOURCE: "1"}
+            body["spec"]["containers"][0]["resources"].update(requests=marker, limits=marker)
+    if kind == "rt":
+        spec = PodRequest({"app": RESERVATION}).spec_json()
         body["metadata"]["annotations"] = {names.SPEC: spec, f"{names.CONTAINER_PREFIX}app": "runtime=1ms,period=10ms"}
         body["spec"]["containers"][0]["resources"] = {
             "requests": {names.DL_RESOURCE: "1"},
             "limits": {names.DL_RESOURCE: "1"},
         }
     return body
+
+
+#: DRA mode's cluster objects the bench needs beside the CRDs.
+DRA_KINDS = ("DeviceClass",)
+#: The reservation of every RT and DRA pod: 1 ms every 10 ms on one CPU.
+RESERVATION = Reservation(1 * MS, 10 * MS, 10 * MS)
+#: Phases: (label, pods are RT / DRA / plain, DRA scoring entry in kube-scheduler).
+PHASES = (("plain", "plain", False), ("plain+score", "plain", True), ("rt", "rt", False),
+          ("dra", "dra", False), ("dra+score", "dra", True), ("mixed", "mixed", True))  # fmt: skip
+#: The mixed phase's pods, in turn.
+MIXED = ("plain", "rt", "dra")
+
+
+def namespace(label: str) -> str:
+    return f"bench-{label.replace('+', '-')}"
+
+
+def pods_of_kind(label: str, kind: str, count: int) -> list[str]:
+    """The names of a phase's pods of ``kind`` (a mixed phase has every kind in turn)."""
+    names_ = [f"p-{i}" for i in range(count)]
+    if label == "mixed":
+        return [n for i, n in enumerate(names_) if MIXED[i % len(MIXED)] == kind]
+    return names_ if dict((lbl, k) for lbl, k, _ in PHASES)[label] == kind else []
+
+
+def resource_slice(node: str, cpus: int, capacity: int) -> dict[str, Any]:
+    """The slice DRA mode's agent publishes for ``node`` (rtdra.dra): a device per CPU sharing its bandwidth."""
+    devices = [
+        {"name": dra.device_name(cpu), "allowMultipleAllocations": True,
+         "capacity": {dra.CAPACITY: {"value": str(capacity)}}}
+        for cpu in range(cpus)
+    ]  # fmt: skip
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceSlice",
+        "metadata": {"name": f"{node}-rt"},
+        "spec": {"driver": dra.DRIVER, "nodeName": node, "devices": devices,
+                 "pool": {"name": node, "generation": 1, "resourceSliceCount": 1}},
+    }  # fmt: skip
+
+
+def resource_claim(name: str) -> dict[str, Any]:
+    """A claim for RESERVATION as the webhook leaves it (count and capacity request written)."""
+    parameters = {
+        "apiVersion": dra.PARAMETERS_API_VERSION,
+        "kind": dra.PARAMETERS_KIND,
+        "spec": {"count": 1, "runtime": RESERVATION.runtime_ns // 1000, "period": RESERVATION.period_ns // 1000},
+    }
+    capacity = dra.capacity_request(dra.parameters_reservation("rt", parameters))
+    exactly = {"deviceClassName": dra.DEVICE_CLASS, "allocationMode": "ExactCount", "count": 1,
+               "capacity": {"requests": {dra.CAPACITY: str(capacity)}}}  # fmt: skip
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": name},
+        "spec": {"devices": {"requests": [{"name": "rt", "exactly": exactly}],
+                             "config": [{"requests": ["rt"], "opaque": {"driver": dra.DRIVER,
+                                                                        "parameters": parameters}}]}},
+    }  # fmt: skip
 
 
 def stop_scheduler(cp: ControlPlane) -> None:
@@ -103,7 +180,7 @@ def extender_summary(before: dict[str, float], after: dict[str, float]) -> str:
     """What the extender did between two scrapes: calls and mean latency per verb, bind outcomes, conflicts."""
     delta = {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0)}
     lines = []
-    for verb in ("filter", "prioritize", "bind"):
+    for verb in ("filter", "prioritize", "bind", "dra/prioritize"):
         count = delta.get(f"rtdra_extender_request_duration_seconds_count{{verb={verb}}}", 0.0)
         total = delta.get(f"rtdra_extender_request_duration_seconds_sum{{verb={verb}}}", 0.0)
         if count:
@@ -226,16 +303,23 @@ def wait_all_bound(core: client.CoreV1Api, ns: str, count: int, resource_version
     return last
 
 
-def phase(cp: ControlPlane, stack: Stack, label: str, count: int, rt: bool, qps: float) -> tuple[float, str]:
+def phase(
+    cp: ControlPlane, stack: Stack, label: str, count: int, kind: str, qps: float, scoring: bool = False
+) -> tuple[float, str]:
     """Pods/s of one phase and where the CPU went meanwhile."""
     core = client.CoreV1Api(stack.api)
-    ns = f"bench-{label}"
+    ns = namespace(label)
     core.create_namespace({"metadata": {"name": ns}})
     stop_scheduler(cp)
+    resource = client.ResourceV1Api(stack.api)
     for i in range(count):
-        core.create_namespaced_pod(ns, pod(f"p-{i}", rt))
+        pod_kind = MIXED[i % len(MIXED)] if kind == "mixed" else kind
+        if pod_kind == "dra":
+            resource.create_namespaced_resource_claim(ns, resource_claim(f"p-{i}"))
+        core.create_namespaced_pod(ns, pod(f"p-{i}", pod_kind, scoring))
     listed: Any = core.list_namespaced_pod(ns, limit=1, _preload_content=False)
     version = str(json.loads(listed.data)["metadata"]["resourceVersion"])
+    stack.dra_scoring = scoring
     config = stack.scheduler_config()
     # The same client rate limit for both phases. kube-scheduler's default (50/s,
     # burst 100) caps the plain phase's Bindings but not the extender's, which
@@ -254,7 +338,12 @@ def phase(cp: ControlPlane, stack: Stack, label: str, count: int, rt: bool, qps:
 
 def check_ledgers(stack: Stack, nodes: list[str], count: int) -> str:
     core = client.CoreV1Api(stack.api)
-    rt = {p.metadata.uid: p.spec.node_name for p in core.list_namespaced_pod("bench-rt").items}
+    rt = {}
+    for label, _, _ in PHASES:
+        wanted = set(pods_of_kind(label, "rt", count))
+        if wanted:
+            pods = core.list_namespaced_pod(namespace(label)).items
+            rt.update({p.metadata.uid: p.spec.node_name for p in pods if p.metadata.name in wanted})
     held: dict[str, str] = {}
     for node in nodes:
         ledger = NodeLedger.from_nas(stack.nas(node) or {})
@@ -264,17 +353,43 @@ def check_ledgers(stack: Stack, nodes: list[str], count: int) -> str:
             assert uid not in held, f"pod {uid} reserved on {held[uid]} and {node}"
             held[uid] = node
     assert held == rt, "ledgers and bindings disagree"
-    return f"{len(held)} of {count} RT pods reserved exactly once, on the node they are bound to; no CPU over capacity"
+    return (
+        f"{len(held)} of {len(rt)} RT pods reserved exactly once, on the node they are bound to; no CPU over capacity"
+    )
 
 
-def run(workdir: Path, binaries: Binaries, args: argparse.Namespace, capacity: int) -> tuple[float, float, str]:
-    """One run on a fresh control plane: (plain pods/s, RT pods/s, extender summary + ledger check)."""
+def check_claims(stack: Stack, capacity: int) -> str:
+    """Every DRA pod bound has its claim allocated on its node, and no CPU device is over its capacity."""
+    core = client.CoreV1Api(stack.api)
+    resource = client.ResourceV1Api(stack.api)
+    used: dict[tuple[str, str], int] = defaultdict(int)
+    allocated = 0
+    for label, kind, _ in PHASES:
+        if kind not in ("dra", "mixed"):
+            continue
+        ns = namespace(label)
+        bound = {p.metadata.name: p.spec.node_name for p in core.list_namespaced_pod(ns).items}
+        claims = json.loads(resource.list_namespaced_resource_claim(ns, _preload_content=False).data)["items"]
+        for claim in claims:
+            results = claim["status"]["allocation"]["devices"]["results"]
+            assert {r["pool"] for r in results} == {bound[claim["metadata"]["name"]]}, "claim and pod disagree"
+            for r in results:
+                used[r["pool"], r["device"]] += dra.bandwidth_quantity(r["consumedCapacity"][dra.CAPACITY])
+            allocated += 1
+    over = [device for device, total in used.items() if total > capacity]
+    assert not over, f"CPU devices over capacity: {over}"
+    return f"{allocated} DRA claims allocated on their pod's node; no CPU device over capacity"
+
+
+def run(workdir: Path, binaries: Binaries, args: argparse.Namespace, capacity: int) -> tuple[dict[str, float], str]:
+    """One run on a fresh control plane: pods/s per phase, and the extender summary + ledger and claim checks."""
     with ControlPlane(workdir, binaries, keep_workdir=args.workdir is not None) as cp:
         # The ledgers are written here, with no agents behind them: the agents' heartbeat check is off.
-        stack = Stack(cp, [], extender_args=["--agent-lease-seconds", "0", *args.extender_arg])
+        stack = Stack(cp, [], extender_args=["--agent-lease-seconds", "0", *args.extender_arg], dra_scoring=True)
         try:
             apply(
-                stack.api, [d for d in manifest_documents() if d["kind"] in ("Namespace", "CustomResourceDefinition")]
+                stack.api,
+                [d for d in manifest_documents() if d["kind"] in ("Namespace", "CustomResourceDefinition", *DRA_KINDS)],
             )
             apply(stack.api, [d for d in manifest_documents() if d.get("metadata", {}).get("name") == "rtdra-extender"
                               and d["kind"] not in ("Deployment", "Service")])  # fmt: skip
@@ -286,15 +401,19 @@ def run(workdir: Path, binaries: Binaries, args: argparse.Namespace, capacity: i
                 custom.create_namespaced_custom_object(
                     names.NAS_GROUP, names.NAS_VERSION, NAMESPACE, names.NAS_PLURAL, nas
                 )
+                client.ResourceV1Api(stack.api).create_resource_slice(resource_slice(name, args.cpus, capacity))
             stack.start_extender()
-            plain, plain_cpu = phase(cp, stack, "plain", args.pods, rt=False, qps=args.scheduler_qps)
-            before = extender_metrics(stack)
-            rt, rt_cpu = phase(cp, stack, "rt", args.pods, rt=True, qps=args.scheduler_qps)
-            summary = extender_summary(before, extender_metrics(stack))
+            rates: dict[str, float] = {}
+            details = []
+            for label, kind, scoring in [p for name in args.phases for p in PHASES if p[0] == name]:
+                before = extender_metrics(stack)
+                rates[label], cpu = phase(cp, stack, label, args.pods, kind, args.scheduler_qps, scoring)
+                details.append(f"  {label}:\n{cpu}\n{extender_summary(before, extender_metrics(stack))}")
             verdict = check_ledgers(stack, names_, args.pods)
+            claims = check_claims(stack, capacity)
         finally:
             stack.stop()
-    return plain, rt, f"  plain:\n{plain_cpu}\n  rt:\n{rt_cpu}\n{summary}\n  {verdict}"
+    return rates, "\n".join(details) + f"\n  {verdict}\n  {claims}"
 
 
 def main() -> int:
@@ -313,31 +432,50 @@ def main() -> int:
     parser.add_argument(
         "--extender-arg", action="append", default=[], metavar="ARG", help="extra rtdra-extender flag (repeatable)"
     )
+    parser.add_argument(
+        "--phases",
+        type=lambda text: text.split(","),
+        default=[label for label, _, _ in PHASES],
+        help=f"phases to run, in this order (default {','.join(label for label, _, _ in PHASES)}; plain is required)",
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 when the goal is missed")
     args = parser.parse_args()
+    known = [label for label, _, _ in PHASES]
+    if "plain" not in args.phases or not set(args.phases) <= set(known):
+        parser.error(f"--phases: a comma-separated list of {', '.join(known)}, with plain")
 
     binaries = ensure_binaries()
     capacity = measured_capacity()
     version = binaries.versions.get("kubernetes")
     print(f"# {args.pods} pods over {args.nodes} nodes x {args.cpus} CPUs, kube-scheduler {version}", flush=True)
-    print(f"{'run':<5} {'plain pods/s':>12} {'rt pods/s':>10} {'ratio':>6}", flush=True)
-    results: list[tuple[float, float]] = []
+    labels = list(args.phases)
+    print(f"{'run':<5} " + " ".join(f"{label + ' pods/s':>18}" for label in labels), flush=True)
+    results: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="rtdra-bench-sched-") as tmp:
         base = args.workdir or Path(tmp)
         for k in range(1, args.repeat + 1):
-            plain, rt, summary = run(base / f"run-{k}", binaries, args, capacity)
-            results.append((plain, rt))
-            print(f"{k:<5} {plain:>12.1f} {rt:>10.1f} {rt / plain:>6.2f}", flush=True)
+            rates, summary = run(base / f"run-{k}", binaries, args, capacity)
+            results.append(rates)
+            print(f"{k:<5} " + " ".join(f"{rates[label]:>18.1f}" for label in labels), flush=True)
             print(summary, flush=True)
-    plain = statistics.median(p for p, _ in results)
-    rt = statistics.median(r for _, r in results)
-    ratio = statistics.median(r / p for p, r in results)
-    print(f"{'pods':<28} {'pods/s':>8} {'ratio':>6}")
-    print(f"{'plain (kube-scheduler)':<28} {plain:>8.1f} {1.0:>6.2f}")
-    print(f"{'rt (extender: filter+bind)':<28} {rt:>8.1f} {ratio:>6.2f}   goal >= {GOAL_RATIO}")
+    what = {
+        "plain": "plain (kube-scheduler)",
+        "plain+score": "plain, DRA scoring entry on",
+        "rt": "rt (extender: filter+bind)",
+        "dra": "dra (DRA plugin)",
+        "dra+score": "dra + extender DRA scoring",
+        "mixed": "mixed: plain, rt, dra+score",
+    }
+    print(f"{'pods':<30} {'pods/s':>8} {'ratio':>6}")
+    ratios = {}
+    for label in labels:
+        ratios[label] = statistics.median(r[label] / r["plain"] for r in results)
+        rate = statistics.median(r[label] for r in results)
+        goal = f"   goal >= {GOAL_RATIO}" if label == "rt" else ""
+        print(f"{what[label]:<30} {rate:>8.1f} {ratios[label]:>6.2f}{goal}")
     if args.repeat > 1:
-        print(f"(medians of {args.repeat} runs; the ratio is the median of the per-run ratios)")
-    return 1 if args.check and ratio < GOAL_RATIO else 0
+        print(f"(medians of {args.repeat} runs; each ratio is the median of the per-run ratios to plain)")
+    return 1 if args.check and ratios.get("rt", GOAL_RATIO) < GOAL_RATIO else 0
 
 
 if __name__ == "__main__":

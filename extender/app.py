@@ -12,6 +12,9 @@ Routes (the verbs under the configured URL prefix)::
     POST <prefix>/filter      ExtenderArgs -> ExtenderFilterResult
     POST <prefix>/prioritize  ExtenderArgs -> HostPriorityList
     POST <prefix>/bind        ExtenderBindingArgs -> ExtenderBindingResult
+    POST <prefix>/dra/prioritize  ExtenderArgs -> HostPriorityList (DRA mode, ``dra_scoring``:
+                              ``extender.dra``; a separate scheduler extender entry)
+    GET  <prefix>/dra/nodes   what that scoring sees: {node: {used, capacity}} (DRA mode)
     GET  /healthz             the process serves
     GET  /readyz              the ledger cache (and the agents' Leases) have synced
     GET  /metrics             Prometheus text format
@@ -40,6 +43,7 @@ from extender.cache import LedgerCache, WatchedLedgerCache
 from extender.claims import ClaimParametersCache, ClaimParametersUnavailable
 from extender.config import ExtenderConfig
 from extender.decide import FitMemo, PodView, filter_nodes, prioritize_nodes
+from extender.dra import DraUsage, DraWatch, prioritize_dra
 from extender.heartbeats import AgentHeartbeats, WatchedAgentHeartbeats
 from extender.metrics import CONTENT_TYPE, Metrics
 from extender.pods import PodWatch
@@ -177,11 +181,13 @@ def create_app(
     metrics: Metrics | None = None,
     claim_parameters: ClaimParametersLookup | None = None,
     heartbeats: AgentHeartbeats | None = None,
+    dra_usage: DraUsage | None = None,
 ) -> Flask:
     """The extender app. Without ``cache`` it connects to the API and starts the watches and the reconciler.
 
     With ``cache`` (tests, the benchmark) nothing is started; ``claim_parameters``
-    then resolves ``claim-parameters.<name>`` requests (without it they are invalid).
+    then resolves ``claim-parameters.<name>`` requests (without it they are invalid), and
+    ``dra_usage`` feeds ``<prefix>/dra/prioritize`` (served with ``config.dra_scoring``).
     """
     config = config or ExtenderConfig.from_env()
     metrics = metrics or Metrics()
@@ -195,6 +201,8 @@ def create_app(
             parts.claim_parameters,
         )
         heartbeats = parts.heartbeats
+    if config.dra_scoring and dra_usage is None:
+        dra_usage = DraWatch(api_client(config), watch_timeout_seconds=config.watch_timeout_seconds).start().usage
     ext = Extender(config, cache, binder, metrics, reconciler, claim_parameters, heartbeats)
 
     app = Flask("extender")
@@ -248,6 +256,20 @@ def create_app(
     verb("filter", filter_)
     verb("prioritize", prioritize)
     verb("bind", bind)
+
+    if config.dra_scoring and dra_usage is not None:
+        usage = dra_usage
+
+        def dra_prioritize() -> Response:
+            candidates = wire.parse_args(_body())
+            return _json(prioritize_dra(candidates.pod, candidates.names, usage, config.default_placement))
+
+        verb("dra/prioritize", dra_prioritize)
+
+        @app.get(f"{prefix}/dra/nodes")
+        def dra_nodes() -> Response:
+            """What the scoring sees: per node, RT bandwidth used and capacity (kernel units)."""
+            return _json(usage.snapshot())
 
     @app.get("/healthz")
     def healthz() -> Response:

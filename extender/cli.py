@@ -43,6 +43,12 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         help="a node whose agent has not renewed its Lease for this long takes no RT pods, 0: do not check (40)",
     )
+    p.add_argument(
+        "--dra-scoring",
+        action="store_true",
+        default=None,
+        help="serve <prefix>/dra/prioritize for pods with RT ResourceClaims (DRA mode; off by default)",
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING ... (default INFO)")
     return p
 

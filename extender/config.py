@@ -54,6 +54,9 @@ class ExtenderConfig:
     agent_lease_seconds: float = 40.0
     #: Server-side timeout of one watch request (the cache re-watches after it).
     watch_timeout_seconds: int = 300
+    #: DRA mode: serve ``<prefix>/dra/prioritize``, scoring pods with RT ResourceClaims from the
+    #: ResourceSlices and allocated claims it watches (manifests/scheduler/dra-scoring.yaml).
+    dra_scoring: bool = False
     #: Log level name for the extender's logger.
     log_level: str = "INFO"
 

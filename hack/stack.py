@@ -40,6 +40,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -173,11 +174,14 @@ class Stack:
         progress: Callable[[str], None] = lambda _msg: None,
         extender_args: Sequence[str] = (),
         agent_args: Sequence[str] = (),
+        dra_scoring: bool = False,
     ) -> None:
         self.cp = cp
         self.nodes = list(nodes)
         self.progress = progress
-        self.extender_args = list(extender_args)
+        self.extender_args = list(extender_args) + (["--dra-scoring"] if dra_scoring else [])
+        #: DRA mode's optional scoring: the extender serves /dra/prioritize and kube-scheduler calls it.
+        self.dra_scoring = dra_scoring
         #: Added to every agent's command line (e.g. a faster Lease renewal for fault tests).
         self.agent_args = list(agent_args)
         self.workdir = cp.workdir / "stack"
@@ -421,7 +425,18 @@ class Stack:
         """The shipped KubeSchedulerConfiguration, calling this stack's extender."""
         config: dict[str, Any] = yaml.safe_load((MANIFESTS / "extender" / "scheduler-config-http.yaml").read_text())
         config["extenders"][0]["urlPrefix"] = f"http://127.0.0.1:{self.extender_port}"
+        if self.dra_scoring:
+            config["extenders"].append(self.dra_scoring_extender())
         return config
+
+    def dra_scoring_extender(self) -> dict[str, Any]:
+        """The shipped DRA scoring entry (manifests/scheduler/dra-scoring-config.yaml), over loopback HTTP."""
+        shipped = yaml.safe_load((MANIFESTS / "scheduler" / "dra-scoring-config.yaml").read_text())
+        [entry] = [e for e in shipped["extenders"] if e["urlPrefix"].endswith("/dra")]
+        path = urllib.parse.urlsplit(entry["urlPrefix"]).path
+        entry = {k: v for k, v in entry.items() if k not in ("enableHTTPS", "tlsConfig")}
+        entry["urlPrefix"] = f"http://127.0.0.1:{self.extender_port}{path}"
+        return entry
 
     def restart_extender(self, sig: int = signal.SIGKILL) -> None:
         """Kill the extender (hard by default) and start it again on the same port."""
@@ -457,18 +472,20 @@ class Stack:
                 "--tls-key", str(certs / "tls.key"),
                 "--kubeconfig", str(self.cp.service_account_kubeconfig(NAMESPACE, "rtdra-webhook", create=False)),
             ],
+            env={"RTDRA_WEBHOOK_DRA_SCORING": "true"} if self.dra_scoring else None,
         )  # fmt: skip
         context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
         url = f"https://127.0.0.1:{self.webhook_port}/readyz"
         wait_for("webhook ready", lambda: self._http_ok(url, "webhook", context), timeout=60)
-        config = yaml.safe_load((MANIFESTS / "webhook" / "mutatingwebhookconfiguration.yaml").read_text())
-        config = copy.deepcopy(config)
-        for hook in config["webhooks"]:
-            hook["clientConfig"] = {
-                "url": f"https://127.0.0.1:{self.webhook_port}/mutate",
-                "caBundle": base64.b64encode((certs / "ca.crt").read_bytes()).decode(),
-            }
-        apply(self.api, [config])
+        files = ["mutatingwebhookconfiguration.yaml"] + (["dra-scoring.yaml"] if self.dra_scoring else [])
+        configs = [copy.deepcopy(yaml.safe_load((MANIFESTS / "webhook" / f).read_text())) for f in files]
+        for config in configs:
+            for hook in config["webhooks"]:
+                hook["clientConfig"] = {
+                    "url": f"https://127.0.0.1:{self.webhook_port}/mutate",
+                    "caBundle": base64.b64encode((certs / "ca.crt").read_bytes()).decode(),
+                }
+        apply(self.api, configs)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,11 @@ labels), so it can be tested without HTTP or an API server. The Flask view in
 
 Rules, in order (docs/webhook.md explains them for users):
 
-1. Only pod CREATE is judged; anything else the configuration routes here is allowed untouched.
+1. Only pod CREATE is judged - and, in DRA mode, CREATE of ResourceClaims and
+   ResourceClaimTemplates (``resource.k8s.io``), which :mod:`webhook.claims` completes or
+   denies (422); anything else the configuration routes here is allowed untouched.
+   With ``dra_scoring``, a pod with ResourceClaims first gets DRA mode's scoring marker
+   (:func:`webhook.mutate.scoring_marker`), then the rules below.
 2. A pod that does not have the shape of a Pod is denied (400): we never guess.
 3. ``rt.resource.example.com/allocation`` on a new pod is denied (403): only the
    extender writes it, at bind time.
@@ -31,8 +35,16 @@ from typing import Any, Final, cast
 
 from rtdra import names
 from rtdra.request import ClaimParametersLookup, InvalidRequest, PodRequest, has_rt_request, parse_pod
+from webhook.claims import CLAIMS, RESOURCE_GROUP, TEMPLATES, ClaimDenied, build_claim_patch, claim_spec_of
 from webhook.config import WebhookConfig
-from webhook.mutate import Mutation, build_patch, escape, request_warnings
+from webhook.mutate import (
+    Mutation,
+    build_patch,
+    escape,
+    has_resource_claims,
+    request_warnings,
+    scoring_marker,
+)
 from webhook.reviews import (
     API_VERSION,
     KIND,
@@ -159,8 +171,28 @@ def _legacy_warnings(annotations: Mapping[str, str], request: PodRequest) -> lis
     return out
 
 
+def decide_claim(request: AdmissionRequest, config: WebhookConfig, lookups: Lookups) -> Mutation:
+    """A ResourceClaim or ResourceClaimTemplate: completed for our device class, or denied (422)."""
+    resource = request["resource"]["resource"]
+    try:
+        spec, base = claim_spec_of(request.get("object"), resource)
+        mutation = build_claim_patch(spec, base, config.limits)
+    except ClaimDenied as err:
+        raise Denied(CODE_INVALID, f"invalid real-time claim: {err}") from None
+    if mutation.patch and config.verify_namespace:
+        _check_namespace(str(request.get("namespace") or "default"), lookups.namespace_labels)
+    return mutation
+
+
 def decide(request: AdmissionRequest, config: WebhookConfig, lookups: Lookups) -> Mutation:
     """The patch and warnings for an allowed request; raises :class:`Denied` otherwise."""
+    if (
+        request.get("operation") == "CREATE"
+        and request["resource"].get("group") == RESOURCE_GROUP
+        and request["resource"].get("resource") in (CLAIMS, TEMPLATES)
+        and not request.get("subResource")
+    ):
+        return decide_claim(request, config, lookups)
     if (
         request.get("operation") != "CREATE"
         or request["resource"].get("resource") != "pods"
@@ -170,6 +202,16 @@ def decide(request: AdmissionRequest, config: WebhookConfig, lookups: Lookups) -
     pod = request.get("object")
     check_pod_shape(pod)
     assert isinstance(pod, dict)
+    if config.dra_scoring and has_resource_claims(pod):
+        # The marker first: the request's operations are then computed on the pod it leaves.
+        marker, pod = scoring_marker(pod)
+        mutation = decide_pod(request, pod, config, lookups)
+        return Mutation((*marker, *mutation.patch), mutation.warnings)
+    return decide_pod(request, pod, config, lookups)
+
+
+def decide_pod(request: AdmissionRequest, pod: dict[str, Any], config: WebhookConfig, lookups: Lookups) -> Mutation:
+    """A pod (shape checked): the real-time request's patch, or nothing for a pod without one."""
     metadata = pod.get("metadata") or {}
     annotations: Mapping[str, str] = metadata.get("annotations") or {}
     if not any(k.startswith(names.PREFIX) for k in annotations):

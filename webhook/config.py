@@ -67,6 +67,11 @@ class WebhookConfig:
     #: Also request this extended resource, in milli-CPUs of deadline bandwidth, so a
     #: ResourceQuota can cap a namespace's total reservation (``None``: off).
     bandwidth_resource: str | None = None
+    #: DRA mode's scoring: add ``rt.resource.example.com/dra: 1`` (``rtdra.dra.SCORING_RESOURCE``) to the
+    #: first container of pods with ResourceClaims, for the scheduler's scoring entry's managedResources.
+    #: Only with that entry configured (manifests/scheduler/dra-scoring-config.yaml): without it,
+    #: kube-scheduler's resource fit would find no node offering the resource.
+    dra_scoring: bool = False
     #: Check the namespace's opt-in label in the webhook too (needs API access; cached).
     verify_namespace: bool = False
     namespace_cache_ttl_s: float = 30.0
@@ -97,6 +102,7 @@ class WebhookConfig:
             scheduler_name=env.text("SCHEDULER_NAME"),
             toleration=env.parsed("TOLERATION", Toleration.parse, None),
             bandwidth_resource=env.parsed("BANDWIDTH_RESOURCE", resource, None),
+            dra_scoring=env.flag("DRA_SCORING", False),
             verify_namespace=env.flag("VERIFY_NAMESPACE", False),
             namespace_cache_ttl_s=env.number("NAMESPACE_CACHE_TTL", 30.0, positive=True),
             api_timeout_s=env.number("API_TIMEOUT", 2.0, positive=True),

@@ -18,7 +18,9 @@ What it writes (docs/webhook.md has the full table):
   agent's kubelet device plugin, whose allocation gives that container the CDI
   device (and so the hooks that apply the reservation) - kubelet allocates per
   container, so every RT container needs its own;
-- optionally ``schedulerName``, a toleration, a bandwidth resource for ResourceQuota.
+- optionally ``schedulerName``, a toleration, a bandwidth resource for ResourceQuota;
+- optionally (DRA mode's scoring, :func:`scoring_marker`) ``rt.resource.example.com/dra: 1`` on
+  the first container of any pod with ResourceClaims, RT annotations or not.
 
 It assumes the pod's shape was checked (:func:`webhook.admission.check_pod_shape`)
 and does no validation of the reservations themselves: that is the core's job.
@@ -26,11 +28,12 @@ and does no validation of the reservations themselves: that is the core's job.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from rtdra import names
+from rtdra import dra, names
 from rtdra.bandwidth import BW_UNIT, format_ns, percent
 from rtdra.request import PodRequest, Reservation
 from webhook.config import Toleration, WebhookConfig
@@ -129,6 +132,33 @@ def _set_resources(ops: list[PatchOperation], path: str, resources: Any, desired
         return
     for part in ("requests", "limits"):
         _set_map_entries(ops, f"{path}/{part}", resources.get(part), desired)
+
+
+def has_resource_claims(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod uses DRA ResourceClaims (``spec.resourceClaims``)."""
+    return bool((pod.get("spec") or {}).get("resourceClaims"))
+
+
+def scoring_marker(pod: Mapping[str, Any]) -> tuple[tuple[PatchOperation, ...], dict[str, Any]]:
+    """DRA mode's scoring: ``rt.resource.example.com/dra: 1`` on the first container (requests = limits).
+
+    Returns the operations and the pod as they leave it, so that further operations are computed
+    on top of them (both may touch that container's resources).
+    """
+    containers = (pod.get("spec") or {}).get("containers") or []
+    if not containers:
+        return (), dict(pod)
+    ops: list[PatchOperation] = []
+    _set_resources(ops, "/spec/containers/0/resources", containers[0].get("resources"), {dra.SCORING_RESOURCE: "1"})
+    if not ops:
+        return (), dict(pod)
+    first = copy.deepcopy(dict(containers[0]))
+    resources = first["resources"] if isinstance(first.get("resources"), dict) else {}
+    for part in ("requests", "limits"):
+        resources[part] = {**(resources.get(part) or {}), dra.SCORING_RESOURCE: "1"}
+    first["resources"] = resources
+    spec = {**pod["spec"], "containers": [first, *containers[1:]]}
+    return tuple(ops), {**pod, "spec": spec}
 
 
 def build_patch(pod: Mapping[str, Any], request: PodRequest, config: WebhookConfig) -> Mutation:

@@ -73,6 +73,8 @@ def test_every_manifest_file_is_applied_by_a_kustomization_or_is_a_scheduler_fil
         MANIFESTS / "extender" / "scheduler-config-http.yaml",  # the loopback development variant
         SCHEDULER / "rt-dra-scheduler-config.yaml",  # option (b): the ConfigMap's content
         SCHEDULER / "kubeadm-config.yaml",  # option (a) with kubeadm
+        SCHEDULER / "dra-scoring-config.yaml",  # option (a) plus DRA mode's scoring entry
+        MANIFESTS / "webhook" / "dra-scoring.yaml",  # its webhook side, applied with it (optional)
     }
     kustomizations = set(MANIFESTS.rglob("kustomization.yaml"))
     assert set(MANIFESTS.rglob("*.yaml")) - kustomizations == applied | not_api_objects
