@@ -12,10 +12,16 @@ slices and prepares claims) and the extender (which may score DRA pods).
 
 from __future__ import annotations
 
-from typing import Final
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from typing import Any, Final
 
+from rtdra.bandwidth import NSEC_PER_USEC
 from rtdra.names import DOMAIN
-from rtdra.request import Reservation
+from rtdra.request import InvalidRequest, Reservation, reservation_from_claim_parameters, validate_reservation
 
 #: The DRA driver name, the DeviceClass name and the capacity's domain.
 DRIVER: Final = DOMAIN
@@ -50,3 +56,229 @@ def capacity_request(r: Reservation) -> int:
     density runtime/deadline when the deadline is shorter than the period (the sufficient
     per-CPU EDF test that a sum of capacities can express)."""
     return r.density if r.constrained else r.bandwidth
+
+
+# ---------------------------------------------------------------------------
+# The node's ResourceSlices (resource.k8s.io/v1), built from what the agent measured
+# ---------------------------------------------------------------------------
+
+#: The API group/version of ResourceSlices and ResourceClaims the agent speaks.
+RESOURCE_API: Final = "resource.k8s.io/v1"
+#: Upstream's limit on devices in one slice (``ResourceSliceMaxDevices``; 64 with taints or counters,
+#: which ours have not): a bigger node's pool spans several slices.
+MAX_DEVICES_PER_SLICE: Final = 128
+
+
+@dataclass(frozen=True, slots=True)
+class CpuDevice:
+    """One CPU as a device: its capacity (kernel fixed point) and where it sits."""
+
+    cpu: int
+    capacity: int
+    #: ``/sys/devices/system/cpu/cpu<n>/topology/core_id`` (None: unknown).
+    core: int | None = None
+    #: The NUMA node it belongs to (None: unknown, and then not published, as upstream asks).
+    numa: int | None = None
+
+
+def slice_device(d: CpuDevice) -> dict[str, Any]:
+    """The ResourceSlice ``devices[]`` entry for one CPU: shareable, with its bandwidth as capacity."""
+    attributes: dict[str, Any] = {ATTRIBUTE_CPU: {"int": d.cpu}}
+    if d.core is not None:
+        attributes[ATTRIBUTE_CORE] = {"int": d.core}
+    if d.numa is not None:
+        attributes[ATTRIBUTE_NUMA] = {"int": d.numa}
+    return {
+        "name": device_name(d.cpu),
+        "allowMultipleAllocations": True,
+        "attributes": attributes,
+        "capacity": {CAPACITY: {"value": str(d.capacity)}},
+    }
+
+
+def slice_name(node: str, index: int) -> str:
+    """The name of the ``index``-th slice of ``node``'s pool (a DNS subdomain: the node's name is one)."""
+    return f"{node}-{DRIVER}-{index}"
+
+
+def resource_slices(
+    node: str, generation: int, devices: Sequence[CpuDevice], owner: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The ResourceSlices of ``node``'s pool at ``generation``: its devices, at most 128 a slice.
+
+    ``owner`` (the Node's ``{name, uid}``) makes the Node their owner, so the garbage collector
+    deletes them when the node goes. A node without RT CPUs still publishes one (empty) slice,
+    so that the pool says "nothing here" rather than "unknown".
+    """
+    ordered = sorted(devices, key=lambda d: d.cpu)
+    chunks = [ordered[i : i + MAX_DEVICES_PER_SLICE] for i in range(0, len(ordered), MAX_DEVICES_PER_SLICE)] or [[]]
+    out = []
+    for index, chunk in enumerate(chunks):
+        metadata: dict[str, Any] = {"name": slice_name(node, index)}
+        if owner is not None:
+            metadata["ownerReferences"] = [
+                {"apiVersion": "v1", "kind": "Node", "name": owner["name"], "uid": owner["uid"], "controller": True}
+            ]
+        out.append(
+            {
+                "apiVersion": RESOURCE_API,
+                "kind": "ResourceSlice",
+                "metadata": metadata,
+                "spec": {
+                    "driver": DRIVER,
+                    "nodeName": node,
+                    "pool": {"name": node, "generation": generation, "resourceSliceCount": len(chunks)},
+                    "devices": [slice_device(d) for d in chunk],
+                },
+            }
+        )
+    return out
+
+
+def same_pool_content(published: Sequence[Mapping[str, Any]], wanted: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether published slices already say what ``wanted`` says (ignoring generation and server fields)."""
+
+    def content(slices: Sequence[Mapping[str, Any]]) -> list[Any]:
+        out = []
+        for s in sorted(slices, key=lambda s: str((s.get("metadata") or {}).get("name", ""))):
+            spec = dict(s.get("spec") or {})
+            pool = dict(spec.pop("pool", None) or {})
+            pool.pop("generation", None)
+            out.append((s["metadata"]["name"], pool, spec.get("nodeName"), spec.get("driver"), spec.get("devices")))
+        return out
+
+    return content(published) == content(wanted)
+
+
+# ---------------------------------------------------------------------------
+# Quantities (what the API writes in capacity and consumedCapacity)
+# ---------------------------------------------------------------------------
+
+_BINARY: Final = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DECIMAL: Final = {"n": Fraction(1, 10**9), "u": Fraction(1, 10**6), "m": Fraction(1, 1000), "": Fraction(1)} | {
+    s: Fraction(10**e) for s, e in (("k", 3), ("M", 6), ("G", 9), ("T", 12), ("P", 15), ("E", 18))
+}
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+)(?:([eE][+-]?[0-9]+)|(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?)$")
+
+
+def parse_quantity(value: str | int) -> int:
+    """A Kubernetes quantity (``"1Mi"``, ``"52429"``, ``"1e3"``) as an integer, rounded up as the API does."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    m = _QUANTITY.match(text)
+    if m is None:
+        raise ValueError(f"{value!r} is not a Kubernetes quantity")
+    number, exponent, suffix = Fraction(m.group(1)), m.group(2), m.group(3) or ""
+    if exponent:
+        number *= Fraction(10) ** int(exponent[1:])
+    else:
+        number *= _BINARY.get(suffix) or _DECIMAL[suffix]
+    return math.ceil(number)
+
+
+# ---------------------------------------------------------------------------
+# Claims: what the allocator gave our driver, and the parameters that go with it
+# ---------------------------------------------------------------------------
+
+
+class ClaimError(ValueError):
+    """A claim the node cannot prepare; the message says why, in words for ``kubectl describe``."""
+
+
+@dataclass(frozen=True, slots=True)
+class AllocatedDevice:
+    """One allocation result for our driver: a CPU and the bandwidth booked on it for this claim."""
+
+    request: str
+    pool: str
+    device: str
+    cpu: int
+    consumed: int
+    share_id: str = ""
+
+
+def allocated_devices(claim: Mapping[str, Any], pool: str) -> list[AllocatedDevice]:
+    """The results of ``claim``'s allocation that are ours (driver and ``pool``); :class:`ClaimError` if any is odd.
+
+    A result without ``consumedCapacity`` (a device not shareable when it was allocated) consumed
+    the whole device, as the allocator counts it.
+    """
+    allocation = (claim.get("status") or {}).get("allocation")
+    if not allocation:
+        raise ClaimError("the claim is not allocated")
+    out = []
+    for result in (allocation.get("devices") or {}).get("results") or []:
+        if result.get("driver") != DRIVER:
+            continue
+        if result.get("pool") != pool:
+            raise ClaimError(f"device {result.get('device')} of pool {result.get('pool')!r} is not on node {pool}")
+        try:
+            cpu = cpu_of_device(str(result.get("device", "")))
+            consumed_text = (result.get("consumedCapacity") or {}).get(CAPACITY)
+            consumed = parse_quantity(consumed_text) if consumed_text is not None else -1
+        except ValueError as err:
+            raise ClaimError(str(err)) from None
+        out.append(
+            AllocatedDevice(
+                str(result.get("request", "")),
+                str(result["pool"]),
+                str(result["device"]),
+                cpu,
+                consumed,
+                str(result.get("shareID") or ""),
+            )
+        )
+    return out
+
+
+def request_parameters(claim: Mapping[str, Any], request: str) -> Mapping[str, Any] | None:
+    """Our driver's opaque parameters that apply to ``request``, from the allocation (class and claim config).
+
+    Upstream's order: class config first, then the claim's; a later entry overrides an earlier one.
+    A subrequest (``req/sub``) is matched by its parent's name too. ``None``: no config.
+    """
+    allocation = (claim.get("status") or {}).get("allocation") or {}
+    configs = (allocation.get("devices") or {}).get("config") or []
+    ordered = sorted(configs, key=lambda c: 0 if c.get("source") == "FromClass" else 1)
+    found: Mapping[str, Any] | None = None
+    parent = request.split("/", 1)[0]
+    for config in ordered:
+        opaque = config.get("opaque") or {}
+        if opaque.get("driver") != DRIVER:
+            continue
+        scope = config.get("requests") or []
+        if scope and request not in scope and parent not in scope:
+            continue
+        found = opaque.get("parameters") or {}
+    return found
+
+
+def reservation_from_parameters(parameters: Mapping[str, Any] | None, where: str) -> Reservation:
+    """The reservation an opaque ``RtClaimParameters`` object asks for (the CRD's spec, in µs).
+
+    Beyond the CRD's ``count``/``runtime``/``period``, a ``deadline`` (µs, ≤ period) may be given
+    for a constrained deadline. No parameters: the seed driver's defaults (10 µs every 100 µs).
+    """
+    body = dict(parameters or {})
+    if body:
+        api_version, kind = body.get("apiVersion"), body.get("kind")
+        if (api_version, kind) != (PARAMETERS_API_VERSION, PARAMETERS_KIND):
+            raise ClaimError(
+                f"{where}: opaque parameters are {api_version}/{kind}, "
+                f"expected {PARAMETERS_API_VERSION}/{PARAMETERS_KIND}"
+            )
+    spec = dict(body.get("spec") or {})
+    deadline_us = spec.pop("deadline", None)
+    try:
+        r = reservation_from_claim_parameters(where, spec)
+        if deadline_us is not None:
+            if not isinstance(deadline_us, int) or isinstance(deadline_us, bool):
+                raise ClaimError(f"{where}: spec.deadline must be an integer (µs), not {deadline_us!r}")
+            r = replace(r, deadline_ns=deadline_us * NSEC_PER_USEC)
+            problems = validate_reservation(where, r)
+            if problems:
+                raise InvalidRequest(problems)
+    except InvalidRequest as err:
+        raise ClaimError(str(err)) from None
+    return r
