@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -143,10 +143,7 @@ def plan(
             PreparedRequest(
                 request,
                 reservation,
-                tuple(
-                    d if d.consumed >= 0 else dra.AllocatedDevice(d.request, d.pool, d.device, d.cpu, capacities[d.cpu])
-                    for d in its_devices
-                ),
+                tuple(d if d.consumed >= 0 else replace(d, consumed=capacities[d.cpu]) for d in its_devices),
             )
         )
     result = PreparedClaim(uid, namespace, name, tuple(requests))
