@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Final
+from types import ModuleType
+from typing import Any, Final, Protocol
 
 import grpc
 
@@ -52,43 +54,52 @@ def service_socket(kubelet_root: Path, driver: str = dra.DRIVER) -> Path:
     return kubelet_root / "plugins" / driver / "dra.sock"
 
 
+class _Claim(Protocol):
+    """``Claim`` of either API version."""
+
+    namespace: str
+    uid: str
+    name: str
+
+
 class _Service:
-    """Both API versions' ``DRAPlugin``: same messages but for ``share_id`` (v1 only)."""
+    """Both API versions' ``DRAPlugin``: the same messages but for ``share_id`` (v1 only).
+
+    ``pb`` is the version's generated message module; the answers are its messages.
+    """
 
     def __init__(self, preparer: Preparer) -> None:
         self.preparer = preparer
 
-    def prepare(self, claims: object, pb: object) -> dict[str, object]:
-        out: dict[str, object] = {}
-        for claim in claims:  # type: ignore[attr-defined]
+    def prepare(self, claims: Iterable[_Claim], pb: ModuleType) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for claim in claims:
             try:
                 devices = self.preparer.prepare(claim.namespace, claim.uid, claim.name)
             except dra.ClaimError as err:
                 log.warning("prepare %s/%s: %s", claim.namespace, claim.name, err)
-                out[claim.uid] = pb.NodePrepareResourceResponse(error=str(err))  # type: ignore[attr-defined]
+                out[claim.uid] = pb.NodePrepareResourceResponse(error=str(err))
                 continue
             except Exception as err:
                 log.exception("prepare %s/%s failed", claim.namespace, claim.name)
-                out[claim.uid] = pb.NodePrepareResourceResponse(error=f"rtdra-agent: {err}")  # type: ignore[attr-defined]
+                out[claim.uid] = pb.NodePrepareResourceResponse(error=f"rtdra-agent: {err}")
                 continue
-            out[claim.uid] = pb.NodePrepareResourceResponse(  # type: ignore[attr-defined]
-                devices=[_device(pb, d) for d in devices]
-            )
+            out[claim.uid] = pb.NodePrepareResourceResponse(devices=[_device(pb, d) for d in devices])
         return out
 
-    def unprepare(self, claims: object, pb: object) -> dict[str, object]:
-        out: dict[str, object] = {}
-        for claim in claims:  # type: ignore[attr-defined]
+    def unprepare(self, claims: Iterable[_Claim], pb: ModuleType) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for claim in claims:
             try:
                 self.preparer.unprepare(claim.namespace, claim.uid, claim.name)
-                out[claim.uid] = pb.NodeUnprepareResourceResponse()  # type: ignore[attr-defined]
+                out[claim.uid] = pb.NodeUnprepareResourceResponse()
             except Exception as err:
                 log.exception("unprepare %s/%s failed", claim.namespace, claim.name)
-                out[claim.uid] = pb.NodeUnprepareResourceResponse(error=f"rtdra-agent: {err}")  # type: ignore[attr-defined]
+                out[claim.uid] = pb.NodeUnprepareResourceResponse(error=f"rtdra-agent: {err}")
         return out
 
 
-def _device(pb: object, d: PreparedDevice) -> object:
+def _device(pb: ModuleType, d: PreparedDevice) -> Any:
     fields: dict[str, object] = {
         "request_names": list(d.request_names),
         "pool_name": d.pool_name,
@@ -97,7 +108,7 @@ def _device(pb: object, d: PreparedDevice) -> object:
     }
     if d.share_id and pb is v1:
         fields["share_id"] = d.share_id
-    return pb.Device(**fields)  # type: ignore[attr-defined]
+    return pb.Device(**fields)
 
 
 class DraV1(v1_grpc.DRAPluginServicer):
@@ -107,12 +118,12 @@ class DraV1(v1_grpc.DRAPluginServicer):
     def NodePrepareResources(  # noqa: N802 - the RPC's name
         self, request: v1.NodePrepareResourcesRequest, context: grpc.ServicerContext
     ) -> v1.NodePrepareResourcesResponse:
-        return v1.NodePrepareResourcesResponse(claims=self.service.prepare(request.claims, v1))  # type: ignore[arg-type]
+        return v1.NodePrepareResourcesResponse(claims=self.service.prepare(request.claims, v1))
 
     def NodeUnprepareResources(  # noqa: N802
         self, request: v1.NodeUnprepareResourcesRequest, context: grpc.ServicerContext
     ) -> v1.NodeUnprepareResourcesResponse:
-        return v1.NodeUnprepareResourcesResponse(claims=self.service.unprepare(request.claims, v1))  # type: ignore[arg-type]
+        return v1.NodeUnprepareResourcesResponse(claims=self.service.unprepare(request.claims, v1))
 
 
 class DraV1beta1(v1beta1_grpc.DRAPluginServicer):
@@ -122,12 +133,12 @@ class DraV1beta1(v1beta1_grpc.DRAPluginServicer):
     def NodePrepareResources(  # noqa: N802
         self, request: v1beta1.NodePrepareResourcesRequest, context: grpc.ServicerContext
     ) -> v1beta1.NodePrepareResourcesResponse:
-        return v1beta1.NodePrepareResourcesResponse(claims=self.service.prepare(request.claims, v1beta1))  # type: ignore[arg-type]
+        return v1beta1.NodePrepareResourcesResponse(claims=self.service.prepare(request.claims, v1beta1))
 
     def NodeUnprepareResources(  # noqa: N802
         self, request: v1beta1.NodeUnprepareResourcesRequest, context: grpc.ServicerContext
     ) -> v1beta1.NodeUnprepareResourcesResponse:
-        return v1beta1.NodeUnprepareResourcesResponse(claims=self.service.unprepare(request.claims, v1beta1))  # type: ignore[arg-type]
+        return v1beta1.NodeUnprepareResourcesResponse(claims=self.service.unprepare(request.claims, v1beta1))
 
 
 class Registration(reg_grpc.RegistrationServicer):
