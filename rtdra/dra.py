@@ -138,13 +138,19 @@ def resource_slices(
 def same_pool_content(published: Sequence[Mapping[str, Any]], wanted: Sequence[Mapping[str, Any]]) -> bool:
     """Whether published slices already say what ``wanted`` says (ignoring generation and server fields)."""
 
+    def device(d: Mapping[str, Any]) -> dict[str, Any]:
+        # The API writes quantities in canonical form: "1048576" comes back as "1Mi".
+        capacity = {k: parse_quantity((v or {}).get("value", 0)) for k, v in (d.get("capacity") or {}).items()}
+        return {**d, "capacity": capacity}
+
     def content(slices: Sequence[Mapping[str, Any]]) -> list[Any]:
         out = []
         for s in sorted(slices, key=lambda s: str((s.get("metadata") or {}).get("name", ""))):
             spec = dict(s.get("spec") or {})
             pool = dict(spec.pop("pool", None) or {})
             pool.pop("generation", None)
-            out.append((s["metadata"]["name"], pool, spec.get("nodeName"), spec.get("driver"), spec.get("devices")))
+            devices = [device(d) for d in spec.get("devices") or []]
+            out.append((s["metadata"]["name"], pool, spec.get("nodeName"), spec.get("driver"), devices))
         return out
 
     return content(published) == content(wanted)

@@ -35,6 +35,7 @@ class SlicePublisher:
         self.node = node
         self.devices = devices
         self.generation = 0
+        self.owner: dict[str, Any] | None = None
 
     def published(self) -> list[dict[str, Any]]:
         found = cast(
@@ -46,6 +47,9 @@ class SlicePublisher:
         return list(found.get("items") or [])
 
     def _owner(self) -> dict[str, Any] | None:
+        """The Node as owner, read again before each write (a Node created again under the same name has a new uid)."""
+        if self.owner is not None:
+            return self.owner
         try:
             node = self.core.read_node(self.node)
         except ApiException as err:
@@ -53,7 +57,8 @@ class SlicePublisher:
                 return None
             raise
         assert node.metadata is not None
-        return {"name": node.metadata.name, "uid": node.metadata.uid}
+        self.owner = {"name": node.metadata.name, "uid": node.metadata.uid}
+        return self.owner
 
     def sync(self) -> int:
         """Make the API hold this node's pool as it is now; returns the pool's generation."""
@@ -67,7 +72,8 @@ class SlicePublisher:
             self.generation = top
             return top
         generation = top + 1
-        wanted = dra.resource_slices(self.node, generation, devices, owner)
+        self.owner = None
+        wanted = dra.resource_slices(self.node, generation, devices, self._owner())
         by_name = {s["metadata"]["name"]: s for s in current}
         for body in wanted:
             name = body["metadata"]["name"]

@@ -125,6 +125,9 @@ def test_pool_content_ignores_the_generation_but_not_a_capacity_change() -> None
     assert dra.same_pool_content(published, dra.resource_slices(NODE, 4, [dra.CpuDevice(0, CAPACITY)]))
     assert not dra.same_pool_content(published, dra.resource_slices(NODE, 3, [dra.CpuDevice(0, CAPACITY - 1)]))
     assert not dra.same_pool_content(published, dra.resource_slices(NODE, 3, [dra.CpuDevice(1, CAPACITY)]))
+    whole = dra.resource_slices(NODE, 3, [dra.CpuDevice(0, BW_UNIT)])
+    whole[0]["spec"]["devices"][0]["capacity"][dra.CAPACITY]["value"] = "1Mi"  # as the API gives it back
+    assert dra.same_pool_content(whole, dra.resource_slices(NODE, 3, [dra.CpuDevice(0, BW_UNIT)]))
 
 
 @pytest.mark.parametrize(
