@@ -72,6 +72,8 @@ BIN = Path(sys.executable).parent
 NEEDS_RUNTIME = frozenset({"Deployment", "DaemonSet", "StatefulSet", "Job"})
 #: Not API objects, or registered by the stack itself with a loopback URL.
 NOT_APPLIED = frozenset({"KubeSchedulerConfiguration", "MutatingWebhookConfiguration", "Kustomization"})
+#: A DRA-mode real node's kubelet --root-dir (:class:`hack.node.RealNode` ``root_dir``; one real node at a time).
+DRA_KUBELET_ROOT = Path("/var/lib/rt-dra-node/kubelet")
 #: The lock the real-kernel tests take (tests/kernel/conftest.py): one user of
 #: the machine's deadline bandwidth at a time, or their leak checks misfire.
 KERNEL_LOCK = (
@@ -217,7 +219,11 @@ class Stack:
                 if node.real:
                     self.progress(f"node {node.name}: this machine as a real node (kubelet, containerd, runc)")
                     workdir = self.workdir / "nodes" / node.name / "node"
-                    self.real[node.name] = RealNode(self.cp, node.name, workdir, progress=self.progress).start()
+                    # DRA: the plugin's sockets live under kubelet's root dir, and a socket path has 107 bytes.
+                    root = DRA_KUBELET_ROOT if node.mode == "dra" else None
+                    self.real[node.name] = RealNode(
+                        self.cp, node.name, workdir, progress=self.progress, root_dir=root
+                    ).start()
                 else:
                     self.progress(f"node {node.name}: creating it (simulated)")
                     self.cp.create_node(node.name, cpu=str(node.cpus or os.cpu_count() or 1))

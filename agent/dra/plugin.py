@@ -18,6 +18,7 @@ events), never a failed RPC: one bad claim must not fail the others of the same 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -44,6 +45,8 @@ PLUGIN_TYPE: Final = "DRAPlugin"
 SUPPORTED_VERSIONS: Final = ("v1.DRAPlugin", "v1beta1.DRAPlugin")
 KUBELET_ROOT: Final = Path("/var/lib/kubelet")
 POLL_S: Final = 1.0
+#: The longest path a unix socket can have (``sun_path`` is 108 bytes with its NUL), here and in kubelet.
+MAX_SOCKET_PATH: Final = 107
 
 
 def registry_socket(kubelet_root: Path, driver: str = dra.DRIVER) -> Path:
@@ -200,6 +203,12 @@ class DraPlugin:
 
     def start(self) -> None:
         """Serve the service, then the registration socket (kubelet dials the service once it finds that one)."""
+        for path in (self.service_socket, self.registry_socket):
+            if len(os.fsencode(path.absolute())) > MAX_SOCKET_PATH:
+                raise OSError(
+                    f"{path}: a unix socket's path has at most {MAX_SOCKET_PATH} bytes; "
+                    "give kubelet (and --kubelet-root-dir) a shorter --root-dir"
+                )
         self.service_socket.parent.mkdir(parents=True, exist_ok=True)
         self.registry_socket.parent.mkdir(parents=True, exist_ok=True)
         self._service.start()

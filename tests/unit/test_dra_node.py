@@ -20,6 +20,7 @@ from agent import cdi, hook
 from agent.backends.none import NoneBackend
 from agent.config import parse_args
 from agent.dra.claims import ClaimState, claim_key, plan
+from agent.dra.plugin import DraPlugin
 from agent.dra.prepare import Preparer, answer
 from agent.enforce import Enforcer
 from agent.server import HookServer
@@ -435,3 +436,12 @@ def test_the_hook_hands_the_claim_it_carries_to_the_agent_over_its_socket(tmp_pa
         assert enforcer.applied == {}
     finally:
         server.stop()
+
+
+def test_a_kubelet_root_too_deep_for_a_unix_socket_is_refused_in_words(
+    preparer: tuple[Preparer, dict[str, dict[str, Any]]], tmp_path: Path
+) -> None:
+    p, _ = preparer
+    plugin = DraPlugin(p, kubelet_root=tmp_path / ("d" * 80))
+    with pytest.raises(OSError, match=r"at most 107 bytes; give kubelet .* a shorter --root-dir"):
+        plugin.start()
