@@ -114,8 +114,8 @@ class Preparer:
     def unprepare(self, namespace: str, uid: str, name: str) -> None:
         """Release the claim: its containers' reservations, its CDI spec, its record (idempotent)."""
         with self.lock:
+            gone = self.state.remove(uid)  # first: a hook arriving meanwhile finds the claim no longer prepared
             released = self.release_claim(uid)
             cdi.remove_claim_spec(self.cdi_dir, uid)
-            gone = self.state.remove(uid)
         if gone is not None:
             log.info("unprepared claim %s/%s (uid %s), released %s container(s)", namespace, name, uid, released)
