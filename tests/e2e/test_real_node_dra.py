@@ -95,6 +95,11 @@ def running(core: client.CoreV1Api, ns: str, name: str) -> client.V1Pod | None:
     return pod if pod.status.phase == "Running" and statuses and all(s.state.running for s in statuses) else None
 
 
+def free_bandwidth() -> int:
+    """What the kernel still admits on this machine's root domain, measured by its own admission test."""
+    return host.probe_free_bandwidth(host.online_cpus())
+
+
 def state_dir(stack: Stack) -> Path:
     return stack.workdir / "nodes" / NODE.name / "state"
 
@@ -121,6 +126,7 @@ def test_a_pod_with_a_claim_runs_under_its_deadline_reservation_and_deleting_it_
 ) -> None:
     core = client.CoreV1Api(stack.api)
     objects = client.CustomObjectsApi(stack.api)
+    before = free_bandwidth()
     objects.create_namespaced_custom_object(*RESOURCE, ns, "resourceclaims", rt_claim("rt", 2000, 10000, 8000))
     core.create_namespaced_pod(ns, claim_pod(stack, "dl", "rt"))
     pod = wait_for("dl running", lambda: running(core, ns, "dl"), timeout=180)
@@ -158,3 +164,4 @@ def test_a_pod_with_a_claim_runs_under_its_deadline_reservation_and_deleting_it_
     )
     assert not spec.exists()
     wait_for("the agent's record gone", lambda: not (stack.nas(NODE.name) or {})["spec"]["preparedClaims"], timeout=30)
+    wait_for("the kernel's free bandwidth back", lambda: free_bandwidth() == before, timeout=30)
