@@ -165,3 +165,39 @@ def test_a_pod_with_a_claim_runs_under_its_deadline_reservation_and_deleting_it_
     assert not spec.exists()
     wait_for("the agent's record gone", lambda: not (stack.nas(NODE.name) or {})["spec"]["preparedClaims"], timeout=30)
     wait_for("the kernel's free bandwidth back", lambda: free_bandwidth() == before, timeout=30)
+
+
+def test_a_restarted_agent_keeps_the_prepared_claim_and_unprepares_it_when_the_pod_goes(stack: Stack, ns: str) -> None:
+    core = client.CoreV1Api(stack.api)
+    objects = client.CustomObjectsApi(stack.api)
+    objects.create_namespaced_custom_object(*RESOURCE, ns, "resourceclaims", rt_claim("kept", 1000, 5000, 5000))
+    core.create_namespaced_pod(ns, claim_pod(stack, "kept", "kept"))
+    pod = wait_for("kept running", lambda: running(core, ns, "kept"), timeout=180)
+    real = stack.real[NODE.name]
+    pid = real.container_pid(pod, "app")
+    assert pid
+    uid = objects.get_namespaced_custom_object(*RESOURCE, ns, "resourceclaims", "kept")["metadata"]["uid"]
+
+    log_name = f"agent-{NODE.name}"
+    stack.stop_process(log_name)  # SIGTERM: the pool is deleted, the plugin's sockets go
+    assert sched.sched_getattr(pid).is_deadline  # the reservation outlives the agent
+    mark = len(stack.log_tail(log_name, 100000).splitlines())
+    stack.start_agent(NODE)
+
+    def registered_again() -> bool:
+        after = stack.log_tail(log_name, 100000).splitlines()[mark:]
+        return any("kubelet registered the DRA plugin" in line for line in after) and stack.dra_ready(NODE.name)
+
+    wait_for("the DRA plugin registered again, the pool back", registered_again, timeout=60)
+    prepared = json.loads((state_dir(stack) / "dra-claims.json").read_text())["claims"]
+    assert set(prepared) == {uid}
+    attr = sched.sched_getattr(pid)
+    assert attr.is_deadline and (attr.runtime_ns, attr.period_ns) == (1_000_000, 5_000_000)
+
+    core.delete_namespaced_pod("kept", ns)
+    wait_for(
+        "the claim unprepared by the restarted agent",
+        lambda: json.loads((state_dir(stack) / "dra-claims.json").read_text())["claims"] == {},
+        timeout=90,
+    )
+    wait_for("the agent's record gone", lambda: not (stack.nas(NODE.name) or {})["spec"]["preparedClaims"], timeout=30)
