@@ -79,8 +79,10 @@ demo: $(STAMP)
 # The whole stack left running in the background - control plane, webhook,
 # extender, agent and this machine as a real node (kubelet, containerd, runc) -
 # for your own RT pods. The last line printed is the admin kubeconfig.
+# MODE=nri (default), cdi, or dra (the node serves RT pods through DRA: docs/dra-node.md).
+MODE ?= nri
 up: $(STAMP)
-	@$(PY) hack/playground.py up --dir .rtdra
+	@$(PY) hack/playground.py up --dir .rtdra --mode $(MODE)
 
 down: $(STAMP)
 	@$(PY) hack/playground.py down --dir .rtdra

@@ -153,3 +153,68 @@ def write_spec(cdi_dir: Path, node: str, body: dict[str, Any]) -> Path:
     write_atomically(path, text)
     path.chmod(0o644)
     return path
+
+
+# -- DRA mode: one spec per prepared claim ---------------------------------------------
+
+
+def claim_device_name(claim_uid: str, request: str) -> str:
+    """The CDI device of one request of one claim.
+
+    CDI names allow ``[A-Za-z0-9_.:-]``: a subrequest's ``/`` becomes a ``.``.
+    """
+    return f"claim-{claim_uid}-{request.replace('/', '.')}"
+
+
+def claim_device_id(claim_uid: str, request: str) -> str:
+    """The qualified CDI name kubelet hands the runtime (``rt.resource.example.com/cpu=claim-<uid>-<request>``)."""
+    return f"{names.CDI_KIND}={claim_device_name(claim_uid, request)}"
+
+
+def claim_spec(claim_uid: str, requests: dict[str, tuple[str, dict[str, str]]], hook_argv: list[str]) -> dict[str, Any]:
+    """The spec of one prepared claim: per request (name -> (claim key, env)) a device whose hooks name the claim.
+
+    The hooks are the node spec's (:func:`spec`) plus ``--claim <key>``, so the agent knows, for the
+    container being started, which claim's CPUs and timing apply; the env is the container's RT_*.
+    """
+    devices = []
+    for request, (key, env) in sorted(requests.items()):
+        hooks: list[CdiHook] = [
+            {
+                "hookName": stage,
+                "path": hook_argv[0],
+                "args": [*hook_argv, "--stage", stage, "--claim", key],
+                "timeout": HOOK_TIMEOUT_S,
+            }
+            for stage in STAGES
+        ]
+        edits = {"env": [f"{k}={v}" for k, v in sorted(env.items())], "hooks": hooks}
+        devices.append({"name": claim_device_name(claim_uid, request), "containerEdits": edits})
+    return {
+        "cdiVersion": CDI_VERSION,
+        "kind": names.CDI_KIND,
+        "annotations": {f"{names.DOMAIN}/claim": claim_uid},
+        "devices": devices,
+    }
+
+
+def claim_spec_path(cdi_dir: Path, claim_uid: str) -> Path:
+    vendor, cls = names.CDI_KIND.split("/")
+    return cdi_dir / f"{vendor}-{cls}-claim-{claim_uid}.json"
+
+
+def write_claim_spec(cdi_dir: Path, claim_uid: str, body: dict[str, Any]) -> Path:
+    """Write (atomically, if changed) the claim's spec; returns its path."""
+    path = claim_spec_path(cdi_dir, claim_uid)
+    text = json.dumps(body, indent=2, sort_keys=True) + "\n"
+    with contextlib.suppress(FileNotFoundError):
+        if path.read_text() == text:
+            return path
+    write_atomically(path, text)
+    path.chmod(0o644)
+    return path
+
+
+def remove_claim_spec(cdi_dir: Path, claim_uid: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        claim_spec_path(cdi_dir, claim_uid).unlink()

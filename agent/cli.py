@@ -8,6 +8,11 @@ and reconcile (and renew) every interval. SIGTERM/SIGINT: stop serving, publish 
 running containers stay (a restarted agent picks them up) unless
 ``--release-on-exit``.
 
+``--mode dra`` (:mod:`agent.dra`): the node serves RT pods through DRA, not the
+extender: the NAS stays NotReady (with that reason, so the extender books
+nothing here), the CPUs are published as a ResourceSlice pool, kubelet's DRA
+plugin is served, and SIGTERM also deletes the pool and stops the plugin.
+
 The Kubernetes client (:mod:`agent.kubeapi`) is imported only when the NAS
 lives in the API: it costs ~0.5 s of start-up and most of the agent's memory,
 which a ``--nas-file`` agent (tests, simulated nodes, the benchmark) does not need.
@@ -21,25 +26,28 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent import cdi, hostview
 from agent.backends.base import Backend
 from agent.backends.registry import BACKENDS
 from agent.config import AgentConfig, parse_args
 from agent.cpuset import Partitions
-from agent.discovery import NodeFacts, discover, simulate
+from agent.discovery import NodeFacts, cpu_topology, discover, simulate
+from agent.dra.claims import ClaimState
 from agent.enforce import Enforcer
 from agent.events import EventSink, LogEvents
 from agent.reconcile import Loop, publish
 from agent.server import HookServer
 from agent.store import FileStore, LedgerStore
-from rtdra import host
+from rtdra import dra, host
 from rtdra.settings import fail
 
 if TYPE_CHECKING:
     from agent.deviceplugin import DevicePlugin
+    from agent.dra.plugin import DraPlugin
 
 log = logging.getLogger("rtdra-agent")
 
@@ -129,6 +137,59 @@ def start_device_plugin(config: AgentConfig, *, cdi_device: bool = True) -> Devi
     return plugin
 
 
+#: What a DRA-mode node's NAS says, for the extender's filter (``statusReason``).
+DRA_NOT_READY_REASON = (
+    f"node serves RT pods through DRA (DeviceClass {dra.DEVICE_CLASS}): "
+    "ask for a ResourceClaim of that class instead of the extender"
+)
+
+
+@dataclass
+class DraMode:
+    """DRA mode's moving parts (:func:`start_dra`)."""
+
+    state: ClaimState
+    plugin: DraPlugin | None = None
+    slices: Any = None  # agent.dra.slices.SlicePublisher (the Kubernetes client is imported on demand)
+
+    def sync_slices(self) -> None:
+        if self.slices is not None:
+            try:
+                self.slices.sync()
+            except Exception as err:  # the API may be away for a while: next interval
+                log.warning("publishing the ResourceSlices failed: %s", err)
+
+
+def start_dra(config: AgentConfig, facts: NodeFacts, mode: DraMode, enforcer: Enforcer, hook_argv: list[str]) -> None:
+    """Publish the pool and serve the kubelet DRA plugin (after the hook server: kubelet may prepare at once)."""
+    from agent import kubeapi  # noqa: PLC0415 - gRPC and the Kubernetes client only in DRA mode
+    from agent.dra.plugin import DraPlugin  # noqa: PLC0415
+    from agent.dra.prepare import Preparer  # noqa: PLC0415
+    from agent.dra.slices import SlicePublisher  # noqa: PLC0415
+
+    api = kubeapi.api_client(config.kubeconfig)
+    topology = cpu_topology(facts.rt_cpus)
+
+    def devices() -> list[dra.CpuDevice]:
+        return [dra.CpuDevice(cpu, cap, *topology.get(cpu, (None, None))) for cpu, cap in facts.capacities.items()]
+
+    mode.slices = SlicePublisher(api, config.node_name, devices)
+    with starting(f"publishing the ResourceSlices of node {config.node_name}"):
+        mode.slices.sync()
+    preparer = Preparer(
+        mode.state,
+        kubeapi.ClaimReader(api),
+        pool=config.node_name,
+        capacities=facts.capacities,
+        cdi_dir=config.cdi_dir,
+        hook_argv=hook_argv,
+        release_claim=enforcer.release_claim,
+    )
+    mode.plugin = DraPlugin(preparer, kubelet_root=config.kubelet_root)
+    with starting(f"serving the kubelet DRA plugin under {config.kubelet_root}"):
+        mode.plugin.start()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the agent; a failure to start is one line on stderr and exit status 2 (what was undone is undone)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -210,6 +271,11 @@ def _run(
         log.info("discovery: %s", note)
     backend = build_backend(config, facts, partitions)
     loop_ref: list[Loop] = []
+    dra_mode: DraMode | None = None
+    if config.mode == "dra":
+        dra_mode = DraMode(ClaimState(config.dra_state_file))
+        with starting(f"loading the prepared claims from {config.dra_state_file}"):
+            dra_mode.state.load()
     enforcer = Enforcer(
         store,
         backend,
@@ -217,6 +283,7 @@ def _run(
         config.state_file,
         fail_open=config.fail_open,
         publish=lambda: loop_ref[0].mark_dirty() if loop_ref else None,
+        claim_slots=dra_mode.state.slots if dra_mode is not None else None,
     )
     with starting("loading what earlier runs applied"):
         enforcer.load()
@@ -227,7 +294,11 @@ def _run(
         facts,
         enforcer,
         config.reconcile_interval_s,
-        ready=lambda: config.device_plugin_dir is None or any(p.registered.is_set() for p in plugin_box),
+        ready=lambda: (
+            dra_mode is None and (config.device_plugin_dir is None or any(p.registered.is_set() for p in plugin_box))
+        ),
+        not_ready_reason=DRA_NOT_READY_REASON if dra_mode is not None else "",
+        also=dra_mode.sync_slices if dra_mode is not None else None,
         heartbeat=heartbeat,
         heartbeat_interval_s=config.lease_renew_interval_s,
     )
@@ -245,7 +316,10 @@ def _run(
     with starting(f"serving hooks on {config.socket_path}"):
         server.start()
     log.info("serving hooks on %s", config.socket_path)
-    nri_stop = start_nri(config, enforcer)
+    nri_stop = start_nri(config, enforcer) if dra_mode is None else None
+    if dra_mode is not None:
+        assert hook_argv is not None  # --mode dra refuses --no-cdi
+        start_dra(config, facts, dra_mode, enforcer, hook_argv)
     plugin = start_device_plugin(config, cdi_device=nri_stop is None)
     if plugin is not None:
         plugin_box.append(plugin)
@@ -267,11 +341,18 @@ def _run(
         nri_stop.set()
     if plugin is not None:
         plugin.stop()
+    if dra_mode is not None and dra_mode.plugin is not None:
+        dra_mode.plugin.stop()
     server.stop()
     worker.join(timeout=10)
     if config.release_on_exit:
         enforcer.release_all()
-    publish(store, facts, enforcer, ready=False)
+    publish(store, facts, enforcer, ready=False, reason=loop.not_ready_reason)
+    if dra_mode is not None and dra_mode.slices is not None:
+        try:
+            dra_mode.slices.delete()
+        except Exception as err:
+            log.warning("deleting the ResourceSlices failed: %s", err)
     log.info("stopped; NAS %s marked NotReady", config.node_name)
     return 0
 

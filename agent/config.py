@@ -26,8 +26,13 @@ ENV_PREFIX = "RTDRA_AGENT_"
 #: One of ``agent.backends.registry.NAMES``.
 BackendName = str
 #: How the agent hears of container starts: NRI (the runtime's plugin socket), the CDI hook, or
-#: NRI where the socket exists at start-up and the hook elsewhere.
-ModeName = Literal["auto", "nri", "cdi"]
+#: NRI where the socket exists at start-up and the hook elsewhere; or DRA (``agent.dra``): the node's
+#: CPUs are ResourceSlice devices, kubelet prepares claims through the agent's DRA plugin and the
+#: claims' CDI devices carry the hook.
+ModeName = Literal["auto", "nri", "cdi", "dra"]
+MODES: Final = ("auto", "nri", "cdi", "dra")
+#: kubelet's default root directory (its DRA plugin registry and plugin sockets live under it).
+KUBELET_ROOT: Final = "/var/lib/kubelet"
 #: kubelet's fixed device-plugin directory (k8s.io/kubelet deviceplugin/v1beta1 ``DevicePluginPath``).
 DEVICE_PLUGIN_DIR: Final = "/var/lib/kubelet/device-plugins"
 #: ``agent.deviceplugin.DEFAULT_DEVICES``, not imported from there: that would load gRPC for every flag parse.
@@ -66,6 +71,12 @@ class AgentConfig:
     device_plugin_devices: int = DEVICE_PLUGIN_DEVICES
     #: How often the agent renews its Lease, the heartbeat the extender trusts (``rtdra.leases``).
     lease_renew_interval_s: float = 10.0
+    #: kubelet's ``--root-dir`` (DRA mode: ``plugins_registry/`` and ``plugins/<driver>/`` under it).
+    kubelet_root: Path = Path(KUBELET_ROOT)
+
+    @property
+    def dra_state_file(self) -> Path:
+        return self.state_dir / "dra-claims.json"
 
     @property
     def socket_path(self) -> Path:
@@ -135,10 +146,16 @@ def _parse(argv: Sequence[str] | None, e: Env, env: Mapping[str, str]) -> AgentC
     )
     p.add_argument(
         "--mode",
-        choices=("auto", "nri", "cdi"),
+        choices=MODES,
         default=e.text("MODE", "auto"),
         help="hear of container starts from the runtime over NRI, or from the CDI hook; "
-        "auto: NRI if --nri-socket exists at start-up, else the hook (default: auto)",
+        "auto: NRI if --nri-socket exists at start-up, else the hook; dra: publish the CPUs as "
+        "ResourceSlice devices and prepare ResourceClaims as kubelet's DRA plugin (default: auto)",
+    )
+    p.add_argument(
+        "--kubelet-root-dir",
+        default=e.text("KUBELET_ROOT_DIR", KUBELET_ROOT),
+        help=f"kubelet's --root-dir, for the DRA plugin's sockets (default {KUBELET_ROOT})",
     )
     p.add_argument("--nri-socket", type=Path, default=Path(e.text("NRI_SOCKET", "/var/run/nri/nri.sock") or ""))
     # The device plugin (how the CDI device reaches containers through kubelet, docs/agent.md).
@@ -168,8 +185,10 @@ def _parse(argv: Sequence[str] | None, e: Env, env: Mapping[str, str]) -> AgentC
             p.error(f"--rt-cpus {a.rt_cpus!r}: {err}")
     if a.backend != "none" and (a.cpus is not None or a.capacity is not None):
         p.error("--cpus and --capacity simulate a node: they need --backend none")
-    if a.mode not in ("auto", "nri", "cdi"):  # a value from the environment (argparse checks only flags)
-        p.error(f"{e.variable('MODE')}={a.mode!r}: must be one of auto, nri, cdi")
+    if a.mode not in MODES:  # a value from the environment (argparse checks only flags)
+        p.error(f"{e.variable('MODE')}={a.mode!r}: must be one of {', '.join(MODES)}")
+    if a.mode == "dra" and (a.nas_file or a.no_cdi):
+        p.error("--mode dra reads ResourceClaims from the API and hands out CDI devices: no --nas-file, no --no-cdi")
     if a.capacity is not None and a.capacity > BW_UNIT:
         p.error(f"--capacity {a.capacity} is more than a whole CPU ({BW_UNIT})")
     if not os.path.isabs(a.hook_python):
@@ -178,12 +197,12 @@ def _parse(argv: Sequence[str] | None, e: Env, env: Mapping[str, str]) -> AgentC
         )
     state_dir = Path(a.state_dir) if a.state_dir else Path("/var/run/rt-dra") / a.node_name
     device_plugin_dir: Path | None
-    if a.no_device_plugin or a.device_plugin_dir == "":
+    if a.no_device_plugin or a.device_plugin_dir == "" or a.mode == "dra":  # DRA: claims, not `dl` slots
         device_plugin_dir = None
     elif a.device_plugin_dir:
         device_plugin_dir = Path(a.device_plugin_dir)
-    else:  # not given: kubelet's directory where the agent enforces; simulated nodes have no kubelet here
-        device_plugin_dir = None if a.backend == "none" else Path(DEVICE_PLUGIN_DIR)
+    else:  # not given: kubelet's directory where the agent enforces; simulated nodes and DRA mode: none
+        device_plugin_dir = None if a.backend == "none" or a.mode == "dra" else Path(DEVICE_PLUGIN_DIR)
     return AgentConfig(
         node_name=a.node_name,
         backend=a.backend,
@@ -208,4 +227,5 @@ def _parse(argv: Sequence[str] | None, e: Env, env: Mapping[str, str]) -> AgentC
         device_plugin_dir=device_plugin_dir,
         device_plugin_devices=int(a.device_plugin_devices),
         lease_renew_interval_s=a.lease_renew_interval,
+        kubelet_root=Path(a.kubelet_root_dir),
     )

@@ -13,6 +13,7 @@ nodes bigger than the machine, with figures the kernel here would give.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from agent.backends.registry import BACKENDS
 from agent.cpuset import Partitions
@@ -87,3 +88,24 @@ def discover(rt_cpus: tuple[int, ...] | None = None, partitions: Partitions | No
         source = measured.source
         notes += measured.notes
     return NodeFacts(cpus, pool, caps, root, source, layout, supported_backends(layout), tuple(notes))
+
+
+def cpu_topology(
+    cpus: tuple[int, ...], sysfs: Path = Path("/sys/devices/system")
+) -> dict[int, tuple[int | None, int | None]]:
+    """Each CPU's core id and NUMA node from sysfs (``None`` where the kernel does not say)."""
+    numa: dict[int, int] = {}
+    for node_dir in sysfs.glob("node/node[0-9]*"):
+        try:
+            for cpu in host.parse_cpulist((node_dir / "cpulist").read_text().strip()):
+                numa[cpu] = int(node_dir.name[len("node") :])
+        except (OSError, ValueError):
+            continue
+    out: dict[int, tuple[int | None, int | None]] = {}
+    for cpu in cpus:
+        try:
+            core: int | None = int((sysfs / f"cpu/cpu{cpu}/topology/core_id").read_text())
+        except (OSError, ValueError):
+            core = None
+        out[cpu] = (core, numa.get(cpu))
+    return out

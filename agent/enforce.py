@@ -11,6 +11,12 @@ when configured (the container runs unreserved). Either way the refusal is
 recorded (``error`` in the container's record, kept until the pod loses its
 allocation or a retry succeeds) and becomes an Event on the pod, sent outside
 the lock so that other containers' hooks never wait for the API.
+
+DRA mode: a container whose hook names a claim (``<claim uid>/<request>``, from
+the claim's CDI device) takes its slots from that prepared claim
+(``claim_slots``, the DRA plugin's state) instead of the NAS, and keeps them while
+the claim stays prepared; one claim request serves one container (a second one
+would take the same booked bandwidth again).
 """
 
 from __future__ import annotations
@@ -28,11 +34,13 @@ from agent.backends import Applied, Backend, EnforcementError, Target
 from agent.events import EventSink
 from agent.store import LedgerStore, write_atomically
 from rtdra import tasks
-from rtdra.ledger import NodeLedger, PodAllocation
+from rtdra.ledger import NodeLedger, PodAllocation, Slot
 
 log = logging.getLogger(__name__)
 
 Records = dict[str, dict[str, Applied]]
+#: A prepared DRA claim request's slots by its key (``<claim uid>/<request>``); None: not prepared here.
+ClaimSlots = Callable[[str], tuple[Slot, ...] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +71,7 @@ class Enforcer:
         *,
         fail_open: bool = False,
         publish: Callable[[], None] | None = None,
+        claim_slots: ClaimSlots | None = None,
     ) -> None:
         self.store = store
         self.backend = backend
@@ -70,6 +79,7 @@ class Enforcer:
         self.state_file = state_file
         self.fail_open = fail_open
         self.publish_hint = publish or (lambda: None)
+        self.claim_slots: ClaimSlots = claim_slots or (lambda _key: None)
         self.lock = threading.RLock()
         self.ledger: NodeLedger | None = None
         #: Counts the ledger reads made under the lock (see :meth:`reconcile`).
@@ -107,7 +117,7 @@ class Enforcer:
 
     # -- the hook -------------------------------------------------------------
 
-    def handle(self, stage: str, raw_state: bytes) -> Outcome:
+    def handle(self, stage: str, raw_state: bytes, *, claim: str = "") -> Outcome:
         try:
             state = oci.parse_state(raw_state)
             annotations = state.get("annotations") or {}
@@ -120,37 +130,56 @@ class Enforcer:
             ref = oci.container_ref(state)
         except oci.BadState as err:
             return Outcome(False, str(err))
-        return self.prepare(ref)
+        return self.prepare(ref, claim)
 
-    def prepare(self, ref: oci.ContainerRef) -> Outcome:
-        """Put the container under its allocation; a refusal is answered, recorded and sent as an Event."""
+    def prepare(self, ref: oci.ContainerRef, claim: str = "") -> Outcome:
+        """Put the container under its allocation (or ``claim``'s); a refusal is answered, recorded, sent."""
         started = tasks.task_start_time(ref.pid)
         with self.lock:
-            outcome, refusal = self._prepare(ref, started)
+            outcome, refusal = self._prepare(ref, started, claim)
         if refusal is not None:  # outside the lock: an Event is an API round trip
             self.events.emit(ref, refusal, outcome.message)
             log.warning("%s", outcome.message)
         return outcome
 
-    def _prepare(self, ref: oci.ContainerRef, started: int) -> tuple[Outcome, str | None]:
+    def _slots(self, ref: oci.ContainerRef, claim: str) -> tuple[tuple[Slot, ...], str | None]:
+        """The container's slots, or none and the refusal's message."""
+        if claim:
+            slots = self.claim_slots(claim)
+            if slots is None:
+                return (), f"{ref}: DRA claim {claim} is not prepared on node {self.store.node}"
+            for uid, held_by in self.applied.items():
+                for container, other in held_by.items():
+                    if other.claim == claim and (uid, container) != (ref.pod_uid, ref.container):
+                        return (), (
+                            f"{ref}: DRA claim {claim} already serves container {container} of pod uid {uid}; "
+                            "an RT claim request serves one container"
+                        )
+            return slots, None
+        pod = self.allocation(ref.pod_uid)
+        if pod is None:
+            return (), f"{ref}: no RT-DRA allocation for pod uid {ref.pod_uid} on node {self.store.node}"
+        slots = tuple(pod.containers.get(ref.container) or ())
+        if not slots:
+            return (), f"{ref}: the pod's allocation has no container {ref.container!r}"
+        return slots, None
+
+    def _prepare(self, ref: oci.ContainerRef, started: int, claim: str = "") -> tuple[Outcome, str | None]:
         held = self.applied.get(ref.pod_uid, {}).get(ref.container)
         if (
             held is not None
             and (held.container_id, held.pid) == (ref.container_id, ref.pid)
             and held.start_time in (0, started)
+            and held.claim == claim
             and not held.error
         ):
             return Outcome(True, f"{ref}: already reserved"), None
         if held is not None:
             self.backend.release(held)
             del self.applied[ref.pod_uid][ref.container]
-        pod = self.allocation(ref.pod_uid)
-        if pod is None:
-            message = f"{ref}: no RT-DRA allocation for pod uid {ref.pod_uid} on node {self.store.node}"
-            return self._refused(message), "NoAllocation"
-        slots = tuple(pod.containers.get(ref.container) or ())
-        if not slots:
-            return self._refused(f"{ref}: the pod's allocation has no container {ref.container!r}"), "NoAllocation"
+        slots, problem = self._slots(ref, claim)
+        if problem is not None:
+            return self._refused(problem), "NoAllocation"
         try:
             applied = self.backend.apply(Target(ref, slots))
         except EnforcementError as err:
@@ -164,11 +193,12 @@ class Enforcer:
                 slots,
                 error=outcome.message,
                 start_time=started,
+                claim=claim,
             )
             self.applied.setdefault(ref.pod_uid, {})[ref.container] = record
             self.save()
             return outcome, err.reason
-        self.applied.setdefault(ref.pod_uid, {})[ref.container] = replace(applied, start_time=started)
+        self.applied.setdefault(ref.pod_uid, {})[ref.container] = replace(applied, start_time=started, claim=claim)
         self.save()
         cpus = ",".join(str(s.cpu) for s in slots)
         return Outcome(
@@ -192,6 +222,19 @@ class Enforcer:
             if not self.applied[uid]:
                 del self.applied[uid]
             self.save()
+
+    def release_claim(self, claim_uid: str) -> int:
+        """Release every container held under one of ``claim_uid``'s requests (DRA unprepare); how many."""
+        with self.lock:
+            held = [
+                (uid, container)
+                for uid, held_by in self.applied.items()
+                for container, record in held_by.items()
+                if record.claim.partition("/")[0] == claim_uid
+            ]
+            for uid, container in held:
+                self.release_container(uid, container)
+            return len(held)
 
     def release_pod(self, uid: str) -> None:
         with self.lock:
@@ -225,10 +268,11 @@ class Enforcer:
             allocated = set(ledger.pods) if ledger else set()
             changed = False
             for uid in list(self.applied):
-                if uid not in allocated:
-                    self.release_pod(uid)
-                    continue
                 for container, held in list(self.applied[uid].items()):
+                    # Kept while its source holds: the pod's NAS allocation, or (DRA) its prepared claim.
+                    if (self.claim_slots(held.claim) is None) if held.claim else (uid not in allocated):
+                        self.release_container(uid, container)
+                        continue
                     if held.error:  # a refusal: kept on record while the pod is allocated (nothing to undo)
                         continue
                     if not held.is_alive():

@@ -22,7 +22,11 @@ and does not compile it on every container start. The agent does the work and an
 and exits 1, and the runtime does not start the container - unless
 ``--fail-open``.
 
-Usage: rtdra-hook --socket PATH [--stage createRuntime|poststop] [--fail-open] < state.json
+With ``--claim KEY`` (the CDI device of a prepared DRA claim carries it: ``<claim uid>/<request>``)
+the first line it sends is ``<stage> <KEY>``: the agent takes the container's reservation from that
+claim instead of from the NodeAllocationState.
+
+Usage: rtdra-hook --socket PATH [--stage createRuntime|poststop] [--claim KEY] [--fail-open] < state.json
 """
 # ruff: noqa: UP037 - quoted annotations on purpose: they must not be evaluated by a host Python < 3.9
 
@@ -31,7 +35,7 @@ import sys
 
 DEFAULT_SOCKET = "/var/run/rt-dra/agent.sock"
 TIMEOUT_S = 10.0
-USAGE = "usage: rtdra-hook --socket PATH [--stage STAGE] [--fail-open] < state.json"
+USAGE = "usage: rtdra-hook --socket PATH [--stage STAGE] [--claim KEY] [--fail-open] < state.json"
 
 
 def ask_agent(socket_path: str, stage: str, state: bytes) -> str:
@@ -58,7 +62,7 @@ def ask_agent(socket_path: str, stage: str, state: bytes) -> str:
 
 def run(argv: "list[str]", state: bytes) -> "tuple[int, str]":
     """The exit status and the line for stderr ("" for none)."""
-    socket_path, stage, fail_open = DEFAULT_SOCKET, "createRuntime", False
+    socket_path, stage, claim, fail_open = DEFAULT_SOCKET, "createRuntime", "", False
     args = list(argv)
     while args:
         arg = args.pop(0)
@@ -66,11 +70,14 @@ def run(argv: "list[str]", state: bytes) -> "tuple[int, str]":
             socket_path = args.pop(0)
         elif arg == "--stage" and args:
             stage = args.pop(0)
+        elif arg == "--claim" and args:
+            claim = args.pop(0)
         elif arg == "--fail-open":
             fail_open = True
         else:
             return 2, f"rtdra-hook: {USAGE}"
-    status, _, message = ask_agent(socket_path, stage, state).partition(" ")
+    line = stage + " " + claim if claim else stage
+    status, _, message = ask_agent(socket_path, line, state).partition(" ")
     if status == "ok":
         return 0, ""
     if fail_open or stage == "poststop":

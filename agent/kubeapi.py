@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from typing import Any, cast
 
 from kubernetes import client
 
@@ -25,7 +26,7 @@ from rtdra.leases import LeaseRenewer
 from rtdra.ledger import NodeLedger
 from rtdra.store import AlreadyExists, NasStore, NotFound, TooManyConflicts
 
-__all__ = ["ApiEvents", "ApiStore", "LeaseRenewer", "NasStore", "api_client"]
+__all__ = ["ApiEvents", "ApiStore", "ClaimReader", "LeaseRenewer", "NasStore", "api_client"]
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +88,14 @@ class ApiEvents:
         except Exception as err:  # an event is best effort
             log.warning("could not create event %s on %s: %s", reason, ref, err)
         LogEvents().emit(ref, reason, message, type_)
+
+
+class ClaimReader:
+    """Reads ResourceClaims (``resource.k8s.io/v1``) for the DRA plugin, as plain JSON objects."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.objects = client.CustomObjectsApi(api)
+
+    def __call__(self, namespace: str, name: str) -> dict[str, Any]:
+        found = self.objects.get_namespaced_custom_object("resource.k8s.io", "v1", namespace, "resourceclaims", name)
+        return cast(dict[str, Any], found)

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 DIRTY_DELAY_S = 0.02
 
 
-def publish(store: LedgerStore, facts: NodeFacts, enforcer: Enforcer, *, ready: bool) -> NodeLedger:
+def publish(store: LedgerStore, facts: NodeFacts, enforcer: Enforcer, *, ready: bool, reason: str = "") -> NodeLedger:
     """Write the agent's fields of the NAS (capacity, readiness, preparedClaims), keeping the extender's."""
     prepared = enforcer.prepared_json()
 
@@ -39,6 +39,7 @@ def publish(store: LedgerStore, facts: NodeFacts, enforcer: Enforcer, *, ready: 
             capacities=dict(facts.capacities),
             root_domain_capacity=facts.root_domain_capacity,
             ready=ready,
+            reason="" if ready else reason,
             prepared=prepared,
         )
 
@@ -53,8 +54,11 @@ class Loop:
         enforcer: Enforcer,
         interval_s: float,
         ready: Callable[[], bool] = lambda: True,
+        *,
         heartbeat: Callable[[], None] | None = None,
         heartbeat_interval_s: float = 10.0,
+        not_ready_reason: str = "",
+        also: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.facts = facts
@@ -63,6 +67,10 @@ class Loop:
         #: Whether the node can take RT containers now (e.g. kubelet has registered the agent's device plugin:
         #: before that kubelet would start an RT container without the CDI device, so without its reservation).
         self.ready = ready
+        #: Published with NotReady (``statusReason``), e.g. "node serves RT pods through DRA (...)".
+        self.not_ready_reason = not_ready_reason
+        #: Run every step after the ledger (DRA mode: keep the ResourceSlices in step).
+        self.also = also
         self.stopping = threading.Event()
         self.dirty = threading.Event()
         self.published: dict[str, object] | None = None
@@ -79,10 +87,18 @@ class Loop:
         current = self.enforcer.prepared_json()
         ledger = self.enforcer.ledger
         ready = self.ready()
-        if current != self.published or ledger is None or ledger.ready != ready or self.dirty.is_set():
+        if (
+            current != self.published
+            or ledger is None
+            or ledger.ready != ready
+            or (not ready and ledger.reason != self.not_ready_reason)
+            or self.dirty.is_set()
+        ):
             self.dirty.clear()
-            publish(self.store, self.facts, self.enforcer, ready=ready)
+            publish(self.store, self.facts, self.enforcer, ready=ready, reason=self.not_ready_reason)
             self.published = current
+        if self.also is not None:
+            self.also()
 
     def beat(self) -> None:
         """Renew the Lease if it is due; a failure is logged and retried on the next round."""

@@ -1,7 +1,8 @@
 """The agent's unix socket: the hook hands over the OCI state, the agent acts.
 
-Protocol (one connection per hook call): the hook sends ``<stage>\\n<OCI
-state JSON>`` and shuts down its write side; the agent answers one line,
+Protocol (one connection per hook call): the hook sends ``<stage>[ <claim>]\\n<OCI
+state JSON>`` (``<claim>``: a DRA claim request's key, see ``agent.hook``) and
+shuts down its write side; the agent answers one line,
 ``ok <message>`` or ``error <message>``, and closes. Keeping the work in the
 long-running agent keeps the hook tiny (no imports beyond ``_socket``), which is
 what makes hook-to-reservation fast.
@@ -34,9 +35,10 @@ class _Handler(socketserver.BaseRequestHandler):
                 break
             chunks.append(chunk)
             size += len(chunk)
-        stage, _, state = b"".join(chunks).partition(b"\n")
+        first, _, state = b"".join(chunks).partition(b"\n")
+        stage, _, claim = first.decode(errors="replace").strip().partition(" ")
         try:
-            outcome = self.server.enforcer.handle(stage.decode(errors="replace").strip() or "createRuntime", state)
+            outcome = self.server.enforcer.handle(stage or "createRuntime", state, claim=claim.strip())
             line = f"{'ok' if outcome.ok else 'error'} {outcome.message}"
         except Exception as err:  # never leave the hook without an answer
             log.exception("hook request failed")

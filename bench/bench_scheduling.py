@@ -374,7 +374,7 @@ def check_claims(stack: Stack, capacity: int) -> str:
             results = claim["status"]["allocation"]["devices"]["results"]
             assert {r["pool"] for r in results} == {bound[claim["metadata"]["name"]]}, "claim and pod disagree"
             for r in results:
-                used[r["pool"], r["device"]] += dra.bandwidth_quantity(r["consumedCapacity"][dra.CAPACITY])
+                used[r["pool"], r["device"]] += dra.parse_quantity(r["consumedCapacity"][dra.CAPACITY])
             allocated += 1
     over = [device for device, total in used.items() if total > capacity]
     assert not over, f"CPU devices over capacity: {over}"

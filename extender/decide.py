@@ -35,8 +35,9 @@ def no_ledger_reason(node: str) -> str:
     return f"node {node} has no NodeAllocationState (is the rt-dra agent running there?)"
 
 
-def not_ready_reason(node: str) -> str:
-    return f"node {node} is not ready for real-time pods (its NodeAllocationState is NotReady)"
+def not_ready_reason(node: str, why: str = "") -> str:
+    """Why a node with a NotReady ledger takes no RT pods: its agent's ``statusReason`` if it gave one."""
+    return f"node {node} is not ready for real-time pods ({why or 'its NodeAllocationState is NotReady'})"
 
 
 def invalid_reason(err: InvalidRequest) -> str:
@@ -147,7 +148,7 @@ def filter_nodes(
             verdicts.unresolvable[node] = no_ledger_reason(node)
             verdicts.reasons["no_ledger"] += 1
         elif not digest.ready:
-            verdicts.unresolvable[node] = not_ready_reason(node)
+            verdicts.unresolvable[node] = not_ready_reason(node, digest.ledger.reason)
             verdicts.reasons["not_ready"] += 1
         elif silence is not None and (silent := silence(node, now)) is not None:
             verdicts.unresolvable[node] = silent

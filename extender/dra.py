@@ -53,7 +53,7 @@ _SLICE_SELECTOR: Final = f"spec.driver={dra.DRIVER}"
 
 def _bandwidth(value: Any) -> int:
     try:
-        return dra.bandwidth_quantity(value)
+        return dra.parse_quantity(value)
     except ValueError:
         return 0
 

@@ -16,7 +16,10 @@ and undone by :meth:`RealNode.stop` (or, after a crash, by the next start):
   hard-coded in kubelet (``pluginapi.DevicePluginPath``), so only one real
   node runs on a machine at a time (a file lock says so) - and
   ``/var/log/containers`` (hard-coded too); everything else (root dir, pod
-  logs, certificates, containerd's root and state) lives in the work dir;
+  logs, certificates, containerd's root and state) lives in the work dir -
+  but for a node given its own ``root_dir`` (the DRA-mode node: its plugin
+  sockets live under it and a unix socket's path has at most 107 bytes),
+  which is created, and removed with what is mounted below it;
 - a ``cgroupRoot`` (``/rtdra-node``) in every cgroup hierarchy (on cgroup v1,
   kubelet needs it to exist already, with ``cpuset.cpus``/``cpuset.mems``);
 - mounts under the work dir (kubelet bind-mounts its root dir onto itself;
@@ -64,7 +67,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from hack.cluster import ControlPlane, write_kubeconfig
-from hack.hostchanges import RECORD_DIR, HostChanges
+from hack.hostchanges import RECORD_DIR, HostChanges, unmount_all
 from hack.images import ImageInfo, build_image
 from hack.nodebins import NodeBinaries, ensure_node_binaries
 from hack.procs import free_port, kill, spawn, tail
@@ -106,6 +109,7 @@ class RealNode:
         image: ImageInfo | None = None,
         progress: Callable[[str], None] = lambda _m: None,
         detach: bool = False,
+        root_dir: Path | None = None,
     ) -> None:
         self.cp = cp
         self.name = name
@@ -115,7 +119,11 @@ class RealNode:
         self.progress = progress
         self.detach = detach
         self.logs = self.workdir / "logs"
-        self.root_dir = self.workdir / "kubelet"
+        #: kubelet's --root-dir: in the work dir, or ``root_dir`` - a short path outside it, for plugins whose
+        #: sockets live under it (the DRA plugin's ``plugins_registry/<driver>-reg.sock``): a unix socket's
+        #: path has at most 107 bytes, which a temporary work dir's nesting leaves no room for.
+        self.own_root_dir = root_dir is not None
+        self.root_dir = Path(root_dir) if root_dir is not None else self.workdir / "kubelet"
         self.pod_logs = self.workdir / "pod-logs"
         self.cdi_dir = self.workdir / "cdi"
         self.device_plugin_dir = DEVICE_PLUGIN_DIR
@@ -159,9 +167,15 @@ class RealNode:
             self.binaries = ensure_node_binaries()
         if self.image is None:
             self.image = build_image()
+        changes = self.changes
+        if self.own_root_dir:
+            if self.root_dir.exists():  # left by a crashed run (we hold the node lock: no kubelet uses it)
+                unmount_all([self.root_dir])
+                shutil.rmtree(self.root_dir)
+            changes.directory(self.root_dir)
+            changes.mounts_under(self.root_dir)
         for d in (self.workdir, self.logs, self.root_dir, self.pod_logs, self.cdi_dir):
             d.mkdir(parents=True, exist_ok=True)
-        changes = self.changes
         changes.processes_matching(str(self.workdir))
         changes.mounts_under(self.workdir)
         changes.directory(DEVICE_PLUGIN_DIR)

@@ -13,6 +13,11 @@ prints is the path of an admin kubeconfig::
     $ kubectl apply -n mine -f my-rt-pod.yaml     # image: the node's local image, imagePullPolicy: Never
     $ make down
 
+``make up MODE=dra`` (``--mode dra``) brings the node up in DRA mode instead (docs/dra-node.md):
+RT pods then ask for a ResourceClaim of the DeviceClass ``rt.resource.example.com``, and the
+extender books nothing on the node. ``MODE=cdi`` runs the device plugin + CDI hook path; the
+default is ``nri``.
+
 Every process belongs to the supervisor and dies with it (even on SIGKILL);
 ``down`` asks it to stop (containers first, so the agent releases every
 reservation), waits, and cleans up whatever a crash left. The node has no
@@ -45,7 +50,10 @@ STATE = "playground.json"
 READY_TIMEOUT_S = 1800  # a first run builds Kubernetes and the node programs
 
 
-def serve(workdir: Path) -> int:
+MODES = ("nri", "cdi", "dra")
+
+
+def serve(workdir: Path, mode: str = "nri") -> int:
     """The supervisor: start everything, write the state file, wait for SIGTERM, stop everything."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -55,7 +63,8 @@ def serve(workdir: Path) -> int:
         print(f"[up {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
     progress("building or reusing the control-plane programs")
-    with running_stack(workdir / "cluster", [NodeSpec("rt-node-0", "deadline", real=True)], progress=progress) as stack:
+    nodes = [NodeSpec("rt-node-0", "deadline", real=True, mode=mode)]
+    with running_stack(workdir / "cluster", nodes, progress=progress) as stack:
         cp = stack.cp
         state = {
             "pid": os.getpid(),
@@ -64,6 +73,7 @@ def serve(workdir: Path) -> int:
             "kubectl": str(cp.binaries.kubectl) if cp.binaries and cp.binaries.kubectl else "kubectl",
             "image": stack.image,
             "node": "rt-node-0",
+            "mode": mode,
             "logs": [str(cp.logs), str(stack.logs)],
             "pod_logs": str(stack.real["rt-node-0"].pod_logs),
         }
@@ -78,7 +88,7 @@ def serve(workdir: Path) -> int:
     return 0
 
 
-def up(workdir: Path) -> int:
+def up(workdir: Path, mode: str = "nri") -> int:
     workdir = workdir.resolve()
     state_path = workdir / STATE
     if state_path.exists():
@@ -92,7 +102,7 @@ def up(workdir: Path) -> int:
     log = workdir / "up.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "serve", "--dir", str(workdir)],
+            [sys.executable, str(Path(__file__).resolve()), "serve", "--dir", str(workdir), "--mode", mode],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -111,7 +121,10 @@ def up(workdir: Path) -> int:
             return 1
         if state_path.exists():
             state = json.loads(state_path.read_text())
-            print(f"up: kube-apiserver {state['server']}, node rt-node-0 (image {state['image']})", file=sys.stderr)
+            print(
+                f"up: kube-apiserver {state['server']}, node rt-node-0 ({state['mode']} mode, image {state['image']})",
+                file=sys.stderr,
+            )
             print(f"container logs: {state['pod_logs']}/<namespace>_<pod>_<uid>/<container>/", file=sys.stderr)
             print(f"kubectl: {state['kubectl']}", file=sys.stderr)
             print(f"export KUBECONFIG={state['kubeconfig']}", file=sys.stderr)
@@ -123,7 +136,7 @@ def up(workdir: Path) -> int:
     return 1
 
 
-def down(workdir: Path) -> int:
+def down(workdir: Path, mode: str = "") -> int:
     workdir = workdir.resolve()
     state_path = workdir / STATE
     pid = json.loads(state_path.read_text())["pid"] if state_path.exists() else None
@@ -145,8 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("up", "down", "serve"))
     parser.add_argument("--dir", type=Path, default=Path(".rtdra"))
+    parser.add_argument("--mode", choices=MODES, default="nri", help="how the real node serves RT pods")
     args = parser.parse_args(argv)
-    return {"up": up, "down": down, "serve": serve}[args.command](args.dir)
+    return {"up": up, "down": down, "serve": serve}[args.command](args.dir, args.mode)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,11 @@ kube-scheduler and kube-controller-manager) it
    are played by the node simulator (``hack/nodesim.py``), which starts a
    process per container and calls the agent's CDI hooks.
 
+A real node in ``mode="dra"`` serves RT pods through DRA instead (docs/dra-node.md): its agent
+publishes the node's CPUs as a ResourceSlice pool and is kubelet's DRA plugin (under the
+node's kubelet root dir); its NAS stays NotReady (the extender books nothing there), and the
+stack creates the DeviceClass ``rt.resource.example.com`` if no manifest did.
+
 Every process it starts is killed by :meth:`Stack.stop`, and dies with the
 Python process that started it.
 """
@@ -58,7 +63,7 @@ from hack.cluster import ControlPlane, ensure_binaries, write_kubeconfig  # noqa
 from hack.node import RealNode  # noqa: E402
 from hack.nodesim import NodeSimulator, SimNode  # noqa: E402
 from hack.procs import free_port, kill_group, spawn  # noqa: E402
-from rtdra import names  # noqa: E402
+from rtdra import dra, names  # noqa: E402
 
 REPO = HACK.parent
 MANIFESTS = REPO / "manifests"
@@ -68,6 +73,8 @@ BIN = Path(sys.executable).parent
 NEEDS_RUNTIME = frozenset({"Deployment", "DaemonSet", "StatefulSet", "Job"})
 #: Not API objects, or registered by the stack itself with a loopback URL.
 NOT_APPLIED = frozenset({"KubeSchedulerConfiguration", "MutatingWebhookConfiguration", "Kustomization"})
+#: A DRA-mode real node's kubelet --root-dir (:class:`hack.node.RealNode` ``root_dir``; one real node at a time).
+DRA_KUBELET_ROOT = Path("/var/lib/rt-dra-node/kubelet")
 #: The lock the real-kernel tests take (tests/kernel/conftest.py): one user of
 #: the machine's deadline bandwidth at a time, or their leak checks misfire.
 KERNEL_LOCK = (
@@ -84,7 +91,9 @@ class NodeSpec:
     ``real``: this machine as a real kubelet + containerd node (at most one per machine); otherwise simulated.
     ``mode`` (real nodes): how the agent hears of container starts - ``nri`` (the fast path: containerd's NRI
     plugin, no process per container) or ``cdi`` (the device plugin hands each RT container the CDI device,
-    whose OCI hook calls the agent: the path any CDI runtime has).
+    whose OCI hook calls the agent: the path any CDI runtime has) or ``dra`` (the node's CPUs are
+    ResourceSlice devices; kubelet prepares pods' ResourceClaims through the agent's DRA plugin, and
+    each claim's CDI device carries the hook).
     """
 
     name: str
@@ -217,18 +226,32 @@ class Stack:
                 if node.real:
                     self.progress(f"node {node.name}: this machine as a real node (kubelet, containerd, runc)")
                     workdir = self.workdir / "nodes" / node.name / "node"
-                    self.real[node.name] = RealNode(self.cp, node.name, workdir, progress=self.progress).start()
+                    # DRA: the plugin's sockets live under kubelet's root dir, and a socket path has 107 bytes.
+                    root = DRA_KUBELET_ROOT if node.mode == "dra" else None
+                    self.real[node.name] = RealNode(
+                        self.cp, node.name, workdir, progress=self.progress, root_dir=root
+                    ).start()
                 else:
                     self.progress(f"node {node.name}: creating it (simulated)")
                     self.cp.create_node(node.name, cpu=str(node.cpus or os.cpu_count() or 1))
                 self.progress(f"node {node.name}: starting its agent (backend {node.backend})")
                 self.start_agent(node)
             for node in self.nodes:
+                if node.mode == "dra" and node.real:
+                    wait_for(
+                        f"{node.name}: DRA plugin registered with kubelet, ResourceSlices published",
+                        lambda n=node.name: self.dra_ready(n),
+                    )
+                    continue
                 wait_for(f"NodeAllocationState of {node.name} Ready", lambda n=node.name: self.nas_ready(n))
-            for name in self.real:
-                wait_for(
-                    f"{name} offers {names.DL_RESOURCE} (the agent's device plugin)", lambda n=name: self.offers(n)
-                )
+            for node in self.nodes:
+                if node.real and node.mode != "dra":
+                    wait_for(
+                        f"{node.name} offers {names.DL_RESOURCE} (the agent's device plugin)",
+                        lambda n=node.name: self.offers(n),
+                    )
+            if any(n.mode == "dra" and n.real for n in self.nodes):
+                self.ensure_device_class()
             self.progress("starting the scheduler extender and pointing kube-scheduler at it")
             self.start_extender()
             self.progress("creating the webhook's certificates and registering it")
@@ -368,7 +391,9 @@ class Stack:
         ]  # fmt: skip
         if node.cpus is not None and node.backend == "none":
             argv += ["--cpus", str(node.cpus)]
-        if node.real:
+        if node.real and node.mode == "dra":
+            argv += ["--mode", "dra", "--kubelet-root-dir", str(self.real[node.name].root_dir)]
+        elif node.real:
             argv += ["--device-plugin-dir", str(self.real[node.name].device_plugin_dir)]
             if node.mode == "nri":  # its containerd offers NRI: the agent hears of containers there, no hook runs
                 containerd = self.real[node.name].containerd
@@ -397,6 +422,31 @@ class Stack:
             raise RuntimeError(f"agent of {node} exited ({proc.returncode}):\n{self.log_tail(f'agent-{node}')}")
         obj = self.nas(node)
         return obj is not None and obj.get("status") == "Ready"
+
+    def dra_ready(self, node: str) -> bool:
+        """A DRA-mode node: kubelet registered the agent's plugin and its pool is published (NAS NotReady)."""
+        self.nas_ready(node)  # raises if the agent exited
+        log = (self.logs / f"agent-{node}.log").read_text(errors="replace")
+        registered = "kubelet registered the DRA plugin" in log
+        slices = client.CustomObjectsApi(self.api).list_cluster_custom_object(
+            "resource.k8s.io", "v1", "resourceslices", field_selector=f"spec.nodeName={node}"
+        )
+        return registered and bool(slices.get("items"))
+
+    def ensure_device_class(self) -> None:
+        """The DeviceClass of RT-DRA's CPUs (the cluster side's manifest, where applied, is the same object)."""
+        body = {
+            "apiVersion": "resource.k8s.io/v1",
+            "kind": "DeviceClass",
+            "metadata": {"name": dra.DEVICE_CLASS},
+            "spec": {"selectors": [{"cel": {"expression": f'device.driver == "{dra.DRIVER}"'}}]},
+        }
+        try:
+            objects = client.CustomObjectsApi(self.api)
+            objects.create_cluster_custom_object("resource.k8s.io", "v1", "deviceclasses", body)
+        except ApiException as err:
+            if err.status != 409:
+                raise
 
     # -- the extender -------------------------------------------------------------------
 

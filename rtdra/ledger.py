@@ -112,6 +112,8 @@ class NodeLedger:
     #: The agent's per-pod records of what it prepared (kept as the agent wrote them).
     prepared: Mapping[str, Any] = field(default_factory=dict)
     ready: bool = True
+    #: Why the node is not ready, in words for the extender's filter (e.g. it serves RT pods through DRA).
+    reason: str = ""
     #: Free deadline bandwidth of the node's root domain as the kernel counts it,
     #: if the agent measured it; else the sum of the CPUs' capacities.
     root_domain_capacity: int | None = None
@@ -255,6 +257,7 @@ class NodeLedger:
             "spec": spec,
             "status": READY if self.ready else NOT_READY,
             "summary": self.summary(),
+            **({"statusReason": self.reason} if self.reason and not self.ready else {}),
         }
 
     @classmethod
@@ -277,6 +280,7 @@ class NodeLedger:
             pods=pods,
             prepared=dict(spec.get("preparedClaims") or {}),
             ready=obj.get("status") == READY,
+            reason=str(obj.get("statusReason") or ""),
             root_domain_capacity=int(root) if root is not None else None,
             resource_version=metadata.get("resourceVersion"),
         )

@@ -31,13 +31,13 @@ template) gets an empty patch. Pure: no I/O, no HTTP.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from rtdra import dra
 from rtdra.bandwidth import format_ns, percent
-from rtdra.request import DEFAULT_LIMITS, InvalidRequest, KernelLimits, Problem, Reservation
+from rtdra.request import DEFAULT_LIMITS, InvalidRequest, KernelLimits, Reservation
 from webhook.mutate import Mutation, escape
 from webhook.reviews import PatchOperation
 
@@ -64,17 +64,6 @@ class RtRequest:
     @property
     def capacity(self) -> int:
         return dra.capacity_request(self.reservation)
-
-
-def describe(problems: Iterable[Problem]) -> str:
-    """Problems as a claim author reads them: ``request "rt", runtime: must be ...``."""
-    out = []
-    for p in problems:
-        where = [f'request "{p.container}"'] if p.container is not None else []
-        if p.field:
-            where.append(p.field)
-        out.append(f"{', '.join(where)}: {p.message}" if where else p.message)
-    return "; ".join(out)
 
 
 def example_config(request: str) -> str:
@@ -168,7 +157,7 @@ def rt_requests(spec: Mapping[str, Any], limits: KernelLimits = DEFAULT_LIMITS) 
         try:
             reservation = dra.parameters_reservation(name, applying[0][1], limits)
         except InvalidRequest as err:
-            problems.append(f"invalid real-time request: {describe(err.problems)}")
+            problems.append(f"invalid real-time request: {dra.describe(err.problems)}")
             continue
         if reservation.cpus > dra.MAX_DEVICES_PER_CLAIM:
             problems.append(

@@ -90,6 +90,8 @@ class Applied:
     error: str = ""
     #: The container process's start time (``rtdra.tasks.task_start_time``); 0: unknown.
     start_time: int = 0
+    #: DRA mode: the prepared claim request (``<claim uid>/<request>``) the slots came from; "": the NAS.
+    claim: str = ""
 
     def is_alive(self) -> bool:
         """Whether the container's process still runs (the same process, not a reused id)."""
@@ -121,6 +123,8 @@ class Applied:
             out["error"] = self.error
         if self.start_time:
             out["startTime"] = self.start_time
+        if self.claim:
+            out["claim"] = self.claim
         return out
 
     @classmethod
@@ -135,6 +139,7 @@ class Applied:
             restore=dict(obj.get("restore") or {}),
             error=str(obj.get("error", "")),
             start_time=int(obj.get("startTime", 0)),
+            claim=str(obj.get("claim", "")),
         )
 
 

@@ -182,7 +182,7 @@ def consumed_per_cpu(claims: list[dict[str, Any]]) -> dict[tuple[str, str], int]
             continue
         for result in allocation["devices"]["results"]:
             assert result["driver"] == dra.DRIVER
-            used[result["pool"], result["device"]] += dra.bandwidth_quantity(result["consumedCapacity"][dra.CAPACITY])
+            used[result["pool"], result["device"]] += dra.parse_quantity(result["consumedCapacity"][dra.CAPACITY])
     return used
 
 

@@ -462,6 +462,8 @@ RESOURCES = (
     (names.NAS_GROUP, names.NAS_PLURAL, True),
     (names.CLAIM_PARAMETERS_GROUP, names.CLAIM_PARAMETERS_PLURAL, True),
     ("", "nodes", False),
+    ("resource.k8s.io", "resourceslices", False),
+    ("resource.k8s.io", "resourceclaims", True),
     ("", "namespaces", False),
     ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", False),
     ("rbac.authorization.k8s.io", "clusterroles", False),
@@ -525,10 +527,15 @@ WEBHOOK_NEEDS = grid(("get",), names.CLAIM_PARAMETERS_GROUP, names.CLAIM_PARAMET
 #: agent/kubeapi.py: create_namespaced_event in the pod's namespace; rtdra/store.py through ApiStore:
 #: get, create, and replace (update) of its node's NAS in the driver namespace - no list, no watch;
 #: rtdra/leases.py: get, create and replace (update) of its Lease there.
+#: DRA mode: agent/dra/slices.py (list by field selector, create, replace = update, delete its
+#: ResourceSlices; read_node for the owner reference), agent/kubeapi.py ClaimReader (get a ResourceClaim).
 AGENT_NEEDS = (
     grid(("create",), "", "events")
     | grid(("get", "create", "update"), names.NAS_GROUP, names.NAS_PLURAL, (NS,))
     | grid(("get", "create", "update"), "coordination.k8s.io", "leases", (NS,))
+    | grid(("list", "create", "update", "delete"), "resource.k8s.io", "resourceslices", ("",))
+    | grid(("get",), "resource.k8s.io", "resourceclaims")
+    | {("get", "", "nodes", "")}
 )
 
 

@@ -114,3 +114,15 @@ def test_a_constrained_neighbour_makes_the_fast_check_defer_to_the_exact_edf_tes
     verdict = check_demand(NodeDigest.of(ledger), PodDemand.of(request))
     assert verdict is not None and verdict == check_pod(ledger, request)
     assert "insufficient deadline bandwidth" in verdict.reason
+
+
+def test_a_not_ready_node_is_refused_with_its_agents_reason_when_it_gave_one() -> None:
+    dra_mode = "node serves RT pods through DRA (DeviceClass rt.resource.example.com): ask for a ResourceClaim"
+    cache = LedgerCache(
+        [NodeLedger("dra", {0: CAP}, ready=False, reason=dra_mode), NodeLedger("down", {0: CAP}, ready=False)]
+    )
+    verdicts = filter_nodes(PodView.of(pod(), "pack"), ["dra", "down"], cache)
+    assert verdicts.unresolvable == {
+        "dra": f"node dra is not ready for real-time pods ({dra_mode})",
+        "down": "node down is not ready for real-time pods (its NodeAllocationState is NotReady)",
+    }

@@ -20,7 +20,7 @@ class Answering:
     def __init__(self) -> None:
         self.calls = 0
 
-    def handle(self, stage: str, raw_state: bytes) -> Outcome:
+    def handle(self, stage: str, raw_state: bytes, *, claim: str = "") -> Outcome:
         self.calls += 1
         return Outcome(True, f"{stage} seen")
 

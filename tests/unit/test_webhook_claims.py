@@ -188,7 +188,7 @@ def test_quantities_parse_as_kube_apiserver_writes_them() -> None:
     assert dra.parse_quantity("1Mi") == BW_UNIT
     assert dra.parse_quantity("104857") == 104857
     assert dra.parse_quantity("1e3") == 1000
-    assert dra.bandwidth_quantity("1500m") == 2
+    assert dra.parse_quantity("1500m") == 2
     with pytest.raises(ValueError):
         dra.parse_quantity("1Xi")
     with pytest.raises(ClaimDenied):
