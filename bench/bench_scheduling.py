@@ -60,7 +60,8 @@ sys.path.insert(0, str(REPO))
 from kubernetes import client, watch  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from hack.cluster import Binaries, ControlPlane, ensure_binaries, kill  # noqa: E402
+from hack.cluster import ControlPlane  # noqa: E402
+from hack.k8sbins import Binaries, ensure_binaries  # noqa: E402
 from hack.stack import NAMESPACE, Stack, apply, manifest_documents  # noqa: E402
 from rtdra import dra, host, names  # noqa: E402
 from rtdra.ledger import NodeLedger  # noqa: E402
@@ -156,9 +157,7 @@ def resource_claim(name: str) -> dict[str, Any]:
 
 
 def stop_scheduler(cp: ControlPlane) -> None:
-    pid = cp.pids.pop("kube-scheduler", None)
-    if pid is not None:
-        kill(pid, cp._procs.pop("kube-scheduler", None))
+    cp.stop_process("kube-scheduler")
 
 
 def extender_metrics(stack: Stack) -> dict[str, float]:

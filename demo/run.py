@@ -33,7 +33,8 @@ from kubernetes import client
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hack.cluster import ControlPlane, ensure_binaries  # noqa: E402
+from hack.cluster import ControlPlane  # noqa: E402
+from hack.k8sbins import ensure_binaries  # noqa: E402
 from hack.stack import NodeSpec, Stack, apply, wait_for  # noqa: E402
 from rtdra import names  # noqa: E402
 from rtdra.bandwidth import BW_UNIT, format_ns, percent  # noqa: E402

@@ -37,7 +37,6 @@ Pods without a real-time request are bound without touching any ledger.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ from extender.cache import LedgerCache
 from extender.metrics import Metrics
 from extender.writes import NodeWrites
 from rtdra import names
-from rtdra.kube import API_FAILURES, api_error, failure_text
+from rtdra.kube import API_FAILURES, failure_text, read_pod
 from rtdra.ledger import LedgerError, NodeLedger, PodAllocation, allocation_annotation
 from rtdra.placement import NoFit, place_pod
 from rtdra.request import ClaimParametersLookup, InvalidRequest, Placement, PodRequest, read_pod_request
@@ -172,16 +171,11 @@ class Binder:
 
     def _read_pod(self, namespace: str, name: str) -> dict[str, Any]:
         try:
-            response: Any = self.core.read_namespaced_pod(
-                name, namespace, _preload_content=False, _request_timeout=self.request_timeout
-            )
-            data = response.data
-        except API_FAILURES as err:
-            error = api_error(err, f"reading pod {namespace}/{name}")
-            if isinstance(error, NotFound):
-                raise BindError(f"pod {namespace}/{name} does not exist") from None
-            raise BindError(str(error)) from None
-        pod: dict[str, Any] = json.loads(data)
+            pod = read_pod(self.core, namespace, name, self.request_timeout)
+        except StoreError as err:
+            raise BindError(str(err)) from None
+        if pod is None:
+            raise BindError(f"pod {namespace}/{name} does not exist")
         return pod
 
     def _reserve(self, node: str, request: PodRequest, uid: str, namespace: str, name: str) -> PodAllocation:

@@ -42,7 +42,7 @@ from kubernetes import client
 from extender.metrics import Metrics
 from extender.pods import FINISHED_PHASES, PodWatch
 from rtdra import names
-from rtdra.kube import API_FAILURES, NotFound, api_error
+from rtdra.kube import read_pod
 from rtdra.ledger import NodeLedger, PodAllocation
 from rtdra.store import NasStore, StoreError
 
@@ -208,17 +208,8 @@ class Reconciler:
         return {s.uid: s for s in states}
 
     def _read(self, namespace: str, name: str) -> PodState | None:
-        try:
-            response: Any = self.core.read_namespaced_pod(
-                name, namespace, _preload_content=False, _request_timeout=self.request_timeout
-            )
-            data = response.data
-        except API_FAILURES as err:
-            error = api_error(err, f"reading pod {namespace}/{name}")
-            if isinstance(error, NotFound):
-                return None
-            raise error from None
-        return PodState.of(json.loads(data))
+        pod = read_pod(self.core, namespace, name, self.request_timeout)
+        return PodState.of(pod) if pod is not None else None
 
     def reconcile_once(self, now: dt.datetime | None = None) -> dict[str, list[str]]:
         """One pass over every ledger; returns node -> UIDs released."""

@@ -48,16 +48,17 @@ Processes started by a ControlPlane (not ``up``) get SIGKILL if the Python
 process that started them dies (PR_SET_PDEATHSIG), so a crashed test run
 leaves nothing behind.
 
-Only stdlib, PyYAML, kubernetes and the project's own ``rtdra.certs`` (the
-same certificate authority code ``rtdra certs`` uses).
+This module is the life cycle (start, health checks, stop, attach, the CLI)
+and the scheduler's configuration; the rest is by concern: the programs and
+their build in ``hack.k8sbins``, certificates and kubeconfigs in ``hack.pki``
+(through ``rtdra.certs``, the CA code ``rtdra certs`` uses), kubelet-less
+Nodes in ``hack.fakenodes``, processes in ``hack.procs``.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
-import datetime as _dt
 import ipaddress
 import json
 import os
@@ -70,13 +71,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from kubernetes import client
 from kubernetes import config as kconfig
 from kubernetes.client.rest import ApiException
@@ -84,13 +82,11 @@ from kubernetes.client.rest import ApiException
 if __package__ in (None, ""):  # run as a script: make ``hack`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hack.procs import die_with_parent, free_port, kill, pid_alive, pid_cmdline, run_build_script, tail
+from hack import fakenodes
+from hack.k8sbins import Binaries, BuildError, ensure_binaries
+from hack.pki import client_kubeconfig, write_control_plane_pki, write_kubeconfig
+from hack.procs import free_port, kill, pid_alive, pid_cmdline, spawn, tail
 from rtdra.certs import CertificateAuthority
-
-HACK = Path(__file__).resolve().parent
-BUILD_SCRIPT = HACK / "controlplane" / "build.sh"
-K8S_VERSION = os.environ.get("K8S_VERSION", "v1.37.2")
-CACHE_ROOT = Path(os.environ.get("RTDRA_CACHE", Path.home() / ".cache" / "rt-dra"))
 
 STATE_FILE = "state.json"
 SCHEDULER_API = "kubescheduler.config.k8s.io/v1"
@@ -107,135 +103,6 @@ SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 class ControlPlaneError(RuntimeError):
     """Starting/stopping the control plane failed; the message has the log tail."""
-
-
-class BuildError(ControlPlaneError):
-    """The upstream binaries could not be built."""
-
-
-# --------------------------------------------------------------------------- binaries
-@dataclass(frozen=True)
-class Binaries:
-    etcd: Path
-    kube_apiserver: Path
-    kube_scheduler: Path
-    versions: Mapping[str, str]
-    #: Optional: only controller_manager=True control planes (the demo) need it.
-    kube_controller_manager: Path | None = None
-    #: The client, for what operators type: tests/e2e/test_manifests.py runs
-    #: ``kubectl apply -k manifests/`` and ``kubectl get/describe nas`` with it.
-    kubectl: Path | None = None
-
-    @classmethod
-    def from_dir(cls, d: Path) -> Binaries:
-        versions: dict[str, str] = {}
-        vf = d / "VERSIONS"
-        if vf.exists():
-            for line in vf.read_text().splitlines():
-                if "=" in line:
-                    k, v = line.split("=", 1)
-                    versions[k] = v
-        kcm, kubectl = d / "kube-controller-manager", d / "kubectl"
-        return cls(
-            d / "etcd",
-            d / "kube-apiserver",
-            d / "kube-scheduler",
-            versions,
-            kcm if kcm.exists() else None,
-            kubectl if kubectl.exists() else None,
-        )
-
-    def exist(self) -> bool:
-        programs = (self.etcd, self.kube_apiserver, self.kube_scheduler, self.kube_controller_manager, self.kubectl)
-        return all(p is not None and os.access(p, os.X_OK) for p in programs)
-
-
-def ensure_binaries(version: str = K8S_VERSION, quiet: bool = False) -> Binaries:
-    """Return the cached etcd/kube-apiserver/kube-scheduler/kube-controller-manager/kubectl,
-    building them first if needed (a cache without kubectl, from before it was added, is rebuilt).
-
-    ``RTDRA_K8S_BIN_DIR`` points at a directory with the five programs and skips the build.
-    The first build compiles Kubernetes from source (tens of minutes on 2 cores);
-    progress goes to stderr.
-    """
-    override = os.environ.get("RTDRA_K8S_BIN_DIR")
-    if override:
-        b = Binaries.from_dir(Path(override))
-        if not b.exist():
-            raise BuildError(
-                f"RTDRA_K8S_BIN_DIR={override} lacks etcd/kube-apiserver/kube-scheduler/kube-controller-manager/kubectl"
-            )
-        return b
-    cached = CACHE_ROOT / f"k8s-{version}"
-    if (cached / ".complete").exists():
-        b = Binaries.from_dir(cached)
-        if b.exist():
-            return b
-    env = {"K8S_VERSION": version, "RTDRA_CACHE": str(CACHE_ROOT), "PYTHON": os.environ.get("PYTHON", sys.executable)}
-    if not quiet:
-        print(
-            f"[cluster] building Kubernetes {version} control plane (cached afterwards in {cached})",
-            file=sys.stderr,
-            flush=True,
-        )
-    try:
-        out_dir = run_build_script(BUILD_SCRIPT, env, quiet=quiet, log_hint=str(CACHE_ROOT / f"build-{version}.log"))
-    except RuntimeError as err:
-        raise BuildError(str(err)) from None
-    b = Binaries.from_dir(out_dir)
-    if not b.exist():
-        raise BuildError(f"{BUILD_SCRIPT} reported {out_dir} but the binaries are missing")
-    return b
-
-
-# --------------------------------------------------------------------------- PKI
-def _now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.UTC)
-
-
-def _new_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _key_pem(key) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def write_kubeconfig(
-    path: Path,
-    server: str,
-    ca_pem: bytes,
-    user: str,
-    *,
-    cert_pem: bytes | None = None,
-    key_pem: bytes | None = None,
-    token: str | None = None,
-) -> Path:
-    user_entry: dict[str, Any] = {}
-    if cert_pem is not None:
-        user_entry["client-certificate-data"] = _b64(cert_pem)
-        user_entry["client-key-data"] = _b64(key_pem or b"")
-    if token is not None:
-        user_entry["token"] = token
-    cfg = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "rt-dra", "cluster": {"server": server, "certificate-authority-data": _b64(ca_pem)}}],
-        "users": [{"name": user, "user": user_entry}],
-        "contexts": [{"name": "rt-dra", "context": {"cluster": "rt-dra", "user": user}}],
-        "current-context": "rt-dra",
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(cfg, f, sort_keys=False)
-    return path
 
 
 # --------------------------------------------------------------------------- control plane
@@ -325,12 +192,16 @@ class ControlPlane:
     def stop(self) -> None:
         """Kill kube-scheduler, kube-apiserver and etcd; remove the workdir."""
         for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
-            pid = self.pids.pop(name, None)
-            if pid is not None:
-                kill(pid, self._procs.pop(name, None))
+            self.stop_process(name)
         self._started = False
         if not self.keep_workdir and self.workdir.exists():
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def stop_process(self, name: str) -> None:
+        """Stop one of the programs, e.g. ``"kube-scheduler"`` (which :meth:`configure_scheduler` starts again)."""
+        pid = self.pids.pop(name, None)
+        if pid is not None:
+            kill(pid, self._procs.pop(name, None))
 
     def restart(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Kill one component (hard by default) and start it again with the same ports and data (chaos tests)."""
@@ -341,11 +212,11 @@ class ControlPlane:
         }
         if name not in starts:
             raise ControlPlaneError(f"cannot restart {name!r} (one of {', '.join(starts)})")
-        pid = self.pids.pop(name, None)
+        pid = self.pids.get(name)
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            kill(pid, self._procs.pop(name, None))
+        self.stop_process(name)
         starts[name]()
         self._write_state()
 
@@ -386,88 +257,19 @@ class ControlPlane:
             self._ca = CertificateAuthority.from_pem(self.ca_file.read_bytes(), (self.pki / "ca.key").read_bytes())
         return self._ca
 
-    def _write(self, name: str, data: bytes, mode: int = 0o600) -> Path:
-        p = self.pki / name
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return p
-
     def _write_pki(self) -> None:
-        self._ca = ca = CertificateAuthority.create("rt-dra-e2e-ca", days=30)
-        self._write("ca.crt", ca.cert_pem, 0o644)
-        self._write("ca.key", ca.key_pem)
         svc_ip = str(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))  # 10.96.0.1
-        cert, key = ca.issue(
-            "kube-apiserver",
-            server=True,
-            dns=[
-                "localhost",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "kubernetes.default.svc.cluster.local",
-            ],
-            ips=["127.0.0.1", svc_ip],
-        )
-        self._write("apiserver.crt", cert, 0o644)
-        self._write("apiserver.key", key)
-        # kube-apiserver -> kubelet client identity (no kubelets, but keeps the flags honest)
-        cert, key = ca.issue("kube-apiserver-kubelet-client", ["kubeadm:cluster-admins"], client=True)
-        self._write("apiserver-kubelet-client.crt", cert, 0o644)
-        self._write("apiserver-kubelet-client.key", key)
-        # front-proxy (request-header) CA and client, as kubeadm does: lets aggregated
-        # API servers and kube-scheduler's delegated authn find a complete
-        # extension-apiserver-authentication ConfigMap.
-        fp = CertificateAuthority.create("rt-dra-e2e-front-proxy-ca", days=30)
-        self._write("front-proxy-ca.crt", fp.cert_pem, 0o644)
-        cert, key = fp.issue("front-proxy-client", client=True)
-        self._write("front-proxy-client.crt", cert, 0o644)
-        self._write("front-proxy-client.key", key)
-        # service-account token signing key pair
-        sa = _new_key()
-        self._write("sa.key", _key_pem(sa))
-        self._write(
-            "sa.pub",
-            sa.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
-            0o644,
-        )
-        cert, key = ca.issue("kubernetes-admin", ["system:masters"], client=True)
-        write_kubeconfig(self.kubeconfig, self.server, ca.cert_pem, "admin", cert_pem=cert, key_pem=key)
-        cert, key = ca.issue("system:kube-scheduler", client=True)
-        write_kubeconfig(
-            self.scheduler_kubeconfig, self.server, ca.cert_pem, "system:kube-scheduler", cert_pem=cert, key_pem=key
-        )
+        self._ca = ca = write_control_plane_pki(self.pki, svc_ip)
+        client_kubeconfig(ca, self.kubeconfig, self.server, "kubernetes-admin", ["system:masters"], user="admin")
+        client_kubeconfig(ca, self.scheduler_kubeconfig, self.server, "system:kube-scheduler")
         # kube-controller-manager: one identity for all its controllers (no
         # --use-service-account-credentials), so it needs to be an admin here.
-        cert, key = ca.issue("system:kube-controller-manager", ["system:masters"], client=True)
-        write_kubeconfig(
-            self.controller_manager_kubeconfig,
-            self.server,
-            ca.cert_pem,
-            "system:kube-controller-manager",
-            cert_pem=cert,
-            key_pem=key,
+        client_kubeconfig(
+            ca, self.controller_manager_kubeconfig, self.server, "system:kube-controller-manager", ["system:masters"]
         )
-        # for health probes from Python
-        cert, key = ca.issue("kubernetes-admin", ["system:masters"], client=True)
-        self._write("admin.crt", cert, 0o644)
-        self._write("admin.key", key)
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
-        # Popen dup()s the log fd into the child; ours is closed when the block ends.
-        with open(self.logs / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                start_new_session=True,
-                close_fds=True,
-                # runs only prctl() between fork and exec; we start no threads of our own
-                preexec_fn=None if self._detached else die_with_parent,  # noqa: PLW1509
-            )
+        proc = spawn(argv, self.logs / f"{name}.log", cwd=self.workdir, detach=self._detached)
         self._procs[name] = proc
         self.pids[name] = proc.pid
         return proc
@@ -632,12 +434,10 @@ class ControlPlane:
                 else:
                     cfg[k] = v
         self.scheduler_config_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        old = self.pids.pop("kube-scheduler", None)
-        if old is not None:
-            kill(old, self._procs.pop("kube-scheduler", None))
+        self.stop_process("kube-scheduler")
         assert self.binaries is not None
         port = self.ports["scheduler"]
-        proc = self._spawn(
+        self._spawn(
             "kube-scheduler",
             [
                 str(self.binaries.kube_scheduler),
@@ -656,9 +456,7 @@ class ControlPlane:
         try:
             self._wait("kube-scheduler", f"https://127.0.0.1:{port}/readyz", self.start_timeout, ctx)
         except ControlPlaneError:
-            kill(proc.pid, proc)
-            self.pids.pop("kube-scheduler", None)
-            self._procs.pop("kube-scheduler", None)
+            self.stop_process("kube-scheduler")
             raise
         if (self.workdir / STATE_FILE).exists():
             self._write_state()
@@ -671,10 +469,9 @@ class ControlPlane:
 
     def make_user_kubeconfig(self, username: str, groups: Sequence[str] = (), path: Path | str | None = None) -> Path:
         """A kubeconfig authenticating by client certificate as ``username`` in ``groups``."""
-        cert, key = self.ca.issue(username, list(groups), client=True)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in username)
         dest = Path(path) if path else self.workdir / "users" / f"{safe}.kubeconfig"
-        return write_kubeconfig(dest, self.server, self.ca.cert_pem, username, cert_pem=cert, key_pem=key)
+        return client_kubeconfig(self.ca, dest, self.server, username, groups)
 
     def service_account_kubeconfig(
         self,
@@ -709,84 +506,14 @@ class ControlPlane:
         )
 
     # ----------------------------------------------------------------- nodes
-    def create_node(
-        self,
-        name: str,
-        cpu: str = "8",
-        memory: str = "16Gi",
-        labels: Mapping[str, str] | None = None,
-        extended: Mapping[str, str] | None = None,
-        pods: str = "110",
-        taints: Sequence[Mapping[str, str]] | None = None,
-    ) -> dict:
-        """Create a Node that looks Ready to kube-scheduler (there is no kubelet):
-        status.capacity/allocatable and a Ready condition are written through the
-        status subresource. ``extended`` adds extended resources, e.g.
-        ``{"example.com/dev": "4"}``. Returns the Node as a dict."""
-
+    def create_node(self, name: str, **node: Any) -> dict:
+        """A Node that looks Ready with no kubelet: :func:`hack.fakenodes.create_node` (same arguments)."""
         with self.api_client() as api:
-            core = client.CoreV1Api(api)
-            lbl = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}
-            lbl.update(labels or {})
-            spec: dict[str, Any] = {}
-            if taints:
-                spec["taints"] = [dict(t) for t in taints]
-            core.create_node(
-                {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": lbl}, "spec": spec}
-            )
-            resources = {"cpu": cpu, "memory": memory, "pods": pods, "ephemeral-storage": "100Gi"}
-            resources.update(extended or {})
-            now = _now().strftime("%Y-%m-%dT%H:%M:%SZ")
-
-            def cond(kind: str, value: str, reason: str) -> dict[str, str]:
-                return {
-                    "type": kind,
-                    "status": value,
-                    "reason": reason,
-                    "message": reason,
-                    "lastHeartbeatTime": now,
-                    "lastTransitionTime": now,
-                }
-
-            status = {
-                "capacity": resources,
-                "allocatable": resources,
-                "conditions": [
-                    cond("Ready", "True", "KubeletReady"),
-                    cond("MemoryPressure", "False", "KubeletHasSufficientMemory"),
-                    cond("DiskPressure", "False", "KubeletHasNoDiskPressure"),
-                    cond("PIDPressure", "False", "KubeletHasSufficientPID"),
-                ],
-                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}],
-                "nodeInfo": {
-                    "architecture": "amd64",
-                    "operatingSystem": "linux",
-                    "kubeletVersion": K8S_VERSION,
-                    "kubeProxyVersion": "",
-                    "containerRuntimeVersion": "none://0",
-                    "kernelVersion": os.uname().release,
-                    "osImage": "rt-dra e2e",
-                    "machineID": "",
-                    "systemUUID": "",
-                    "bootID": "",
-                },
-            }
-            core.patch_node_status(name, {"status": status})
-            node = core.read_node(name)
-            stale = [t for t in (node.spec.taints or []) if t.key.startswith("node.kubernetes.io/")]
-            if stale:  # TaintNodesByCondition re-enabled by someone: drop not-ready & co.
-                keep = [api.sanitize_for_serialization(t) for t in (node.spec.taints or []) if t not in stale]
-                core.patch_node(name, {"spec": {"taints": keep or None}})
-                node = core.read_node(name)
-            return api.sanitize_for_serialization(node)
+            return fakenodes.create_node(api, name, **node)
 
     def delete_node(self, name: str) -> None:
         with self.api_client() as api:
-            try:
-                client.CoreV1Api(api).delete_node(name)
-            except ApiException as e:
-                if e.status != 404:
-                    raise
+            fakenodes.delete_node(api, name)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -857,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         return args.fn(args)
-    except ControlPlaneError as e:
+    except (ControlPlaneError, BuildError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

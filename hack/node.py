@@ -66,10 +66,11 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from hack.cluster import ControlPlane, write_kubeconfig
+from hack.cluster import ControlPlane
 from hack.hostchanges import RECORD_DIR, HostChanges, unmount_all
 from hack.images import ImageInfo, build_image
 from hack.nodebins import NodeBinaries, ensure_node_binaries
+from hack.pki import write_kubeconfig
 from hack.procs import free_port, kill, spawn, tail
 from hack.runtime import Containerd
 

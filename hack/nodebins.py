@@ -34,11 +34,10 @@ if __package__ in (None, ""):  # run as a script (make node): make ``hack`` impo
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hack.procs import run_build_script
+from hack.procs import CACHE_ROOT, read_versions, run_build_script
 
 HACK = Path(__file__).resolve().parent
 NODE_BUILD_SCRIPT = HACK / "node" / "build.sh"
-CACHE_ROOT = Path(os.environ.get("RTDRA_CACHE", Path.home() / ".cache" / "rt-dra"))
 
 #: The CNI plugins the build provides (``cni_bin_dir``).
 CNI_PLUGINS = ("loopback", "dummy", "tap", "host-local")
@@ -70,13 +69,7 @@ class NodeBinaries:
     def from_dir(cls, root: Path) -> NodeBinaries:
         root = Path(root).resolve()
         b = root / "bin"
-        versions: dict[str, str] = {}
-        vf = root / "VERSIONS"
-        if vf.exists():
-            for line in vf.read_text().splitlines():
-                if "=" in line:
-                    k, v = line.split("=", 1)
-                    versions[k] = v
+        versions = read_versions(root / "VERSIONS")
         return cls(
             bin_dir=b,
             kubelet=b / "kubelet",

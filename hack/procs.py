@@ -23,6 +23,9 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+#: Where the harness caches what it builds (upstream programs, node images): ``RTDRA_CACHE``.
+CACHE_ROOT = Path(os.environ.get("RTDRA_CACHE", Path.home() / ".cache" / "rt-dra"))
+
 PR_SET_PDEATHSIG = 1
 
 
@@ -157,3 +160,14 @@ def run_build_script(script: Path, env: Mapping[str, str], *, quiet: bool, log_h
     if proc.returncode != 0 or not proc.stdout.strip():
         raise RuntimeError(f"{script} failed with exit code {proc.returncode} (log: {log_hint})")
     return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def read_versions(path: Path) -> dict[str, str]:
+    """A build's ``VERSIONS`` file (``name=value`` lines) as a dict; empty when there is none."""
+    versions: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if "=" in line:
+                key, value = line.split("=", 1)
+                versions[key] = value
+    return versions

@@ -86,7 +86,7 @@ from typing import Any
 from hack.hostchanges import kill_cgroup, mounts_under, proc_start_time, unmount_all
 from hack.images import ImageInfo, build_image
 from hack.nodebins import NodeBinaries, ensure_node_binaries
-from hack.procs import die_with_parent, kill, pid_alive, tail
+from hack.procs import kill, pid_alive, spawn, tail
 
 #: Pod addresses (see the module docstring for why this range).
 POD_CIDR = "198.18.0.0/24"
@@ -412,24 +412,17 @@ class Containerd:
     # ----------------------------------------------------------------- internals
     def _spawn(self) -> None:
         assert self.binaries is not None
-        env = dict(os.environ)
-        # containerd finds containerd-shim-runc-v2 on PATH
-        env["PATH"] = f"{self.binaries.bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-        env["TMPDIR"] = str(self.workdir / "tmp")
         (self.workdir / "tmp").mkdir(exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            self._proc = subprocess.Popen(
-                [str(self.binaries.containerd), "--config", str(self.config_file), "--log-level", "info"],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                env=env,
-                start_new_session=True,
-                close_fds=True,
-                # runs only prctl() between fork and exec
-                preexec_fn=die_with_parent,  # noqa: PLW1509
-            )
+        self._proc = spawn(
+            [str(self.binaries.containerd), "--config", str(self.config_file), "--log-level", "info"],
+            self.log_file,
+            cwd=self.workdir,
+            env={
+                # containerd finds containerd-shim-runc-v2 on PATH
+                "PATH": f"{self.binaries.bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "TMPDIR": str(self.workdir / "tmp"),
+            },
+        )
         self.pid = self._proc.pid
 
     def _wait(self, what: str, ready: Any) -> None:

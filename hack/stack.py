@@ -59,9 +59,11 @@ from kubernetes.client.rest import ApiException
 HACK = Path(__file__).resolve().parent
 sys.path.insert(0, str(HACK.parent))
 
-from hack.cluster import ControlPlane, ensure_binaries, write_kubeconfig  # noqa: E402
+from hack.cluster import ControlPlane  # noqa: E402
+from hack.k8sbins import ensure_binaries  # noqa: E402
 from hack.node import RealNode  # noqa: E402
 from hack.nodesim import NodeSimulator, SimNode  # noqa: E402
+from hack.pki import write_kubeconfig  # noqa: E402
 from hack.procs import free_port, kill_group, spawn  # noqa: E402
 from rtdra import dra, names  # noqa: E402
 

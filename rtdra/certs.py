@@ -53,7 +53,13 @@ def service_dns_names(service: str, namespace: str, cluster_domain: str = DEFAUL
     return names_
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def new_key() -> ec.EllipticCurvePrivateKey:
+    """A fresh ECDSA P-256 key, the kind every key made here is."""
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """``key`` as unencrypted PKCS#8 PEM."""
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -82,7 +88,7 @@ class CertificateAuthority:
 
     @classmethod
     def create(cls, common_name: str = "rt-dra-webhook-ca", days: int = 3650) -> CertificateAuthority:
-        key = ec.generate_private_key(ec.SECP256R1())
+        key = new_key()
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         now = dt.datetime.now(dt.UTC)
         cert = (
@@ -113,7 +119,7 @@ class CertificateAuthority:
 
     @property
     def key_pem(self) -> bytes:
-        return _key_pem(self.key)
+        return private_key_pem(self.key)
 
     def issue(
         self,
@@ -132,7 +138,7 @@ class CertificateAuthority:
         certificate); ``server``/``client`` set the extended key usages; ``dns``
         and ``ips`` become subject alternative names.
         """
-        key = ec.generate_private_key(ec.SECP256R1())
+        key = new_key()
         attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
         attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
         now = dt.datetime.now(dt.UTC)
@@ -156,7 +162,7 @@ class CertificateAuthority:
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
-        return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+        return cert.public_bytes(serialization.Encoding.PEM), private_key_pem(key)
 
     def issue_serving(
         self, dns_names: Sequence[str], ip_addresses: Sequence[str] = (), days: int = 365

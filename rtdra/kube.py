@@ -12,8 +12,9 @@ kube-apiserver restarts.
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -73,6 +74,23 @@ def failure_text(err: ApiException | HTTPError | OSError) -> str:
     if isinstance(err, ApiException):
         return f"{int(err.status or 0)} {err.reason}"
     return f"the API server did not answer ({type(err).__name__}: {err})"
+
+
+def read_pod(core: client.CoreV1Api, namespace: str, name: str, timeout: float) -> dict[str, Any] | None:
+    """The pod as the API server sent it (JSON, not the generated model); ``None`` when it does not exist.
+
+    Any other failure raises :func:`api_error`'s exception.
+    """
+    try:
+        response: Any = core.read_namespaced_pod(name, namespace, _preload_content=False, _request_timeout=timeout)
+        data = response.data
+    except API_FAILURES as err:
+        error = api_error(err, f"reading pod {namespace}/{name}")
+        if isinstance(error, NotFound):
+            return None
+        raise error from None
+    pod: dict[str, Any] = json.loads(data)
+    return pod
 
 
 def api_client(kubeconfig: str | None = None) -> client.ApiClient:

@@ -31,6 +31,7 @@ import base64
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, Final, cast
 
 from rtdra import names
@@ -57,11 +58,12 @@ from webhook.reviews import (
 #: ``namespace -> labels``, ``None`` when the namespace does not exist.
 NamespaceLabelsLookup = Callable[[str], Mapping[str, str] | None]
 
-CODE_BAD_REQUEST: Final = 400
-CODE_FORBIDDEN: Final = 403
-CODE_INVALID: Final = 422
-CODE_UNAVAILABLE: Final = 503
-_REASONS: Final = {
+# The numbers are the stdlib's; the reasons are Kubernetes' ``metav1.StatusReason`` names, not HTTP's phrases.
+CODE_BAD_REQUEST: Final = HTTPStatus.BAD_REQUEST
+CODE_FORBIDDEN: Final = HTTPStatus.FORBIDDEN
+CODE_INVALID: Final = HTTPStatus.UNPROCESSABLE_ENTITY
+CODE_UNAVAILABLE: Final = HTTPStatus.SERVICE_UNAVAILABLE
+_REASONS: Final[Mapping[int, str]] = {
     CODE_BAD_REQUEST: "BadRequest",
     CODE_FORBIDDEN: "Forbidden",
     CODE_INVALID: "Invalid",
@@ -84,7 +86,7 @@ class Lookups:
 class Denied(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
-        self.code = code
+        self.code = int(code)
         self.message = message
 
 

@@ -34,9 +34,11 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from hack.cluster import BuildError, ControlPlane, ControlPlaneError, ensure_binaries, pid_alive  # noqa: E402
+from hack.cluster import ControlPlane, ControlPlaneError  # noqa: E402
 from hack.images import ImageError, build_image  # noqa: E402
+from hack.k8sbins import BuildError, ensure_binaries  # noqa: E402
 from hack.nodebins import NodeBuildError, ensure_node_binaries  # noqa: E402
+from hack.procs import pid_alive  # noqa: E402
 
 _BINARIES: dict = {}
 _NODE: dict = {}

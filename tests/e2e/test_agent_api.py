@@ -30,7 +30,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from hack.cluster import ControlPlane, write_kubeconfig
+from hack.cluster import ControlPlane
+from hack.pki import write_kubeconfig
 from hack.stack import apply as apply_manifests
 from hack.stack import manifest_documents
 from rtdra import host, names, sched, tasks

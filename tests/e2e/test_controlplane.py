@@ -21,7 +21,10 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from hack.cluster import Binaries, CertificateAuthority, ControlPlane, ControlPlaneError, pid_alive, pid_cmdline
+from hack.cluster import ControlPlane, ControlPlaneError
+from hack.k8sbins import Binaries
+from hack.procs import pid_alive, pid_cmdline
+from rtdra.certs import CertificateAuthority
 
 pytestmark = pytest.mark.e2e
 

@@ -40,7 +40,9 @@ import pytest
 import yaml
 from kubernetes import client
 
-from hack.cluster import Binaries, ControlPlane, free_port, pid_alive
+from hack.cluster import ControlPlane
+from hack.k8sbins import Binaries
+from hack.procs import free_port, pid_alive
 from hack.stack import BIN, NodeSpec, Stack, wait_for
 from rtdra import names
 from rtdra.ledger import NodeLedger
