@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -134,11 +135,35 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(data[-lines:])
 
 
+#: Where :func:`free_port` looks: below the kernel's ephemeral range (``ip_local_port_range``).
+PORT_FLOOR = 10000
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on 127.0.0.1 right now, outside the kernel's ephemeral range.
+
+    A server restarted on its port (a chaos test's kube-apiserver, the extender) must find it free:
+    a port from the ephemeral range (what ``bind(("", 0))`` gives) can meanwhile become the local
+    end of any outgoing connection on the machine, and the restart then fails with EADDRINUSE
+    (seen: kube-apiserver, SIGKILLed and restarted by the chaos test, could not listen again).
+    """
+    ceiling = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(PORT_FLOOR, ceiling) if ceiling > PORT_FLOOR else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise RuntimeError(f"no free TCP port on 127.0.0.1 between {PORT_FLOOR} and {ceiling}")
 
 
 def run_build_script(script: Path, env: Mapping[str, str], *, quiet: bool, log_hint: str) -> Path:
