@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import socket
+import sys
+from pathlib import Path
 
-from hack.procs import PORT_FLOOR, _ephemeral_low, free_port
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from hack.procs import PORT_FLOOR, _ephemeral_low, free_port  # noqa: E402
 
 
 def test_free_ports_are_outside_the_ephemeral_range_so_a_restarted_server_finds_its_port() -> None:
