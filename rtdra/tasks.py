@@ -68,11 +68,19 @@ def settle_on(tid: int, cpus: Iterable[int], timeout_s: float = 1.0) -> None:
         time.sleep(0.0005)
 
 
-def wait_blocked(pid: int, timeout_s: float = 2.0) -> None:
+def wait_blocked(pid: int, timeout_s: float = 10.0) -> None:
     """Wait until ``pid`` sleeps: deadline accounting of a task that is still
-    running while its parameters change drifts (see ``rtdra.host``)."""
+    running while its parameters change drifts (see ``rtdra.host``).
+
+    ``timeout_s`` only bounds a wait that should end at once: a just-started
+    ``sleep`` needs its fork, exec and loader to run first. 2 s was too little
+    on a busy 2-CPU node: the agent of a real node, started while kubelet and
+    containerd were starting beside a test suite, gave up on its capacity
+    probe's first helper ("did not go to sleep") and exited.
+    """
     deadline = time.monotonic() + timeout_s
     while task_state(pid) not in ("S", "D", "T", "") and time.monotonic() < deadline:
         time.sleep(0.001)
-    if task_state(pid) not in ("S", "D", "T"):
-        raise TaskError(f"task {pid} did not go to sleep")
+    state = task_state(pid)
+    if state not in ("S", "D", "T"):
+        raise TaskError(f"task {pid} did not go to sleep within {timeout_s:g}s (state {state or 'gone'!r})")

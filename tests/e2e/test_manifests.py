@@ -514,13 +514,16 @@ def granted(api: client.ApiClient, account: str) -> set[Access]:
 #: allocation annotation), extender/reconcile.py (list/watch pods in all namespaces, patch to requeue,
 #: read), extender/claims.py (list/watch RtClaimParameters cluster-wide, get on a cache miss),
 #: rtdra/store.py through extender/cache.py and bind (list + watch, get + replace = update) in the
-#: driver namespace only; extender/heartbeats.py (list + watch the agents' Leases there).
+#: driver namespace only; extender/heartbeats.py (list + watch the agents' Leases there); extender/dra.py
+#: (--dra-scoring: list + watch ResourceSlices, list + watch ResourceClaims cluster-wide, get on a miss).
 EXTENDER_NEEDS = (
     grid(("get", "list", "watch", "patch"), "", "pods")
     | grid(("create",), "", "pods/binding")
     | grid(("get", "list", "watch"), names.CLAIM_PARAMETERS_GROUP, names.CLAIM_PARAMETERS_PLURAL)
     | grid(("get", "list", "watch", "update"), names.NAS_GROUP, names.NAS_PLURAL, (NS,))
     | grid(("get", "list", "watch"), "coordination.k8s.io", "leases", (NS,))
+    | grid(("list", "watch"), "resource.k8s.io", "resourceslices", ("",))
+    | grid(("get", "list", "watch"), "resource.k8s.io", "resourceclaims")
 )
 #: webhook/lookups.py: get_namespaced_custom_object(RtClaimParameters) in the pod's namespace, read_namespace.
 WEBHOOK_NEEDS = grid(("get",), names.CLAIM_PARAMETERS_GROUP, names.CLAIM_PARAMETERS_PLURAL) | {
