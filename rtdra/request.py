@@ -425,10 +425,16 @@ def parse_placement(annotations: Mapping[str, str], default: Placement = DEFAULT
 
 
 def _pod_container_names(pod: Mapping[str, Any]) -> tuple[set[str], set[str]]:
-    spec = pod.get("spec") or {}
-    regular = {str(c.get("name")) for c in spec.get("containers") or [] if isinstance(c, Mapping)}
-    init = {str(c.get("name")) for c in spec.get("initContainers") or [] if isinstance(c, Mapping)}
-    return regular, init
+    """The names of the pod's containers and init containers; a malformed spec has none (found by fuzzing
+    the extender: ``"containers": 1`` was a TypeError, an HTTP 500; now the request names no container)."""
+    spec = pod.get("spec")
+    spec = spec if isinstance(spec, Mapping) else {}
+
+    def names_of(key: str) -> set[str]:
+        items = spec.get(key)
+        return {str(c.get("name")) for c in items if isinstance(c, Mapping)} if isinstance(items, list) else set()
+
+    return names_of("containers"), names_of("initContainers")
 
 
 def parse_pod(

@@ -150,3 +150,24 @@ def test_bind_answers_every_body_and_binds_only_well_formed_arguments(body: byte
         assert answer == {"Error": ""} if node in LEDGERS else answer["Error"]
     else:
         assert answer.get("Error"), answer
+
+
+def test_a_pod_whose_containers_are_not_a_list_is_refused_in_words_not_a_500() -> None:
+    """Found by the filter's property test in a full run: ``"containers": 1`` was a TypeError (HTTP 500)."""
+    for containers in (1, True, "app", {"name": "app"}):
+        pod = {
+            "metadata": {
+                "name": "p",
+                "namespace": "ns",
+                "uid": "u",
+                "annotations": {names.CONTAINER_PREFIX + "app": "runtime=2ms,period=10ms"},
+            },
+            "spec": {"containers": containers},
+        }
+        for verb in ("filter", "prioritize"):
+            answer = post(verb, json.dumps({"Pod": pod, "NodeNames": ["n1"], "Nodes": None}))
+            if verb == "filter":
+                assert (
+                    answer["NodeNames"] in (None, [])
+                    and "not a container of this pod" in answer["FailedAndUnresolvableNodes"]["n1"]
+                ), answer
