@@ -68,10 +68,16 @@ def pids_matching(needle: str) -> list[int]:
 
 
 def kill(pid: int, proc: subprocess.Popen[bytes] | None = None, grace: float = 10.0) -> None:
-    """SIGTERM, up to ``grace`` seconds, then SIGKILL; reaps ``proc`` when given."""
-    if not pid_alive(pid):
-        if proc is not None:
-            proc.poll()
+    """SIGTERM, up to ``grace`` seconds, then SIGKILL; reaps ``proc`` when given.
+
+    With ``proc``, "gone" means reaped: a killed multi-threaded program's leader is a zombie while its
+    other threads are still exiting and holding its files - its listening socket among them. Taking
+    the zombie for gone made a chaos test's kube-apiserver, SIGKILLed and started again at once, fail
+    with EADDRINUSE on its own port (twice in full runs); waitpid returns only once every thread exited.
+    """
+    if proc is not None and proc.poll() is not None:
+        return
+    if proc is None and not pid_alive(pid):
         return
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         try:
@@ -151,8 +157,8 @@ def free_port() -> int:
 
     A server restarted on its port (a chaos test's kube-apiserver, the extender) must find it free:
     a port from the ephemeral range (what ``bind(("", 0))`` gives) can meanwhile become the local
-    end of any outgoing connection on the machine, and the restart then fails with EADDRINUSE
-    (seen: kube-apiserver, SIGKILLed and restarted by the chaos test, could not listen again).
+    end of any outgoing connection on the machine. (The EADDRINUSE the chaos test met had another
+    cause, see :func:`kill`; this only keeps the ephemeral range out of the way.)
     """
     ceiling = _ephemeral_low()
     for _ in range(200):
