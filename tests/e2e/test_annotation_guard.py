@@ -334,10 +334,18 @@ def test_other_annotations_and_labels_of_a_real_time_pod_stay_editable(guarded: 
     annotate(guarded.user, guarded.namespace, name, {"example.com/owner": "team-a"})
     annotate(guarded.user, guarded.namespace, name, {"example.com/owner": "team-b"})
     annotate(guarded.user, guarded.namespace, name, {"example.com/owner": None})
-    pod = guarded.user.read_namespaced_pod(name, guarded.namespace)  # a full update (PUT) keeping ours as they are
-    pod.metadata.labels = {"tier": "rt"}
-    pod.metadata.annotations["example.com/note"] = "replaced whole"
-    guarded.user.replace_namespaced_pod(name, guarded.namespace, pod)
+    # A full update (PUT) keeping ours as they are; read again on a 409, as any client must: kube-scheduler
+    # writes the pending pod's status meanwhile (seen once in a full run).
+    for attempt in range(5):
+        pod = guarded.user.read_namespaced_pod(name, guarded.namespace)
+        pod.metadata.labels = {"tier": "rt"}
+        pod.metadata.annotations["example.com/note"] = "replaced whole"
+        try:
+            guarded.user.replace_namespaced_pod(name, guarded.namespace, pod)
+            break
+        except ApiException as err:
+            if err.status != 409 or attempt == 4:
+                raise
     annotations = guarded.annotations(name)
     assert annotations["example.com/note"] == "replaced whole" and "example.com/owner" not in annotations
     assert annotations[names.SPEC] == SPEC and annotations[REQUEST] == "runtime=1ms,period=10ms"
