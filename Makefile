@@ -70,7 +70,8 @@ SOAK_MINUTES ?= 60
 soak: $(STAMP)
 	$(PY) hack/chaos.py --soak $(SOAK_MINUTES)
 
-# The main job: the whole chain on a local control plane, the four demo apps,
+# The main job: the whole chain on a local control plane, the four demo apps in
+# extender mode and the fifth (rt-test5) with the real node in DRA mode,
 # a report of placements and kernel reservations; then everything is torn down.
 # Needs root (real SCHED_DEADLINE reservations on this machine) and Go.
 demo: $(STAMP)

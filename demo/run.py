@@ -10,7 +10,14 @@ reservations); the others are simulated, for scale - applies the four demo
 apps (``demo/rt-test1.yaml`` ...) and prints where each pod landed, which CPUs
 it holds, whether the kernel reservation is in place (on the real node: the
 container's host pid, from containerd, checked with ``sched_getattr``), and
-each node's reserved bandwidth per CPU. Then it tears everything down.
+each node's reserved bandwidth per CPU.
+
+Then the same machine serves as a node in DRA mode (docs/dra-node.md): the
+fifth app (``demo/rt-test5.yaml``, the old driver's rt-test1 as a
+ResourceClaimTemplate with RtClaimParameters) is completed by the webhook,
+allocated by kube-scheduler's own DRA allocator, prepared by the agent as
+kubelet's DRA plugin, and checked in the kernel the same way. Then it tears
+everything down.
 
 The apps name ``busybox:1.36``; nothing is pulled here (no registry): the demo
 runs them in the node's local image (busybox from the host's Debian package,
@@ -36,9 +43,10 @@ sys.path.insert(0, str(REPO))
 from hack.cluster import ControlPlane  # noqa: E402
 from hack.k8sbins import ensure_binaries  # noqa: E402
 from hack.stack import NodeSpec, Stack, apply, wait_for  # noqa: E402
-from rtdra import names  # noqa: E402
+from rtdra import dra, names  # noqa: E402
 from rtdra.bandwidth import BW_UNIT, format_ns, percent  # noqa: E402
 from rtdra.ledger import NodeLedger  # noqa: E402
+from rtdra.request import Reservation  # noqa: E402
 
 APPS = (
     ("rt-test1", "two pods, one container each, 2 CPUs at 100us every 1ms"),
@@ -46,6 +54,7 @@ APPS = (
     ("rt-test3", "a Deployment needing more bandwidth than one node has"),
     ("rt-test4", "the old driver's RtClaimParameters"),
 )
+DRA_APP = ("rt-test5", "DRA mode: the old driver's rt-test1 as a ResourceClaimTemplate, 2 CPUs at 100us every 1ms")
 BAR = 40
 #: Waiting reasons of a container that is still being started, not refused.
 STARTING = frozenset({"ContainerCreating", "PodInitializing"})
@@ -155,9 +164,7 @@ def report_app(stack: Stack, nodes: Mapping[str, NodeSpec], namespace: str, pods
             )
             state = kernel_state(stack, nodes[node], pod, container)
             rows.append((pod.metadata.name, container, node, cpus or "?", timing, state))
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        print("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+    print_rows(rows)
 
 
 def report_nodes(stack: Stack, nodes: Sequence[NodeSpec]) -> None:
@@ -186,6 +193,96 @@ def report_nodes(stack: Stack, nodes: Sequence[NodeSpec]) -> None:
             print(f"    cpu{cpu:<3} [{bar}] {percent(used):>6} of {percent(cap)}")
 
 
+def delete_apps(stack: Stack, namespaces: Sequence[str]) -> None:
+    """Delete the apps' namespaces and wait for their pods to go (the node releases what they held)."""
+    core = client.CoreV1Api(stack.api)
+    for namespace in namespaces:
+        for pod in core.list_namespaced_pod(namespace).items:  # sleep as pid 1 ignores SIGTERM: no 30 s wait
+            core.delete_namespaced_pod(pod.metadata.name, namespace, grace_period_seconds=1)
+        core.delete_namespace(namespace)
+    wait_for(
+        "the apps' pods gone",
+        lambda: not any(core.list_namespaced_pod(ns).items for ns in namespaces),
+        timeout=120,
+    )
+
+
+def pod_claims(stack: Stack, pod: client.V1Pod) -> list[tuple[str, dict[str, Any]]]:
+    """The pod's ResourceClaims (made from its templates) as the API has them, by the pod's name for each."""
+    custom = client.CustomObjectsApi(stack.api)
+    return [
+        (
+            status.name,
+            custom.get_namespaced_custom_object(
+                "resource.k8s.io", "v1", pod.metadata.namespace, "resourceclaims", status.resource_claim_name
+            ),
+        )
+        for status in pod.status.resource_claim_statuses or []
+        if status.resource_claim_name
+    ]
+
+
+def dra_kernel_state(stack: Stack, node: str, pod: client.V1Pod, container: str, want: Reservation) -> str:
+    """The container's process, from containerd, under the claim's SCHED_DEADLINE parameters?"""
+    from rtdra.sched import sched_getattr  # noqa: PLC0415 - only where the kernel is real
+
+    pid = stack.real[node].container_pid(pod, container)
+    if pid is None:
+        return "MISMATCH: the container does not run"
+    attr = sched_getattr(pid)
+    if attr.is_deadline and (attr.runtime_ns, attr.deadline_ns, attr.period_ns) == (
+        want.runtime_ns,
+        want.deadline_ns,
+        want.period_ns,
+    ):
+        return f"SCHED_DEADLINE, container pid {pid} (from containerd), checked with sched_getattr"
+    return f"MISMATCH: container pid {pid} runs {attr.policy_name}"
+
+
+def report_dra_app(stack: Stack, template: Mapping[str, Any], pods: Sequence[client.V1Pod]) -> None:
+    """What the webhook wrote into the template; per claim, the CPUs and bandwidth the stock scheduler
+    allocated, and the kernel's view of each container that uses it."""
+    core = client.CoreV1Api(stack.api)
+    for request in template["spec"]["spec"]["devices"]["requests"]:
+        exactly = request.get("exactly") or {}
+        booked = ((exactly.get("capacity") or {}).get("requests") or {}).get(dra.CAPACITY, "none")
+        print(
+            f"  the webhook completed ResourceClaimTemplate {template['metadata']['name']}, request "
+            f"{request['name']}: count {exactly.get('count', '?')}, capacity request {dra.CAPACITY}={booked} per CPU"
+        )
+    rows = [("POD", "CONTAINER", "NODE", "CPUS (CONSUMED)", "RUNTIME/DEADLINE/PERIOD", "KERNEL RESERVATION")]
+    for pod in sorted(pods, key=lambda p: p.metadata.name):
+        node = pod.spec.node_name
+        if node is None:
+            reason = "PENDING: " + scheduling_reason(core, pod)
+            rows += [(pod.metadata.name, c.name, "-", "-", "-", reason) for c in pod.spec.containers]
+            continue
+        for pod_claim, claim in pod_claims(stack, pod):
+            devices = dra.allocated_devices(claim, node)
+            if not devices:
+                continue
+            want = dra.reservation_from_parameters(dra.request_parameters(claim, devices[0].request), "demo")
+            timing = f"{format_ns(want.runtime_ns)}/{format_ns(want.deadline_ns)}/{format_ns(want.period_ns)}"
+            cpus = ", ".join(f"{d.cpu} ({percent(d.consumed)})" for d in devices)
+            for container in pod.spec.containers:
+                if pod_claim not in {c.name for c in (container.resources.claims or [])}:
+                    continue
+                state = dra_kernel_state(stack, node, pod, container.name, want)
+                rows.append((pod.metadata.name, container.name, node, cpus, timing, state))
+    print_rows(rows)
+
+
+def print_rows(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+
+
+def load_app(app: str, image: str) -> list[dict[str, Any]]:
+    path = REPO / "demo" / f"{app}.yaml"
+    return localise([d for d in yaml.safe_load_all(path.read_text()) if d], image)
+
+
 def run(args: argparse.Namespace) -> int:
     say("building or reusing kube-apiserver, kube-scheduler, kube-controller-manager and etcd")
     binaries = ensure_binaries()
@@ -204,9 +301,8 @@ def run(args: argparse.Namespace) -> int:
                 core = client.CoreV1Api(stack.api)
                 by_name = {n.name: n for n in nodes}
                 for app, title in APPS:
-                    path = REPO / "demo" / f"{app}.yaml"
-                    docs = localise([d for d in yaml.safe_load_all(path.read_text()) if d], stack.image)
-                    say(f"applying {path.relative_to(REPO)}: {title} (image {stack.image}, never pulled)")
+                    docs = load_app(app, stack.image)
+                    say(f"applying demo/{app}.yaml: {title} (image {stack.image}, never pulled)")
                     apply(stack.api, docs)
                     expect = sum(
                         d.get("spec", {}).get("replicas", 1) if d["kind"] == "Deployment" else 1
@@ -219,7 +315,30 @@ def run(args: argparse.Namespace) -> int:
                     print()
                 report_nodes(stack, nodes)
                 print()
-                say("tearing down: kubelet and containerd stop the containers; the agents release the reservations")
+                say("deleting the four apps: the agents release their reservations")
+                delete_apps(stack, [app for app, _ in APPS])
+                for node in nodes[1:]:
+                    core.delete_node(node.name)  # the simulated nodes go with the extender-mode stack
+                say("stopping the extender-mode node: kubelet, containerd, the agent")
+            # A node serves one mode at a time: the same machine again, now in DRA mode.
+            dra_node = NodeSpec("rt-node-0", "deadline", real=True, mode="dra")
+            say("DRA mode: this machine as a node whose CPUs are ResourceSlice devices (docs/dra-node.md)")
+            with Stack(cp, [dra_node], progress=say) as stack:
+                core = client.CoreV1Api(stack.api)
+                app, title = DRA_APP
+                docs = load_app(app, stack.image)
+                say(f"applying demo/{app}.yaml: {title} (image {stack.image}, never pulled)")
+                apply(stack.api, docs)
+                pods = wait_for(f"{app} settled", lambda: settled(core, app, 1), timeout=120)
+                template = client.CustomObjectsApi(stack.api).get_namespaced_custom_object(
+                    "resource.k8s.io", "v1", app, "resourceclaimtemplates", docs[1]["metadata"]["name"]
+                )
+                print(f"\n== {app}: {title}")
+                report_dra_app(stack, template, pods)
+                print()
+                say("deleting the app: kubelet unprepares its claim, the agent releases the reservation")
+                delete_apps(stack, [app])
+                say("tearing down: kubelet and containerd stop; the agent withdraws its ResourceSlices")
         say("done: every process stopped, every reservation released, temporary files removed")
     return 0
 
