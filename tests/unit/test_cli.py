@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from rtdra import dra
 from rtdra.cli import main
-from rtdra.simulate import Workload, compare
+from rtdra.request import PodRequest, Reservation
+from rtdra.simulate import Workload, as_dra_booking, compare
 
 POD = """
 apiVersion: v1
@@ -121,7 +123,7 @@ def test_simulate_prints_every_policy_side_by_side() -> None:
     code, out = run(["simulate", "--nodes", "3", "--cpus", "4", "--arrivals", "300", "--load", "0.9"])
     assert code == 0
     rows = [line.split() for line in out.splitlines()[3:]]
-    assert [r[1] for r in rows] == ["pack", "spread", "legacy"]
+    assert [r[1] for r in rows] == ["pack", "spread", "dra", "dra-pack", "legacy"]
     assert all(r[0] == "0.90" for r in rows)
 
 
@@ -132,7 +134,7 @@ def test_simulated_policies_see_the_same_stream_and_only_legacy_overpromises() -
         assert 0 < o.accepted <= o.offered
         assert 0 < o.utilisation <= 1
     by_policy = {o.policy: o for o in outcomes}
-    assert by_policy["pack"].beyond_kernel == by_policy["spread"].beyond_kernel == 0
+    assert all(by_policy[p].beyond_kernel == 0 for p in ("pack", "spread", "dra", "dra-pack"))
     # the seed counts 950 per mille per CPU where this kernel gives 900: it promises too much
     assert by_policy["legacy"].beyond_kernel > 0
 
@@ -140,3 +142,17 @@ def test_simulated_policies_see_the_same_stream_and_only_legacy_overpromises() -
 def test_simulation_is_deterministic_for_a_seed() -> None:
     w = Workload(nodes=2, cpus=4, arrivals=200, seed=3)
     assert [o.accepted for o in compare(w)] == [o.accepted for o in compare(w)]
+
+
+def test_dra_mode_admits_less_than_the_extender_when_deadlines_are_shorter_than_periods() -> None:
+    # The allocator can only sum the density runtime/deadline per CPU; the extender runs the EDF test.
+    outcomes = {o.policy: o for o in compare(Workload(nodes=4, cpus=4, load=1.0, arrivals=1500, constrained=1.0))}
+    assert outcomes["dra-pack"].accepted < outcomes["pack"].accepted
+    assert outcomes["dra-pack"].utilisation < outcomes["pack"].utilisation
+
+
+def test_dra_mode_books_the_density_a_claim_asks_for() -> None:
+    r = Reservation(runtime_ns=1_000_000, deadline_ns=2_000_000, period_ns=5_000_000, cpus=2)
+    booked = as_dra_booking(PodRequest({"audio": r})).containers["audio"]
+    assert booked.bandwidth == dra.capacity_request(r) == r.density
+    assert booked.cpus == 2
