@@ -135,6 +135,10 @@ class Enforcer:
     def prepare(self, ref: oci.ContainerRef, claim: str = "") -> Outcome:
         """Put the container under its allocation (or ``claim``'s); a refusal is answered, recorded, sent."""
         started = tasks.task_start_time(ref.pid)
+        if not started:
+            # Nothing to put under a reservation, and nothing to record: a record would name a process
+            # that never was (a garbage pid in a hook's state) or that is already gone.
+            return Outcome(False, f"{ref}: process {ref.pid} does not exist (gone, or never was)")
         with self.lock:
             outcome, refusal = self._prepare(ref, started, claim)
         if refusal is not None:  # outside the lock: an Event is an API round trip

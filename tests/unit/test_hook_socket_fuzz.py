@@ -103,3 +103,26 @@ def test_every_message_gets_one_answer_and_nothing_is_reserved_on_garbage(
         assert uid == ALLOCATED, f"reserved for {uid!r}, which the ledger does not allocate"
         for applied in held.values():
             assert applied.pid == live_pid or os.path.exists(f"/proc/{applied.pid}"), applied
+
+
+@pytest.mark.parametrize("pid", [2**31, 999_999_999])
+def test_a_process_that_does_not_exist_is_refused_and_nothing_is_recorded(
+    hook: tuple[Path, Enforcer, int], pid: int
+) -> None:
+    # Found by the property above: the allocated pod's container with a pid no process has was "reserved".
+    path, enforcer, _ = hook
+    state = {
+        "ociVersion": "1.2.0",
+        "id": "c-ghost",
+        "pid": pid,
+        "annotations": {
+            "io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.container-name": "app",
+            "io.kubernetes.cri.sandbox-uid": ALLOCATED,
+            "io.kubernetes.cri.sandbox-name": "p",
+            "io.kubernetes.cri.sandbox-namespace": "ns",
+        },
+    }
+    answer = ask(path, b"createRuntime\n" + json.dumps(state).encode())
+    assert answer.startswith("error ") and f"process {pid} does not exist" in answer, answer
+    assert all(a.pid != pid for held in enforcer.applied.values() for a in held.values())
