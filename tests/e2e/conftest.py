@@ -11,6 +11,7 @@
   (``hack.nodebins.NodeBinaries``: kubelet, containerd, runc, crictl, CNI plugins)
   and its image (``hack.images.ImageInfo``), for tests that run real containers.
   They need root; without it they skip like any missing prerequisite.
+- ``helm_binary`` (session): helm built from its Go module (``hack.helmbin``).
 
 The binaries are built (first time: long) or taken from the cache before the
 first e2e test runs, outside any per-test timeout - each set only when a selected
@@ -35,6 +36,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from hack.cluster import ControlPlane, ControlPlaneError  # noqa: E402
+from hack.helmbin import HelmBuildError, ensure_helm  # noqa: E402
 from hack.images import ImageError, build_image  # noqa: E402
 from hack.k8sbins import BuildError, ensure_binaries  # noqa: E402
 from hack.nodebins import NodeBuildError, ensure_node_binaries  # noqa: E402
@@ -112,6 +114,15 @@ def node_binaries():
 @pytest.fixture(scope="session")
 def node_image(node_binaries):
     return _NODE["image"]
+
+
+@pytest.fixture(scope="session")
+def helm_binary():
+    """The helm CLI built from its Go module (hack/helm/build.sh), for the chart's tests."""
+    try:
+        return ensure_helm()
+    except (HelmBuildError, OSError) as e:
+        _skip_or_fail(f"helm unavailable: {e}")
 
 
 @pytest.fixture(scope="session")
