@@ -67,7 +67,9 @@ def config_digest(tar_path: Path) -> str:
 
 
 @pytest.fixture(scope="module", params=METHODS)
-def installed(request: pytest.FixtureRequest, k8s_binaries: Any, node_binaries: Any) -> Iterator[Install]:
+def installed(
+    request: pytest.FixtureRequest, k8s_binaries: Any, node_binaries: Any, rtdra_image: Any
+) -> Iterator[Install]:
     if request.param == "helm":
         request.getfixturevalue("helm_binary")  # built (or skipped) before the node starts
     before = deadline_pids()
