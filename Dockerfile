@@ -3,22 +3,34 @@
 # OCI hook rtdra-hook). Each Deployment/DaemonSet picks its command.
 #
 #   docker build -t rt-dra:0.1.0 .
-FROM python:3.11-slim AS build
+#
+# Debian's own Python, so the very same recipe also builds without a container
+# engine or registry: `python hack/image.py` reads this file and carries it out
+# (debootstrap for FROM + apt-get, chroot for the other RUN steps; docs/install.md,
+# "Build the image"). Keep to the instructions it understands (FROM, RUN, COPY,
+# WORKDIR, ENV, USER, ENTRYPOINT, CMD); it refuses anything else.
+FROM debian:bookworm-slim AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml setup.cfg README.md ./
 COPY rtdra ./rtdra
 COPY extender ./extender
 COPY webhook ./webhook
 COPY agent ./agent
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN python3 -m venv /opt/build && /opt/build/bin/pip wheel --no-cache-dir --wheel-dir /wheels .
 
-FROM python:3.11-slim
+FROM debian:bookworm-slim
 # util-linux gives chrt/taskset for troubleshooting on the node.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends util-linux \
+ && apt-get install -y --no-install-recommends python3 python3-venv util-linux \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+RUN python3 -m venv /opt/rt-dra \
+ && /opt/rt-dra/bin/pip install --no-cache-dir --no-index /wheels/*.whl \
+ && rm -rf /wheels
+ENV PATH=/opt/rt-dra/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # The webhook and the extender run as this user; the agent's DaemonSet runs
 # privileged as root (it sets SCHED_DEADLINE and writes cpusets).
 RUN useradd --system --uid 65532 --no-create-home rtdra

@@ -81,9 +81,12 @@ demo: $(STAMP)
 # extender, agent and this machine as a real node (kubelet, containerd, runc) -
 # for your own RT pods. The last line printed is the admin kubeconfig.
 # MODE=nri (default), cdi, or dra (the node serves RT pods through DRA: docs/dra-node.md).
+# INSTALL=kustomize or INSTALL=helm: the webhook, extender and agent in pods on the node instead, from the
+# image built from the Dockerfile, installed by kubectl apply -k or helm install (hack/install.py).
 MODE ?= nri
+INSTALL ?=
 up: $(STAMP)
-	@$(PY) hack/playground.py up --dir .rtdra --mode $(MODE)
+	@$(PY) hack/playground.py up --dir .rtdra --mode $(MODE) $(if $(INSTALL),--install $(INSTALL))
 
 down: $(STAMP)
 	@$(PY) hack/playground.py down --dir .rtdra

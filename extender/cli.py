@@ -73,7 +73,9 @@ def load_app(config: ExtenderConfig) -> Any:
     from extender.app import create_app  # noqa: PLC0415 - see rtdra.serve
 
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return create_app(config)
+    app = create_app(config)
+    # Client certificates: checked per request, so that kubelet's probes reach /healthz and /readyz.
+    return serve.require_client_certificate(app) if config.client_ca_file else app
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,6 +29,8 @@ Consequences of running without kube-controller-manager (the default; deliberate
   namespace is created by kube-controller-manager's serviceaccount controller.
   (Service-account *tokens* still work: the TokenRequest API is served by
   kube-apiserver itself - see ``service_account_kubeconfig``.)
+  ``ControlPlane(controller_manager=True, service_accounts=True)`` turns it on, so
+  pods get their ServiceAccount's projected token as on any cluster (``hack/install.py``).
 - TaintNodesByCondition is disabled: it taints every new Node
   ``node.kubernetes.io/not-ready:NoSchedule`` and only the node-lifecycle
   controller removes that taint. ``create_node`` also strips it if present.
@@ -96,6 +98,7 @@ SCHEDULER_API = "kubescheduler.config.k8s.io/v1"
 # minus the two plugins that need kube-controller-manager (see module docstring).
 ENABLE_ADMISSION = "NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook"
 DISABLE_ADMISSION = "ServiceAccount,TaintNodesByCondition"
+DISABLE_ADMISSION_SA = "TaintNodesByCondition"  # ControlPlane(service_accounts=True)
 
 SERVICE_CIDR = "10.96.0.0/16"  # only allocated from, never routed: no traffic leaves 127.0.0.1
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -121,6 +124,7 @@ class ControlPlane:
         start_timeout: float = 120.0,
         keep_workdir: bool = False,
         controller_manager: bool = False,
+        service_accounts: bool = False,
     ):
         self.workdir = Path(workdir).resolve()
         self.binaries = binaries
@@ -136,6 +140,13 @@ class ControlPlane:
         # ReplicaSet -> Pod), garbage collection and namespace deletion; off by
         # default so the smoke tests keep their minimal, deterministic cluster.
         self.controller_manager = controller_manager
+        # The ServiceAccount admission plugin on (needs kube-controller-manager: it creates each
+        # namespace's "default" ServiceAccount): pods get a projected, pod-bound token of their
+        # ServiceAccount, as on any cluster - what in-cluster RT-DRA components run with
+        # (tests/e2e/test_install.py). Off by default, see the module docstring.
+        if service_accounts and not controller_manager:
+            raise ValueError("service_accounts=True needs controller_manager=True")
+        self.service_accounts = service_accounts
         self.scheduler_config_file = self.workdir / "scheduler-config.yaml"
         self.ca_file = self.pki / "ca.crt"
         self.server = ""
@@ -360,8 +371,8 @@ class ControlPlane:
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--authorization-mode=Node,RBAC",
                 "--anonymous-auth=false",
-                f"--enable-admission-plugins={ENABLE_ADMISSION}",
-                f"--disable-admission-plugins={DISABLE_ADMISSION}",
+                f"--enable-admission-plugins={ENABLE_ADMISSION}{',ServiceAccount' * self.service_accounts}",
+                f"--disable-admission-plugins={DISABLE_ADMISSION_SA if self.service_accounts else DISABLE_ADMISSION}",
                 "--allow-privileged=true",
                 "--profiling=false",
                 f"--cert-dir={p}",

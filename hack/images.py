@@ -205,6 +205,34 @@ def _rootfs_layer(busybox: bytes, applets: Sequence[str], pause: bytes, extra: S
     return _tar(entries)
 
 
+def _manifest_and_index(config: bytes, layers: Sequence[tuple[str, int]], name: str) -> tuple[bytes, bytes]:
+    """The manifest for ``config`` and ``layers`` (digest, size: uncompressed tars) and the index naming it."""
+    manifest = _json(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": _digest(config), "size": len(config)},
+            "layers": [{"mediaType": LAYER_MEDIA_TYPE, "digest": d, "size": n} for d, n in layers],
+        }
+    )
+    tag = name.rsplit(":", 1)[1] if ":" in name.rsplit("/", 1)[-1] else "latest"
+    index = _json(
+        {
+            "schemaVersion": 2,
+            "mediaType": INDEX_MEDIA_TYPE,
+            "manifests": [
+                {
+                    "mediaType": MANIFEST_MEDIA_TYPE,
+                    "digest": _digest(manifest),
+                    "size": len(manifest),
+                    "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": tag},
+                }
+            ],
+        }
+    )
+    return manifest, index
+
+
 def image_layout(
     busybox: bytes,
     applets: Sequence[str],
@@ -229,29 +257,7 @@ def image_layout(
             "history": [{"created_by": history}],
         }
     )
-    manifest = _json(
-        {
-            "schemaVersion": 2,
-            "mediaType": MANIFEST_MEDIA_TYPE,
-            "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": _digest(config), "size": len(config)},
-            "layers": [{"mediaType": LAYER_MEDIA_TYPE, "digest": _digest(layer), "size": len(layer)}],
-        }
-    )
-    tag = name.rsplit(":", 1)[1] if ":" in name.rsplit("/", 1)[-1] else "latest"
-    index = _json(
-        {
-            "schemaVersion": 2,
-            "mediaType": INDEX_MEDIA_TYPE,
-            "manifests": [
-                {
-                    "mediaType": MANIFEST_MEDIA_TYPE,
-                    "digest": _digest(manifest),
-                    "size": len(manifest),
-                    "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": tag},
-                }
-            ],
-        }
-    )
+    manifest, index = _manifest_and_index(config, [(_digest(layer), len(layer))], name)
     entries = [
         _Entry("oci-layout", tarfile.REGTYPE, 0o644, _json({"imageLayoutVersion": "1.0.0"})),
         _Entry("index.json", tarfile.REGTYPE, 0o644, index),
@@ -261,6 +267,81 @@ def image_layout(
     for blob in (layer, config, manifest):
         entries.append(_Entry(f"blobs/sha256/{_digest(blob).split(':', 1)[1]}", tarfile.REGTYPE, 0o644, blob))
     return _tar(entries), _digest(manifest)
+
+
+# --------------------------------------------------------------------------- images from a root file system
+def directory_layer(root: Path, out: Path) -> tuple[str, int]:
+    """Write ``root`` as one uncompressed layer tar to ``out``; its (digest, size), streamed, not held in memory.
+
+    Deterministic like the tars above (sorted names, mtime 0, no user/group names) but keeping each file's
+    owner, mode and hard links (a root file system made by debootstrap has all three).
+    """
+    root = Path(root)
+
+    def clean(ti: tarfile.TarInfo) -> tarfile.TarInfo:
+        ti.mtime, ti.uname, ti.gname = 0, "", ""
+        return ti
+
+    with open(out, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tf:
+
+        def walk(d: Path) -> None:
+            for child in sorted(d.iterdir(), key=lambda p: p.name):
+                arc = str(child.relative_to(root))
+                if child.is_dir() and not child.is_symlink():
+                    tf.add(child, arc, recursive=False, filter=clean)
+                    walk(child)
+                else:
+                    tf.add(child, arc, recursive=False, filter=clean)
+
+        walk(root)
+    return directory_layer_digest(out)
+
+
+def write_image_layout(out: Path, layer: Path, image_config: dict[str, object], name: str, history: str) -> str:
+    """Write the OCI image-layout tar of one layer (a file from :func:`directory_layer`); its manifest digest.
+
+    ``image_config``: the image configuration's ``config`` (Env, Cmd, User, WorkingDir, ...).
+    """
+    layer_digest, layer_size = directory_layer_digest(layer)
+    config = _json(
+        {
+            "architecture": _GOARCH.get(platform.machine(), platform.machine()),
+            "os": "linux",
+            "config": image_config,
+            "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+            "history": [{"created_by": history}],
+        }
+    )
+    manifest, index = _manifest_and_index(config, [(layer_digest, layer_size)], name)
+    small = [
+        _Entry("oci-layout", tarfile.REGTYPE, 0o644, _json({"imageLayoutVersion": "1.0.0"})),
+        _Entry("index.json", tarfile.REGTYPE, 0o644, index),
+        _Entry("blobs", tarfile.DIRTYPE, 0o755),
+        _Entry("blobs/sha256", tarfile.DIRTYPE, 0o755),
+    ]
+    small += [
+        _Entry(f"blobs/sha256/{_digest(b).split(':', 1)[1]}", tarfile.REGTYPE, 0o644, b) for b in (config, manifest)
+    ]
+    with open(out, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        with tarfile.open(fileobj=io.BytesIO(_tar(small))) as head:
+            for ti in head.getmembers():
+                tf.addfile(ti, head.extractfile(ti) if ti.isreg() else None)
+        ti = tarfile.TarInfo(f"blobs/sha256/{layer_digest.split(':', 1)[1]}")
+        ti.type, ti.mode, ti.mtime, ti.size = tarfile.REGTYPE, 0o644, 0, layer_size
+        ti.uid = ti.gid = 0
+        ti.uname = ti.gname = ""
+        with open(layer, "rb") as blob:
+            tf.addfile(ti, blob)
+    return _digest(manifest)
+
+
+def directory_layer_digest(layer: Path) -> tuple[str, int]:
+    """``(sha256:<hex>, size)`` of a layer file."""
+    h = hashlib.sha256()
+    with open(layer, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest(), layer.stat().st_size
 
 
 # --------------------------------------------------------------------------- build + cache

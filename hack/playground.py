@@ -13,6 +13,12 @@ prints is the path of an admin kubeconfig::
     $ kubectl apply -n mine -f my-rt-pod.yaml     # image: the node's local image, imagePullPolicy: Never
     $ make down
 
+``make up INSTALL=kustomize`` (or ``INSTALL=helm``; ``--install``) runs the webhook, the extender and
+the agent as a user installs them instead of as local processes: the image built from the Dockerfile
+(``hack/image.py``) in pods on the real node, by ``kubectl apply -k`` of a local overlay of
+``manifests/`` or ``helm install`` of ``charts/rt-dra`` (``hack/install.py`` says what the local
+install changes, and why). Then RT pods may use the image ``rt-dra.local/rt-dra:<version>`` too.
+
 ``make up MODE=dra`` (``--mode dra``) brings the node up in DRA mode instead (docs/dra-node.md):
 RT pods then ask for a ResourceClaim of the DeviceClass ``rt.resource.example.com``, and the
 extender books nothing on the node. ``MODE=cdi`` runs the device plugin + CDI hook path; the
@@ -31,12 +37,13 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -53,7 +60,7 @@ READY_TIMEOUT_S = 1800  # a first run builds Kubernetes and the node programs
 MODES = ("nri", "cdi", "dra")
 
 
-def serve(workdir: Path, mode: str = "nri") -> int:
+def serve(workdir: Path, mode: str = "nri", install: str = "") -> int:
     """The supervisor: start everything, write the state file, wait for SIGTERM, stop everything."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -61,6 +68,9 @@ def serve(workdir: Path, mode: str = "nri") -> int:
 
     def progress(message: str) -> None:
         print(f"[up {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    if install:
+        return serve_installed(workdir, install, stop, progress)
 
     progress("building or reusing the control-plane programs")
     nodes = [NodeSpec("rt-node-0", "deadline", real=True, mode=mode)]
@@ -88,7 +98,37 @@ def serve(workdir: Path, mode: str = "nri") -> int:
     return 0
 
 
-def up(workdir: Path, mode: str = "nri") -> int:
+def serve_installed(workdir: Path, method: str, stop: threading.Event, progress: Callable[[str], None]) -> int:
+    """``--install kustomize|helm``: the components in pods on the real node, installed as a user does."""
+    from hack.install import NODE, Install  # noqa: PLC0415 - builds the image and, for helm, helm
+
+    shutil.rmtree(workdir / "install", ignore_errors=True)  # a previous run's certificates and agent state
+    with Install(workdir / "install", method=method, progress=progress) as inst:
+        assert inst.cp is not None and inst.node is not None and inst.image is not None
+        cp = inst.cp
+        state = {
+            "pid": os.getpid(),
+            "kubeconfig": str(cp.kubeconfig),
+            "server": cp.server,
+            "kubectl": str(inst.kubectl_binary),
+            "image": inst.image.name,
+            "node": NODE,
+            "mode": f"installed by {method}",
+            "logs": [str(cp.logs)],
+            "pod_logs": str(inst.node.pod_logs),
+        }
+        (workdir / STATE).write_text(json.dumps(state, indent=2) + "\n")
+        progress("ready")
+        while not stop.wait(1):
+            pass
+        progress("stopping: uninstall, then the node and the control plane")
+    with contextlib.suppress(FileNotFoundError):
+        (workdir / STATE).unlink()
+    progress("stopped")
+    return 0
+
+
+def up(workdir: Path, mode: str = "nri", install: str = "") -> int:
     workdir = workdir.resolve()
     state_path = workdir / STATE
     if state_path.exists():
@@ -102,7 +142,8 @@ def up(workdir: Path, mode: str = "nri") -> int:
     log = workdir / "up.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "serve", "--dir", str(workdir), "--mode", mode],
+            [sys.executable, str(Path(__file__).resolve()), "serve", "--dir", str(workdir), "--mode", mode]
+            + (["--install", install] if install else []),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -136,7 +177,7 @@ def up(workdir: Path, mode: str = "nri") -> int:
     return 1
 
 
-def down(workdir: Path, mode: str = "") -> int:
+def down(workdir: Path, mode: str = "", install: str = "") -> int:
     workdir = workdir.resolve()
     state_path = workdir / STATE
     pid = json.loads(state_path.read_text())["pid"] if state_path.exists() else None
@@ -159,8 +200,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("command", choices=("up", "down", "serve"))
     parser.add_argument("--dir", type=Path, default=Path(".rtdra"))
     parser.add_argument("--mode", choices=MODES, default="nri", help="how the real node serves RT pods")
+    parser.add_argument(
+        "--install", choices=("", "kustomize", "helm"), default="", help="run the components in pods, installed so"
+    )
     args = parser.parse_args(argv)
-    return {"up": up, "down": down, "serve": serve}[args.command](args.dir, args.mode)
+    if args.install and args.mode != "nri":
+        parser.error("--install runs the shipped DaemonSet (its default mode); --mode is for the local processes")
+    return {"up": up, "down": down, "serve": serve}[args.command](args.dir, args.mode, args.install)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,11 @@ Outputs: files (``ca.crt``, ``tls.crt``, ``tls.key``, and ``ca.key`` so that a
 renewal keeps the same CA and the ``caBundle`` stays valid) and/or a
 ``kubernetes.io/tls`` Secret (``tls.crt``, ``tls.key``, ``ca.crt`` - never the
 CA key). Keys are ECDSA P-256: small, and cheap to handshake.
+
+``--client CN`` makes a client certificate instead (subject CN, extended key
+usage clientAuth, no SANs), e.g. kube-scheduler's for the extender, whose
+``--client-ca-file`` is then this CA's ``ca.crt``: the same files, the same CA
+reuse, no openssl needed.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ TLS_CERT: Final = "tls.crt"
 TLS_KEY: Final = "tls.key"
 DEFAULT_SERVICE: Final = "rtdra-webhook"
 DEFAULT_CLUSTER_DOMAIN: Final = "cluster.local"
+DEFAULT_CA_NAME: Final = "rt-dra-webhook-ca"
+DEFAULT_CLIENT_CA_NAME: Final = "rt-dra-client-ca"
 #: Tolerate clocks a little behind ours.
 _BACKDATE: Final = dt.timedelta(minutes=5)
 
@@ -259,7 +266,7 @@ def _load_or_create_ca(args: argparse.Namespace) -> CertificateAuthority:
         ca_cert, ca_key = args.out / CA_CERT, args.out / CA_KEY
     if ca_cert is not None:
         return CertificateAuthority.from_pem(Path(ca_cert).read_bytes(), Path(ca_key).read_bytes())
-    return CertificateAuthority.create(days=args.ca_days)
+    return CertificateAuthority.create(DEFAULT_CLIENT_CA_NAME if args.client else DEFAULT_CA_NAME, days=args.ca_days)
 
 
 def certs_command(args: argparse.Namespace) -> int:
@@ -275,13 +282,21 @@ def certs_command(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"rtdra certs: --ip: {err}", file=sys.stderr)
         return 2
+    if args.client is not None and (args.dns or args.ip or args.patch_webhook is not None):
+        print("rtdra certs: --client makes a client certificate: no --dns, --ip or --patch-webhook", file=sys.stderr)
+        return 2
     ca = _load_or_create_ca(args)
-    dns = [*service_dns_names(args.service, args.namespace, args.cluster_domain), *args.dns]
-    cert_pem, key_pem = ca.issue_serving(dns, args.ip, days=args.days)
+    if args.client is not None:
+        cert_pem, key_pem = ca.issue(args.client, client=True, days=args.days)
+        what = f"client certificate CN={args.client}"
+    else:
+        dns = [*service_dns_names(args.service, args.namespace, args.cluster_domain), *args.dns]
+        cert_pem, key_pem = ca.issue_serving(dns, args.ip, days=args.days)
+        what = f"SANs: {', '.join(dns + args.ip)}"
     if args.out is not None:
         write_files(args.out, ca, cert_pem, key_pem)
         written = ", ".join(str(args.out / f) for f in (CA_CERT, TLS_CERT, TLS_KEY))
-        print(f"wrote {written} (SANs: {', '.join(dns + args.ip)})")
+        print(f"wrote {written} ({what})")
     if args.secret is not None or args.patch_webhook is not None:
         from rtdra.kube import api_client  # noqa: PLC0415
 
@@ -310,6 +325,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--cluster-domain", default=DEFAULT_CLUSTER_DOMAIN, help="'' to omit the FQDN SAN")
     p.add_argument("--dns", action="append", default=[], metavar="NAME", help="extra DNS SAN (repeatable)")
     p.add_argument("--ip", action="append", default=[], metavar="ADDR", help="extra IP SAN, e.g. 127.0.0.1")
+    p.add_argument(
+        "--client",
+        metavar="CN",
+        help="make a client certificate for CN instead (clientAuth, no SANs), e.g. kube-scheduler's for the extender",
+    )
     p.add_argument("--out", type=Path, metavar="DIR", help="write ca.crt, ca.key, tls.crt, tls.key here")
     p.add_argument("--secret", metavar="NAME", help="write a kubernetes.io/tls Secret NAME in --namespace")
     p.add_argument("--print-ca-bundle", action="store_true", help="print the caBundle (base64 CA PEM)")

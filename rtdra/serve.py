@@ -29,7 +29,9 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-CERT_REQUIRED = 2  # ssl.CERT_REQUIRED, without importing ssl here
+CERT_OPTIONAL = 1  # ssl.CERT_OPTIONAL, without importing ssl here
+#: Served without a client certificate when client certificates are checked: kubelet's probes present none.
+PROBE_PATHS: frozenset[str] = frozenset({"/healthz", "/readyz"})
 
 
 def gunicorn_options(
@@ -66,11 +68,33 @@ def gunicorn_options(
         options["certfile"] = certfile
         options["keyfile"] = keyfile
     if client_ca_file:
+        # Optional at the handshake - a certificate that is presented must be signed by the CA - and
+        # required by require_client_certificate() on every path but the probes'.
         options["ca_certs"] = client_ca_file
-        options["cert_reqs"] = CERT_REQUIRED
+        options["cert_reqs"] = CERT_OPTIONAL
     if ssl_context is not None:
         options["ssl_context"] = ssl_context
     return options
+
+
+def require_client_certificate(app: Any, exempt: frozenset[str] = PROBE_PATHS) -> Any:
+    """WSGI middleware: 403 for a request without a verified client certificate, except on ``exempt`` paths.
+
+    With ``client_ca_file`` the TLS handshake accepts clients without a certificate (and refuses one the
+    CA did not sign), so that kubelet's HTTPS probes, which present none, reach /healthz and /readyz;
+    every other path - the scheduler's verbs, /metrics - needs the certificate, checked here.
+    """
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("PATH_INFO", "") not in exempt:
+            sock = environ.get("gunicorn.socket")
+            getpeercert = getattr(sock, "getpeercert", None)
+            if getpeercert is None or not getpeercert():
+                start_response("403 Forbidden", [("Content-Type", "text/plain")])
+                return [b"a client certificate signed by the client CA is required\n"]
+        return app(environ, start_response)
+
+    return wrapped
 
 
 class _Server(BaseApplication):  # type: ignore[misc]

@@ -11,6 +11,9 @@
   (``hack.nodebins.NodeBinaries``: kubelet, containerd, runc, crictl, CNI plugins)
   and its image (``hack.images.ImageInfo``), for tests that run real containers.
   They need root; without it they skip like any missing prerequisite.
+- ``helm_binary`` (session): helm built from its Go module (``hack.helmbin``);
+  ``rtdra_image`` (session): the RT-DRA image built from the Dockerfile (``hack.image``).
+  Both are built in the collection hook too, when selected tests use them.
 
 The binaries are built (first time: long) or taken from the cache before the
 first e2e test runs, outside any per-test timeout - each set only when a selected
@@ -35,6 +38,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from hack.cluster import ControlPlane, ControlPlaneError  # noqa: E402
+from hack.helmbin import HelmBuildError, ensure_helm  # noqa: E402
+from hack.image import build_rtdra_image  # noqa: E402
 from hack.images import ImageError, build_image  # noqa: E402
 from hack.k8sbins import BuildError, ensure_binaries  # noqa: E402
 from hack.nodebins import NodeBuildError, ensure_node_binaries  # noqa: E402
@@ -42,6 +47,8 @@ from hack.procs import pid_alive  # noqa: E402
 
 _BINARIES: dict = {}
 _NODE: dict = {}
+_HELM: dict = {}
+_RTDRA_IMAGE: dict = {}
 
 
 def _require() -> bool:
@@ -64,6 +71,30 @@ def pytest_collection_modifyitems(session, config, items):
             _BINARIES["error"] = f"Kubernetes control-plane binaries unavailable: {e}"
     if _e2e_items(items, "node_binaries") or _e2e_items(items, "node_image"):
         _ensure_node()
+    if _e2e_items(items, "helm_binary"):
+        _ensure_helm()
+    if _e2e_items(items, "rtdra_image"):
+        _ensure_rtdra_image()
+
+
+def _ensure_helm() -> None:
+    if not _HELM:
+        try:
+            _HELM["ok"] = ensure_helm()
+        except (HelmBuildError, OSError) as e:
+            _HELM["error"] = f"helm unavailable: {e}"
+
+
+def _ensure_rtdra_image() -> None:
+    if _RTDRA_IMAGE:
+        return
+    if os.geteuid() != 0:
+        _RTDRA_IMAGE["error"] = "building the RT-DRA image needs root (debootstrap, chroot)"
+        return
+    try:
+        _RTDRA_IMAGE["ok"] = build_rtdra_image()
+    except (ImageError, OSError) as e:
+        _RTDRA_IMAGE["error"] = f"the RT-DRA image could not be built from the Dockerfile: {e}"
 
 
 def _ensure_node() -> None:
@@ -112,6 +143,24 @@ def node_binaries():
 @pytest.fixture(scope="session")
 def node_image(node_binaries):
     return _NODE["image"]
+
+
+@pytest.fixture(scope="session")
+def helm_binary():
+    """The helm CLI built from its Go module (hack/helm/build.sh), for the chart's tests."""
+    _ensure_helm()
+    if "error" in _HELM:
+        _skip_or_fail(_HELM["error"])
+    return _HELM["ok"]
+
+
+@pytest.fixture(scope="session")
+def rtdra_image():
+    """The RT-DRA image built from the Dockerfile (hack/image.py): before the tests, outside their timeouts."""
+    _ensure_rtdra_image()
+    if "error" in _RTDRA_IMAGE:
+        _skip_or_fail(_RTDRA_IMAGE["error"])
+    return _RTDRA_IMAGE["ok"]
 
 
 @pytest.fixture(scope="session")

@@ -642,8 +642,10 @@ def test_kube_scheduler_reaches_the_extender_over_https_with_its_client_certific
     make_node(node)
     nas.create(NodeLedger(node, {0: CAP, 1: CAP}))
     with running_extender(extender_kubeconfig, tmp_path, tls=tls) as url:
-        with pytest.raises(requests.exceptions.SSLError):  # no client certificate: refused in the handshake
-            requests.get(f"{url}/healthz", verify=str(tls.ca), timeout=5)
+        # No client certificate: kubelet's probes (/healthz, /readyz) are answered, everything else is refused.
+        assert requests.get(f"{url}/healthz", verify=str(tls.ca), timeout=5).status_code == 200
+        for path in ("filter", "prioritize", "bind", "metrics"):
+            assert requests.post(f"{url}/{path}", json={}, verify=str(tls.ca), timeout=5).status_code == 403, path
         other_ca, foreign = foreign_ca(tmp_path)
         ca = CertificateAuthority.from_pem(tls.ca.read_bytes(), (tmp_path / "ca.key").read_bytes())
         for wrong in (foreign, expired_client(ca, tmp_path)):  # another CA's client certificate; an expired one

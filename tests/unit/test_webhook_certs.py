@@ -119,3 +119,70 @@ def test_certs_needs_a_destination_and_valid_ips(tmp_path: Path, capsys: pytest.
     assert rtdra_main(["certs", "--out", str(tmp_path), "--ip", "not-an-ip"]) == 2
     assert "--ip" in capsys.readouterr().err
     assert not (tmp_path / "tls.crt").exists()
+
+
+def _client_handshake(client_ca: Path, cert: Path, key: Path, server_dir: Path) -> str:
+    """A mutual-TLS handshake to a server that trusts ``client_ca`` for clients; the client's CN as it saw it."""
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(server_dir / "tls.crt", server_dir / "tls.key")
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    server_ctx.load_verify_locations(cafile=str(client_ca))
+    client_ctx = ssl.create_default_context(cafile=str(server_dir / "ca.crt"))
+    client_ctx.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: list[str] = []
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        try:
+            with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                subject = dict(pair for rdn in tls.getpeercert()["subject"] for pair in rdn)
+                seen.append(str(subject["commonName"]))
+                tls.sendall(b"ok")
+        except (ssl.SSLError, OSError) as err:
+            errors.append(err)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with (
+            socket.create_connection(listener.getsockname(), timeout=5) as raw,
+            client_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            tls.recv(2)
+    finally:
+        thread.join(5)
+        listener.close()
+    if errors:
+        raise errors[0]
+    return seen[0]
+
+
+def test_client_certificate_is_accepted_by_a_server_trusting_its_ca(cert_dir: Path, tmp_path: Path) -> None:
+    """``--client kube-scheduler``: what the extender's --client-ca-file (this ca.crt) lets in, without openssl."""
+    client_dir = tmp_path / "client"
+    assert rtdra_main(["certs", "--client", "kube-scheduler", "--out", str(client_dir)]) == 0
+    assert sorted(p.name for p in client_dir.iterdir()) == ["ca.crt", "ca.key", "tls.crt", "tls.key"]
+    assert stat.S_IMODE((client_dir / "tls.key").stat().st_mode) == 0o600
+    cert = x509.load_pem_x509_certificate((client_dir / "tls.crt").read_bytes())
+    usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usages) == [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]
+    with pytest.raises(x509.ExtensionNotFound):
+        cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    ca = client_dir / "ca.crt"
+    seen = _client_handshake(ca, client_dir / "tls.crt", client_dir / "tls.key", cert_dir)
+    assert seen == "kube-scheduler"
+    # A serving certificate is not a client certificate, and another CA's client is not trusted.
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        _client_handshake(ca, cert_dir / "tls.crt", cert_dir / "tls.key", cert_dir)
+    other = tmp_path / "other"
+    assert rtdra_main(["certs", "--client", "kube-scheduler", "--out", str(other)]) == 0
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        _client_handshake(ca, other / "tls.crt", other / "tls.key", cert_dir)
+
+
+def test_client_certificate_takes_no_server_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert rtdra_main(["certs", "--client", "kube-scheduler", "--out", str(tmp_path), "--ip", "127.0.0.1"]) == 2
+    assert "--client" in capsys.readouterr().err
+    assert not (tmp_path / "tls.crt").exists()
