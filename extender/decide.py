@@ -1,7 +1,7 @@
 """Filter and prioritize decisions: the pod's request against the cached ledgers.
 
 No arithmetic lives here: whether a pod fits a node is
-``rtdra.placement.check_pod``, the score is ``rtdra.placement.score`` - the
+``rtdra.placement.check_pod``, the score is ``rtdra.placement.score_demands`` - the
 same functions bind uses (``place_pod``), so a node that passes the filter is
 one bind can use, as long as nothing was reserved on it in between.
 
@@ -27,7 +27,7 @@ from typing import Any
 from extender.cache import LedgerCache
 from extender.heartbeats import AgentHeartbeats
 from extender.wire import MIN_PRIORITY, FailedNodesMap, HostPriority, reason_text
-from rtdra.placement import NodeDigest, PodDemand, check_demand, score_demand
+from rtdra.placement import NodeDigest, PodDemand, check_demand, score_demands
 from rtdra.request import ClaimParametersLookup, InvalidRequest, Placement, PodRequest, read_pod_request
 
 
@@ -173,22 +173,22 @@ def prioritize_nodes(
     memo: FitMemo | None = None,
     heartbeats: AgentHeartbeats | None = None,
 ) -> list[HostPriority]:
-    """0..10 per node by the pod's placement; nodes it does not fit (or not ready, or without a ledger) get 0."""
+    """0..10 per node by the pod's placement, normalised over the nodes it fits; the others get 0."""
     if view.request is None:
         return [{"Host": node, "Score": MIN_PRIORITY} for node in nodes]
     demand = PodDemand.of(view.request)
     digests = cache.digests
     remembered = (memo.verdicts(view.key, create=False) if memo is not None else None) or {}
-    out: list[HostPriority] = []
-    add, get, recall = out.append, digests.get, remembered.get  # hot loop
+    candidates: list[NodeDigest | None] = []
+    add, get, recall = candidates.append, digests.get, remembered.get  # hot loop
     silence = heartbeats.silence if heartbeats is not None else None
     now = heartbeats.clock() if heartbeats is not None else 0.0
     for node in nodes:
         digest = get(node)
         if digest is None or not digest.ready or (silence is not None and silence(node, now) is not None):
-            add({"Host": node, "Score": MIN_PRIORITY})
+            add(None)
             continue
         seen = recall(node)
         fits = seen[1] if seen is not None and seen[0] is digest else check_demand(digest, demand) is None
-        add({"Host": node, "Score": score_demand(digest, demand) if fits else MIN_PRIORITY})
-    return out
+        add(digest if fits else None)
+    return [{"Host": node, "Score": s} for node, s in zip(nodes, score_demands(candidates, demand), strict=True)]

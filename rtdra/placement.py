@@ -10,9 +10,10 @@ other, the largest bandwidth first, on the node's ledger; CPUs are chosen by
 - ``first-fit``: the lowest-numbered CPUs that fit.
 
 A pod's ``placement`` decides both, through :func:`placement_policy` alone:
-``pack`` prefers the node left fullest (score 0..10, what kube-scheduler's
-extender protocol takes) and best-fit CPUs; ``spread`` the emptiest node and
-worst-fit CPUs. The extender's filter, prioritize and bind and the simulator
+``pack`` prefers the node left fullest and best-fit CPUs; ``spread`` the
+emptiest node and worst-fit CPUs. Node scores are 0..10 (what kube-scheduler's
+extender protocol takes), normalised over the nodes being compared so the best
+one stands out (:meth:`PlacementPolicy.scores`). The extender's filter, prioritize and bind and the simulator
 all ask it, so ``rtdra simulate`` measures the policy the extender runs. The
 seed driver's exact policy (per-mille utilisation, 950‰ per
 CPU, worst-fit, deadlines ignored) is :func:`legacy_choose`, kept so the
@@ -43,6 +44,10 @@ MAX_SCORE: Final = 10
 LEGACY_CAP_PERMILLE: Final = 950
 
 
+#: A node as scoring sees it: ``(used, capacity, added)`` in bandwidth units.
+NodeLoad = tuple[int, int, int]
+
+
 @dataclass(frozen=True, slots=True)
 class PlacementPolicy:
     """What a pod's ``placement`` means on a node: which CPUs it takes and how good the node is."""
@@ -50,14 +55,38 @@ class PlacementPolicy:
     placement: Placement
     cpu_choice: CpuChoice
 
-    def score(self, used: int, capacity: int, added: int) -> int:
-        """0..10: for ``pack`` the node's fill after adding ``added``; for ``spread`` the room left."""
-        if capacity <= 0:
-            return 0
-        fill = min(used + added, capacity)
-        if self.placement == "pack":
-            return fill * MAX_SCORE // capacity
-        return MAX_SCORE - -(-fill * MAX_SCORE // capacity)
+    def scores(self, nodes: Sequence[NodeLoad | None]) -> list[int]:
+        """0..10 per node, normalised over the candidates (``None``: not a candidate, scores 0).
+
+        A node is ranked by the share of its capacity left once the pod is on
+        it: ``pack`` wants the least, ``spread`` the most. The best candidates
+        (and only they: the shares really tie) get :data:`MAX_SCORE`; the others
+        0..9 by where their share lies between the best and the worst candidate.
+        An absolute fill 0..10 would put every node between 60 % and 70 % full
+        on one score, and kube-scheduler would pick among them at random.
+        """
+        shares = [_share_left(*load) if load is not None else None for load in nodes]
+        present = [s for s in shares if s is not None]
+        if not present:
+            return [0] * len(shares)
+        low, high = min(present), max(present)
+        best, worst = (low, high) if self.placement == "pack" else (high, low)
+        span = abs(best - worst)
+        return [
+            0 if s is None else MAX_SCORE if s == best else (MAX_SCORE - 1) * abs(s - worst) // span for s in shares
+        ]
+
+    def better(self, load: NodeLoad, than: NodeLoad) -> bool:
+        """Whether ``load`` ranks strictly above ``than`` (:meth:`scores`' order, for one-by-one choices)."""
+        share, other = _share_left(*load), _share_left(*than)
+        return share < other if self.placement == "pack" else share > other
+
+
+def _share_left(used: int, capacity: int, added: int) -> int:
+    """The share of ``capacity`` left after adding ``added``, in units of ``BW_UNIT`` (0 for no capacity)."""
+    if capacity <= 0:
+        return 0
+    return max(capacity - used - added, 0) * BW_UNIT // capacity
 
 
 _POLICIES: Final[Mapping[Placement, PlacementPolicy]] = {
@@ -224,9 +253,10 @@ def pod_bandwidth(request: PodRequest) -> int:
     return sum(r.bandwidth * r.cpus for r in request.containers.values())
 
 
-def score(ledger: NodeLedger, added_bw: int, placement: Placement) -> int:
-    """0..10 by the placement's policy (:meth:`PlacementPolicy.score`) of ``ledger`` after adding ``added_bw``."""
-    return placement_policy(placement).score(ledger.total_used, ledger.total_capacity, added_bw)
+def scores(ledgers: Sequence[NodeLedger | None], added_bw: int, placement: Placement) -> list[int]:
+    """0..10 per ledger by the placement's policy (:meth:`PlacementPolicy.scores`), ``None``: not a candidate."""
+    loads = [(n.total_used, n.total_capacity, added_bw) if n is not None else None for n in ledgers]
+    return placement_policy(placement).scores(loads)
 
 
 # ---------------------------------------------------------------------------
@@ -324,9 +354,10 @@ def check_demand(digest: NodeDigest, demand: PodDemand, *, test: DeadlineTest = 
     return check_pod(digest.ledger, demand.request, test=test)
 
 
-def score_demand(digest: NodeDigest, demand: PodDemand) -> int:
-    """:func:`score` of the pod on the node, from the digest's totals."""
-    return placement_policy(demand.request.placement).score(digest.total_used, digest.total_capacity, demand.bandwidth)
+def score_demands(digests: Sequence[NodeDigest | None], demand: PodDemand) -> list[int]:
+    """:func:`scores` of the pod on the candidate nodes (``None``: not a candidate), from the digests' totals."""
+    loads = [(d.total_used, d.total_capacity, demand.bandwidth) if d is not None else None for d in digests]
+    return placement_policy(demand.request.placement).scores(loads)
 
 
 # ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from extender.cache import LedgerCache
 from extender.decide import FitMemo, PodView, filter_nodes, prioritize_nodes, reason_class
 from rtdra.ledger import LedgerError, NodeLedger, PodAllocation, Slot
-from rtdra.placement import NodeDigest, PodDemand, check_demand, check_pod, score, score_demand
+from rtdra.placement import NodeDigest, PodDemand, check_demand, check_pod, score_demands, scores
 from rtdra.request import PodRequest, Reservation
 
 MS = 1_000_000
@@ -57,10 +57,12 @@ def test_check_demand_gives_check_pods_verdict_and_reason(ledger: NodeLedger, re
 
 @settings(max_examples=200, deadline=None)
 @given(ledger=ledgers(), request=requests_, placement=st.sampled_from(["pack", "spread"]))
-def test_score_demand_is_the_cores_score(ledger: NodeLedger, request: PodRequest, placement: str) -> None:
+def test_score_demands_is_the_cores_score(ledger: NodeLedger, request: PodRequest, placement: str) -> None:
     request = PodRequest(request.containers, placement)  # type: ignore[arg-type]
     demand = PodDemand.of(request)
-    assert score_demand(NodeDigest.of(ledger), demand) == score(ledger, demand.bandwidth, request.placement)
+    others = [NodeLedger("empty", ledger.capacities), ledger.release(next(iter(ledger.pods), ""))]
+    digests = [NodeDigest.of(n) for n in (ledger, *others)]
+    assert score_demands([*digests, None], demand) == scores([ledger, *others, None], demand.bandwidth, placement)  # type: ignore[arg-type]
 
 
 def pod(uid: str = "u-1", value: str = "runtime=50ms,period=100ms") -> dict[str, object]:
