@@ -1,7 +1,7 @@
 """Filter and prioritize decisions: the pod's request against the cached ledgers.
 
 No arithmetic lives here: whether a pod fits a node is
-``rtdra.placement.check_pod``, the score is ``rtdra.placement.score_demands`` - the
+``rtdra.placement.check_pod``, the score is ``rtdra.placement.PlacementPolicy.scores`` - the
 same functions bind uses (``place_pod``), so a node that passes the filter is
 one bind can use, as long as nothing was reserved on it in between.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from bisect import bisect_left
 from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from typing import Any
 from extender.cache import LedgerCache
 from extender.heartbeats import AgentHeartbeats
 from extender.wire import MIN_PRIORITY, FailedNodesMap, HostPriority, reason_text
-from rtdra.placement import NodeDigest, PodDemand, check_demand, score_demands
+from rtdra.placement import NodeDigest, NodeLoad, PodDemand, check_demand, placement_policy, too_few_cpus
 from rtdra.request import ClaimParametersLookup, InvalidRequest, Placement, PodRequest, read_pod_request
 
 
@@ -68,7 +69,10 @@ class PodView:
 
 
 class FitMemo:
-    """The filter's verdicts per pod, so that the prioritize call which follows need not decide again.
+    """The filter's close-call verdicts per pod, so that the prioritize call which follows need not decide again.
+
+    Only nodes the quick comparison (:meth:`NodeDigest.surely_fits`) did not
+    decide are remembered: for the others deciding again costs what recalling does.
 
     A verdict is reused only while the node's cached ledger is the very value
     it was decided on; a bounded number of pods is remembered (oldest dropped).
@@ -142,9 +146,42 @@ def filter_nodes(
     get, check, keep = digests.get, check_demand, passed.append  # hot loop: up to thousands of nodes
     silence = heartbeats.silence if heartbeats is not None else None
     now = heartbeats.clock() if heartbeats is not None else 0.0
+    alive = heartbeats.alive_at(now) if heartbeats is not None else None
+    # check_demand's two quick cases, inlined (a call per node would double the loop's cost): with room
+    # in the root domain and implicit deadlines, the pod fits iff `need` CPUs have room for the largest
+    # container, and fails as check_demand says if fewer CPUs than the first container asks have room for it.
+    bandwidth, need, largest = demand.quick_bandwidth, demand.need, demand.largest
+    first_bw, too_few, too_few_kind = 0, [], ""
+    if demand.order:
+        first_name, first = demand.order[0]
+        first_bw = first.bandwidth
+        too_few = [_wire_reason(too_few_cpus(first_name, first, have).reason)[0] for have in range(first.cpus)]
+        too_few_kind = reason_class(too_few_cpus(first_name, first, 0).reason)
+    failed, quick_failures = verdicts.failed, 0
+
+    def decide(node: str, digest: NodeDigest) -> None:
+        verdict = check(digest, demand)
+        if remember is not None:
+            remember(node, (digest, verdict is None))
+        if verdict is None:
+            keep(node)
+        else:
+            text, kind = _wire_reason(verdict.reason)
+            failed[node] = text
+            verdicts.reasons[kind] += 1
+
     for node in nodes:
         digest = get(node)
-        if digest is None:
+        if digest is not None and digest.room >= bandwidth and (alive is None or alive(node)):
+            residuals = digest.residuals
+            if len(residuals) >= need and residuals[-need] >= largest:
+                keep(node)
+            elif (have := len(residuals) - bisect_left(residuals, first_bw)) < len(too_few):
+                failed[node] = too_few[have]
+                quick_failures += 1
+            else:
+                decide(node, digest)  # a close call between containers
+        elif digest is None:
             verdicts.unresolvable[node] = no_ledger_reason(node)
             verdicts.reasons["no_ledger"] += 1
         elif not digest.ready:
@@ -154,15 +191,9 @@ def filter_nodes(
             verdicts.unresolvable[node] = silent
             verdicts.reasons["agent_silent"] += 1
         else:
-            verdict = check(digest, demand)
-            if remember is not None:
-                remember(node, (digest, verdict is None))
-            if verdict is None:
-                keep(node)
-            else:
-                text, kind = _wire_reason(verdict.reason)
-                verdicts.failed[node] = text
-                verdicts.reasons[kind] += 1
+            decide(node, digest)
+    if quick_failures:
+        verdicts.reasons[too_few_kind] += quick_failures
     return verdicts
 
 
@@ -179,16 +210,29 @@ def prioritize_nodes(
     demand = PodDemand.of(view.request)
     digests = cache.digests
     remembered = (memo.verdicts(view.key, create=False) if memo is not None else None) or {}
-    candidates: list[NodeDigest | None] = []
-    add, get, recall = candidates.append, digests.get, remembered.get  # hot loop
-    silence = heartbeats.silence if heartbeats is not None else None
-    now = heartbeats.clock() if heartbeats is not None else 0.0
+    loads: list[NodeLoad | None] = []
+    add, get, recall = loads.append, digests.get, remembered.get  # hot loop
+    alive = heartbeats.alive_at(heartbeats.clock()) if heartbeats is not None else None
+    bandwidth, need, largest = demand.quick_bandwidth, demand.need, demand.largest
+    first_bw, first_cpus = (demand.order[0][1].bandwidth, demand.order[0][1].cpus) if demand.order else (0, 0)
+
+    def fits(node: str, digest: NodeDigest) -> bool:
+        seen = recall(node)
+        return seen[1] if seen is not None and seen[0] is digest else check_demand(digest, demand) is None
+
     for node in nodes:
         digest = get(node)
-        if digest is None or not digest.ready or (silence is not None and silence(node, now) is not None):
+        if digest is None or not digest.ready or (alive is not None and not alive(node)):
             add(None)
-            continue
-        seen = recall(node)
-        fits = seen[1] if seen is not None and seen[0] is digest else check_demand(digest, demand) is None
-        add(digest if fits else None)
-    return [{"Host": node, "Score": s} for node, s in zip(nodes, score_demands(candidates, demand), strict=True)]
+        elif digest.room >= bandwidth:  # filter_nodes' quick cases
+            residuals = digest.residuals
+            if len(residuals) >= need and residuals[-need] >= largest:
+                add(digest.load)
+            elif len(residuals) - bisect_left(residuals, first_bw) < first_cpus:
+                add(None)
+            else:
+                add(digest.load if fits(node, digest) else None)
+        else:
+            add(digest.load if fits(node, digest) else None)
+    scores = placement_policy(view.request.placement).scores(loads, demand.bandwidth)
+    return [{"Host": node, "Score": score} for node, score in zip(nodes, scores, strict=True)]

@@ -264,8 +264,9 @@ def prioritize_dra(
         placement = parse_placement((pod.get("metadata") or {}).get("annotations") or {}, default_placement)
     except InvalidRequest:
         placement = default_placement
-    loads = [(used, capacity, demand) if capacity else None for used, capacity in map(usage.node, nodes)]
-    return [{"Host": n, "Score": s} for n, s in zip(nodes, placement_policy(placement).scores(loads), strict=True)]
+    loads = [load if load[1] else None for load in map(usage.node, nodes)]
+    scores = placement_policy(placement).scores(loads, demand)
+    return [{"Host": n, "Score": s} for n, s in zip(nodes, scores, strict=True)]
 
 
 class DraWatch:

@@ -214,8 +214,8 @@ def _admit(
     for n, ledger in enumerate(ledgers):
         fit = place_pod(ledger, request, choice=chosen.cpu_choice)
         if isinstance(fit, Fit):
-            load = (ledger.total_used, ledger.total_capacity, added)
-            if best is None or chosen.better(load, best[0]):
+            load = (ledger.total_used, ledger.total_capacity)
+            if best is None or chosen.better(load, best[0], added):
                 best = (load, n, fit)
     if best is None:
         return None

@@ -86,6 +86,6 @@ def test_bind_spreads_a_spread_pod_onto_the_emptiest_cpu() -> None:
 
 def test_one_policy_per_placement_decides_cpus_and_node_score() -> None:
     assert {p: placement_policy(p).cpu_choice for p in PLACEMENTS} == {"pack": "best-fit", "spread": "worst-fit"}
-    nodes = [(5, 10, 1), (2, 10, 1), (8, 10, 1)]
-    assert placement_policy("pack").scores(nodes) == [4, 0, 10]
-    assert placement_policy("spread").scores(nodes) == [4, 10, 0]
+    nodes = [(5, 10), (2, 10), (8, 10)]
+    assert placement_policy("pack").scores(nodes, 1) == [4, 0, 10]
+    assert placement_policy("spread").scores(nodes, 1) == [4, 10, 0]

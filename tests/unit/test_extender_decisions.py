@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 
 from extender.cache import LedgerCache
 from extender.decide import FitMemo, PodView, filter_nodes, prioritize_nodes, reason_class
+from extender.heartbeats import AgentHeartbeats
+from extender.wire import reason_text
 from rtdra.ledger import LedgerError, NodeLedger, PodAllocation, Slot
 from rtdra.placement import NodeDigest, PodDemand, check_demand, check_pod, score_demands, scores
 from rtdra.request import PodRequest, Reservation
@@ -53,6 +55,39 @@ def test_check_demand_gives_check_pods_verdict_and_reason(ledger: NodeLedger, re
     slow = check_pod(ledger, request)
     assert (fast is None) == (slow is None)
     assert fast == slow
+
+
+def lease(node: str) -> dict[str, object]:
+    """An agent's Lease as kube-apiserver returns it (the fields the heartbeats read)."""
+    return {
+        "kind": "Lease",
+        "apiVersion": "coordination.k8s.io/v1",
+        "metadata": {"name": f"rtdra-agent-{node}", "namespace": "rt-dra", "resourceVersion": "812"},
+        "spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": "2026-11-30T11:45:00.000000Z"},
+    }
+
+
+@settings(max_examples=400, deadline=None)
+@given(ledger=ledgers(), request=requests_, silent=st.booleans())
+def test_the_filters_quick_pass_agrees_with_check_pod(ledger: NodeLedger, request: PodRequest, silent: bool) -> None:
+    digest, demand = NodeDigest.of(ledger), PodDemand.of(request)
+    if digest.surely_fits(demand):
+        assert check_pod(ledger, request) is None
+    view = PodView(request, key="u/pack/x")
+    heartbeats = AgentHeartbeats("rt-dra", 10.0, clock=lambda: 100.0)
+    heartbeats.replace_all([] if silent else [lease(ledger.node)])
+    verdicts = filter_nodes(view, [ledger.node], LedgerCache([ledger]), FitMemo(), heartbeats)
+    slow = check_pod(ledger, request)
+    assert (verdicts.passed == [ledger.node]) == (not silent and slow is None)
+    if verdicts.passed:
+        assert not verdicts.reasons
+    else:
+        assert sum(verdicts.reasons.values()) == 1
+    if not silent and ledger.ready and slow is not None:
+        assert verdicts.failed == {ledger.node: reason_text(slow.reason)}
+        assert verdicts.reasons == {reason_class(slow.reason): 1}
+    scored = prioritize_nodes(view, [ledger.node], LedgerCache([ledger]), FitMemo(), heartbeats)
+    assert (scored[0]["Score"] == 10) == (verdicts.passed == [ledger.node])
 
 
 @settings(max_examples=200, deadline=None)
@@ -128,3 +163,31 @@ def test_a_not_ready_node_is_refused_with_its_agents_reason_when_it_gave_one() -
         "dra": f"node dra is not ready for real-time pods ({dra_mode})",
         "down": "node down is not ready for real-time pods (its NodeAllocationState is NotReady)",
     }
+
+
+def test_the_quick_pass_holds_at_the_exact_residual_and_not_one_unit_below() -> None:
+    request = PodRequest({"c": Reservation(10 * MS, 100 * MS, 100 * MS, 1)})
+    bw = PodDemand.of(request).bandwidth
+    # Two CPUs: the root domain has room on both nodes, a CPU only on the first.
+    exact, short = NodeLedger("exact", {0: bw, 1: bw}), NodeLedger("short", {0: bw - 1, 1: bw - 1})
+    view = PodView(request, key="u/pack/x")
+    cache = LedgerCache([exact, short])
+    assert NodeDigest.of(exact).surely_fits(PodDemand.of(request))
+    assert not NodeDigest.of(short).surely_fits(PodDemand.of(request))
+    assert filter_nodes(view, ["exact", "short"], cache, FitMemo()).passed == ["exact"]
+    assert [e["Score"] for e in prioritize_nodes(view, ["exact", "short"], cache, FitMemo())] == [10, 0]
+
+
+def test_the_quick_refusal_counts_the_cpus_that_have_room() -> None:
+    request = PodRequest({"c": Reservation(10 * MS, 100 * MS, 100 * MS, 3)})
+    bw = request.containers["c"].bandwidth  # per CPU; every node's root domain has room for the pod
+    cache = LedgerCache([NodeLedger(f"has{k}", {cpu: bw if cpu < k else bw - 1 for cpu in range(4)}) for k in range(4)])
+    verdicts = filter_nodes(PodView(request, key="u/pack/x"), ["has0", "has1", "has2", "has3"], cache, FitMemo())
+    assert verdicts.passed == ["has3"]
+    assert verdicts.failed == {
+        f"has{k}": reason_text(
+            f"insufficient deadline bandwidth: container c needs 3 CPUs with 10.0% free, node has {k}"
+        )
+        for k in range(3)
+    }
+    assert verdicts.reasons == {"insufficient_bandwidth": 3}

@@ -117,19 +117,19 @@ def test_nodes_whose_residuals_tie_share_the_score_and_non_candidates_get_zero()
 loads = st.lists(
     st.one_of(
         st.none(),
-        st.tuples(st.integers(0, 8 * CAP), st.integers(1, 8 * CAP), st.integers(0, CAP)),
+        st.tuples(st.integers(0, 8 * CAP), st.integers(1, 8 * CAP)),
     ),
     max_size=30,
 )
 
 
 @settings(max_examples=300, deadline=None)
-@given(nodes=loads, placement=st.sampled_from(["pack", "spread"]))
+@given(nodes=loads, added=st.integers(0, CAP), placement=st.sampled_from(["pack", "spread"]))
 def test_scores_are_normalised_and_follow_the_policys_order(
-    nodes: list[tuple[int, int, int] | None], placement: str
+    nodes: list[tuple[int, int] | None], added: int, placement: str
 ) -> None:
     policy = placement_policy(placement)  # type: ignore[arg-type]
-    given_scores = policy.scores(nodes)
+    given_scores = policy.scores(nodes, added)
     assert len(given_scores) == len(nodes)
     assert all(0 <= s <= 10 for s in given_scores)
     assert all(s == 0 for s, n in zip(given_scores, nodes, strict=True) if n is None)
@@ -138,10 +138,10 @@ def test_scores_are_normalised_and_follow_the_policys_order(
         assert max(s for s, _ in candidates) == 10
     for s, n in candidates:
         for t, m in candidates:
-            if policy.better(n, m):
+            if policy.better(n, m, added):
                 assert s >= t
             if s == 10:
-                assert not policy.better(m, n)  # the top score goes to the best only
+                assert not policy.better(m, n, added)  # the top score goes to the best only
 
 
 requests = st.dictionaries(
