@@ -21,6 +21,7 @@ ledger turned Ready, more capacity, a new node), the cache calls ``on_room``
 from __future__ import annotations
 
 import gc
+import itertools
 import threading
 from collections.abc import Callable, Iterable, Mapping
 
@@ -41,6 +42,8 @@ class LedgerCache:
         on_room: Callable[[], None] | None = None,
     ) -> None:
         self._digests: dict[str, NodeDigest] = {ledger.node: NodeDigest.of(ledger) for ledger in ledgers}
+        self._changes = itertools.count(1)  # next() is atomic under the GIL; += would not be
+        self._generation = 0
         #: Called after a ledger with more room than before is in the cache (see :func:`more_room`).
         self.on_room = on_room
         self._synced = threading.Event()
@@ -64,6 +67,14 @@ class LedgerCache:
         """Node name -> the ledger with its totals (read-only by convention; a re-list replaces it)."""
         return self._digests
 
+    @property
+    def generation(self) -> int:
+        """A number that grows whenever the cache changes: equal numbers, the same ledgers."""
+        return self._generation
+
+    def _changed(self) -> None:
+        self._generation = next(self._changes)
+
     def __len__(self) -> int:
         return len(self._digests)
 
@@ -81,11 +92,13 @@ class LedgerCache:
             return
         digest = NodeDigest.of(ledger)
         self._digests[ledger.node] = digest
+        self._changed()
         if self.on_room is not None and more_room(held, digest):
             self.on_room()
 
     def remove(self, node: str) -> None:
         self._digests.pop(node, None)
+        self._changed()
 
     def replace_all(self, ledgers: Iterable[NodeLedger]) -> None:
         """Install a complete list (the cache is then synced).
@@ -98,6 +111,7 @@ class LedgerCache:
         """
         held = self._digests
         self._digests = {ledger.node: NodeDigest.of(ledger) for ledger in ledgers}
+        self._changed()
         gc.freeze()
         self._synced.set()
         if self.on_room is not None and any(more_room(held.get(n), d) for n, d in self._digests.items()):

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from bisect import bisect_left
 from collections import Counter, OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from extender.cache import LedgerCache
 from extender.heartbeats import AgentHeartbeats
@@ -68,22 +69,37 @@ class PodView:
         return cls(request, key=key)
 
 
+#: How long prioritize may reuse the filter's list of nodes that fit (an agent falling silent meanwhile is
+#: scored as the filter saw it; kube-scheduler calls prioritize right after filter, with the nodes that passed).
+PASSED_FRESH_S: Final = 1.0
+
+
+@dataclass(slots=True)
+class _PodMemo:
+    close: dict[str, tuple[NodeDigest, bool]] = field(default_factory=dict)
+    #: ``(cache generation, when, node -> load)`` of the nodes the filter passed.
+    passed: tuple[int, float, dict[str, NodeLoad]] | None = None
+
+
 class FitMemo:
-    """The filter's close-call verdicts per pod, so that the prioritize call which follows need not decide again.
+    """What the filter decided per pod, so that the prioritize call which follows need not decide again.
 
-    Only nodes the quick comparison (:meth:`NodeDigest.surely_fits`) did not
-    decide are remembered: for the others deciding again costs what recalling does.
+    - The nodes that passed, with their loads, while the ledger cache is at the
+      same generation (nothing changed since) and for :data:`PASSED_FRESH_S`:
+      prioritize then looks each node up and scores, deciding nothing.
+    - Close calls (nodes the quick comparison did not decide), each reused only
+      while the node's cached ledger is the very value it was decided on.
 
-    A verdict is reused only while the node's cached ledger is the very value
-    it was decided on; a bounded number of pods is remembered (oldest dropped).
+    A bounded number of pods is remembered (oldest dropped).
     """
 
-    def __init__(self, pods: int = 64) -> None:
+    def __init__(self, pods: int = 64, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.pods = pods
+        self.clock = clock
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, dict[str, tuple[NodeDigest, bool]]] = OrderedDict()
+        self._entries: OrderedDict[str, _PodMemo] = OrderedDict()
 
-    def verdicts(self, key: str, *, create: bool) -> dict[str, tuple[NodeDigest, bool]] | None:
+    def _entry(self, key: str, create: bool) -> _PodMemo | None:
         if not key:
             return None
         with self._lock:
@@ -91,10 +107,28 @@ class FitMemo:
             if entry is not None:
                 self._entries.move_to_end(key)
             elif create:
-                entry = self._entries[key] = {}
+                entry = self._entries[key] = _PodMemo()
                 while len(self._entries) > self.pods:
                     self._entries.popitem(last=False)
             return entry
+
+    def verdicts(self, key: str, *, create: bool) -> dict[str, tuple[NodeDigest, bool]] | None:
+        """The close calls remembered for pod ``key`` (``create``: an empty record if none)."""
+        entry = self._entry(key, create)
+        return entry.close if entry is not None else None
+
+    def keep_passed(self, key: str, generation: int, loads: dict[str, NodeLoad]) -> None:
+        entry = self._entry(key, create=True)
+        if entry is not None:
+            entry.passed = (generation, self.clock(), loads)
+
+    def passed(self, key: str, generation: int) -> dict[str, NodeLoad] | None:
+        """The nodes the filter passed for pod ``key``, if nothing changed since and it is fresh."""
+        entry = self._entry(key, create=False)
+        if entry is None or entry.passed is None:
+            return None
+        kept_at, when, loads = entry.passed
+        return loads if kept_at == generation and self.clock() - when <= PASSED_FRESH_S else None
 
 
 @dataclass(slots=True)
@@ -139,11 +173,12 @@ def filter_nodes(
         verdicts.passed = list(nodes)
         return verdicts
     demand = PodDemand.of(view.request)
+    generation = cache.generation  # before reading any ledger: a change from now on makes the memo stale
     digests = cache.digests
-    passed = verdicts.passed
+    passed: dict[str, NodeLoad] = {}  # node -> load, in the order sent
     remembered = memo.verdicts(view.key, create=True) if memo is not None else None
     remember = remembered.__setitem__ if remembered is not None else None
-    get, check, keep = digests.get, check_demand, passed.append  # hot loop: up to thousands of nodes
+    get, check = digests.get, check_demand  # hot loop: up to thousands of nodes
     silence = heartbeats.silence if heartbeats is not None else None
     now = heartbeats.clock() if heartbeats is not None else 0.0
     alive = heartbeats.alive_at(now) if heartbeats is not None else None
@@ -164,7 +199,7 @@ def filter_nodes(
         if remember is not None:
             remember(node, (digest, verdict is None))
         if verdict is None:
-            keep(node)
+            passed[node] = digest.load
         else:
             text, kind = _wire_reason(verdict.reason)
             failed[node] = text
@@ -175,7 +210,7 @@ def filter_nodes(
         if digest is not None and digest.room >= bandwidth and (alive is None or alive(node)):
             residuals = digest.residuals
             if len(residuals) >= need and residuals[-need] >= largest:
-                keep(node)
+                passed[node] = digest.load
             elif (have := len(residuals) - bisect_left(residuals, first_bw)) < len(too_few):
                 failed[node] = too_few[have]
                 quick_failures += 1
@@ -194,6 +229,9 @@ def filter_nodes(
             decide(node, digest)
     if quick_failures:
         verdicts.reasons[too_few_kind] += quick_failures
+    verdicts.passed = list(passed)
+    if memo is not None:
+        memo.keep_passed(view.key, generation, passed)
     return verdicts
 
 
@@ -208,6 +246,11 @@ def prioritize_nodes(
     if view.request is None:
         return [{"Host": node, "Score": MIN_PRIORITY} for node in nodes]
     demand = PodDemand.of(view.request)
+    policy = placement_policy(view.request.placement)
+    passed = memo.passed(view.key, cache.generation) if memo is not None else None
+    if passed is not None:  # the filter's nodes, nothing changed since: look up, decide nothing
+        scores = policy.scores(list(map(passed.get, nodes)), demand.bandwidth)
+        return [{"Host": node, "Score": score} for node, score in zip(nodes, scores, strict=True)]
     digests = cache.digests
     remembered = (memo.verdicts(view.key, create=False) if memo is not None else None) or {}
     loads: list[NodeLoad | None] = []
@@ -234,5 +277,5 @@ def prioritize_nodes(
                 add(digest.load if fits(node, digest) else None)
         else:
             add(digest.load if fits(node, digest) else None)
-    scores = placement_policy(view.request.placement).scores(loads, demand.bandwidth)
+    scores = policy.scores(loads, demand.bandwidth)
     return [{"Host": node, "Score": score} for node, score in zip(nodes, scores, strict=True)]

@@ -191,3 +191,26 @@ def test_the_quick_refusal_counts_the_cpus_that_have_room() -> None:
         for k in range(3)
     }
     assert verdicts.reasons == {"insufficient_bandwidth": 3}
+
+
+def test_prioritize_reuses_the_filters_nodes_only_while_fresh_and_the_cache_unchanged() -> None:
+    now = [100.0]
+    heartbeats = AgentHeartbeats("rt-dra", 10.0, clock=lambda: now[0])
+    heartbeats.replace_all([lease("n1")])
+    cache = LedgerCache([NodeLedger("n1", {0: CAP}), NodeLedger("n2", {0: CAP})])
+    memo = FitMemo(clock=lambda: now[0])
+    view = PodView.of(pod(), "pack")
+    assert filter_nodes(view, ["n1", "n2"], cache, memo, heartbeats).passed == ["n1"]  # n2 has no agent
+    heartbeats.replace_all([lease("n2")])  # n1's agent gone, n2's back: the filter's list still stands...
+    assert prioritize_nodes(view, ["n1", "n2"], cache, memo, heartbeats) == [
+        {"Host": "n1", "Score": 10},
+        {"Host": "n2", "Score": 0},
+    ]
+    now[0] += 1.5  # ...for a second
+    assert prioritize_nodes(view, ["n1", "n2"], cache, memo, heartbeats) == [
+        {"Host": "n1", "Score": 0},
+        {"Host": "n2", "Score": 10},
+    ]
+    now[0] -= 1.5
+    cache.put(NodeLedger("n3", {0: CAP}))  # any change to the cache: decided afresh
+    assert prioritize_nodes(view, ["n1", "n2"], cache, memo, heartbeats)[1] == {"Host": "n2", "Score": 10}
