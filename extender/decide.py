@@ -29,6 +29,7 @@ from typing import Any, Final
 from extender.cache import LedgerCache
 from extender.heartbeats import AgentHeartbeats
 from extender.wire import MIN_PRIORITY, FailedNodesMap, HostPriority, reason_text
+from rtdra.bandwidth import percent
 from rtdra.placement import NodeDigest, NodeLoad, PodDemand, check_demand, placement_policy, too_few_cpus
 from rtdra.request import ClaimParametersLookup, InvalidRequest, Placement, PodRequest, read_pod_request
 
@@ -40,6 +41,14 @@ def no_ledger_reason(node: str) -> str:
 def not_ready_reason(node: str, why: str = "") -> str:
     """Why a node with a NotReady ledger takes no RT pods: its agent's ``statusReason`` if it gave one."""
     return f"node {node} is not ready for real-time pods ({why or 'its NodeAllocationState is NotReady'})"
+
+
+def in_flight_reason(node: str, in_flight: int, left: int, needs: int) -> str:
+    """Why a node with room in its ledger is refused: binds to it in flight will take that room."""
+    return (
+        f"insufficient deadline bandwidth: binds in flight to node {node} take {percent(in_flight)} of a CPU, "
+        f"leaving {percent(max(left, 0))}; the pod needs {percent(needs)}"
+    )
 
 
 def invalid_reason(err: InvalidRequest) -> str:
@@ -229,6 +238,17 @@ def filter_nodes(
             decide(node, digest)
     if quick_failures:
         verdicts.reasons[too_few_kind] += quick_failures
+    for node, in_flight in cache.assumed().items():  # this process's binds not yet written: a few nodes
+        digest = get(node)
+        if (
+            node in passed
+            and digest is not None
+            and ((left := digest.root_capacity - digest.total_used - in_flight) < demand.bandwidth)
+        ):
+            del passed[node]
+            failed[node] = reason_text(in_flight_reason(node, in_flight, left, demand.bandwidth))
+            verdicts.reasons["in_flight"] += 1
+            cache.turned_away(node)
     verdicts.passed = list(passed)
     if memo is not None:
         memo.keep_passed(view.key, generation, passed)

@@ -214,3 +214,30 @@ def test_prioritize_reuses_the_filters_nodes_only_while_fresh_and_the_cache_unch
     now[0] -= 1.5
     cache.put(NodeLedger("n3", {0: CAP}))  # any change to the cache: decided afresh
     assert prioritize_nodes(view, ["n1", "n2"], cache, memo, heartbeats)[1] == {"Host": "n2", "Score": 10}
+
+
+def test_the_filter_counts_this_processs_binds_in_flight_and_requeues_if_one_writes_nothing() -> None:
+    signals: list[str] = []
+    cache = LedgerCache(
+        [NodeLedger("busy", {0: CAP}), NodeLedger("idle", {0: CAP})], on_room=lambda: signals.append("room")
+    )
+    view = PodView.of(pod(), "pack")  # 50 ms every 100 ms
+    cache.assume("busy", "other", CAP - 10 * MS * CAP // (100 * MS))  # leaves 10 % of the CPU's capacity
+    verdicts = filter_nodes(view, ["busy", "idle"], cache, FitMemo())
+    assert verdicts.passed == ["idle"]
+    assert "binds in flight to node busy" in verdicts.failed["busy"]
+    assert verdicts.reasons == {"in_flight": 1}
+    cache.forget("busy", "other", stored=False)  # its write never happened: the room was there all along
+    assert signals == ["room"]
+    assert filter_nodes(view, ["busy", "idle"], cache, FitMemo()).passed == ["busy", "idle"]
+
+
+def test_a_bind_in_flight_that_was_written_sends_nobody_back() -> None:
+    signals: list[str] = []
+    cache = LedgerCache([NodeLedger("busy", {0: CAP})], on_room=lambda: signals.append("room"))
+    cache.assume("busy", "other", CAP)
+    assert filter_nodes(PodView.of(pod(), "pack"), ["busy"], cache, FitMemo()).passed == []
+    cache.forget("busy", "other", stored=True)
+    cache.forget("busy", "other", stored=False)  # twice: nothing left to forget
+    assert signals == []
+    assert cache.assumed() == {}
