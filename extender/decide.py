@@ -7,8 +7,9 @@ one bind can use, as long as nothing was reserved on it in between.
 
 Where a node goes when it fails:
 
-- ``FailedNodes`` - the pod does not fit the room left. Freeing reservations
-  (preemption) could change that.
+- ``FailedNodes`` - the pod does not fit the room left, or not beside this
+  process's binds to the node still in flight (``LedgerCache.assume``).
+  Freeing reservations (preemption) could change that.
 - ``FailedAndUnresolvableNodes`` - the node has no ledger, its ledger is not
   Ready, its agent has not renewed its Lease in time (``extender.heartbeats``),
   or the pod's request is invalid. Preemption cannot help, so the
