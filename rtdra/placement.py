@@ -385,12 +385,6 @@ def check_demand(digest: NodeDigest, demand: PodDemand, *, test: DeadlineTest = 
     return check_pod(digest.ledger, demand.request, test=test)
 
 
-def score_demands(digests: Sequence[NodeDigest | None], demand: PodDemand) -> list[int]:
-    """:func:`scores` of the pod on the candidate nodes (``None``: not a candidate), from the digests' totals."""
-    loads = [d.load if d is not None else None for d in digests]
-    return placement_policy(demand.request.placement).scores(loads, demand.bandwidth)
-
-
 # ---------------------------------------------------------------------------
 # The seed driver's policy, for comparison only
 # ---------------------------------------------------------------------------

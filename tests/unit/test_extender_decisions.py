@@ -12,7 +12,7 @@ from extender.decide import FitMemo, PodView, filter_nodes, prioritize_nodes, re
 from extender.heartbeats import AgentHeartbeats
 from extender.wire import reason_text
 from rtdra.ledger import LedgerError, NodeLedger, PodAllocation, Slot
-from rtdra.placement import NodeDigest, PodDemand, check_demand, check_pod, score_demands, scores
+from rtdra.placement import NodeDigest, PodDemand, check_demand, check_pod, placement_policy, scores
 from rtdra.request import PodRequest, Reservation
 
 MS = 1_000_000
@@ -92,12 +92,13 @@ def test_the_filters_quick_pass_agrees_with_check_pod(ledger: NodeLedger, reques
 
 @settings(max_examples=200, deadline=None)
 @given(ledger=ledgers(), request=requests_, placement=st.sampled_from(["pack", "spread"]))
-def test_score_demands_is_the_cores_score(ledger: NodeLedger, request: PodRequest, placement: str) -> None:
+def test_the_digests_loads_score_as_the_ledgers_do(ledger: NodeLedger, request: PodRequest, placement: str) -> None:
     request = PodRequest(request.containers, placement)  # type: ignore[arg-type]
     demand = PodDemand.of(request)
     others = [NodeLedger("empty", ledger.capacities), ledger.release(next(iter(ledger.pods), ""))]
-    digests = [NodeDigest.of(n) for n in (ledger, *others)]
-    assert score_demands([*digests, None], demand) == scores([ledger, *others, None], demand.bandwidth, placement)  # type: ignore[arg-type]
+    loads = [NodeDigest.of(n).load for n in (ledger, *others)]
+    by_digest = placement_policy(request.placement).scores([*loads, None], demand.bandwidth)
+    assert by_digest == scores([ledger, *others, None], demand.bandwidth, request.placement)
 
 
 def pod(uid: str = "u-1", value: str = "runtime=50ms,period=100ms") -> dict[str, object]:
