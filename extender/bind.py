@@ -50,7 +50,7 @@ from extender.writes import NodeWrites
 from rtdra import names
 from rtdra.kube import API_FAILURES, failure_text, read_pod
 from rtdra.ledger import LedgerError, NodeLedger, PodAllocation, allocation_annotation
-from rtdra.placement import NoFit, place_pod
+from rtdra.placement import NoFit, place_pod, pod_bandwidth
 from rtdra.request import ClaimParametersLookup, InvalidRequest, Placement, PodRequest, read_pod_request
 from rtdra.store import NasStore, NotFound, StoreError
 
@@ -189,6 +189,9 @@ class Binder:
                 raise BindError(f"node {node}: {fit.reason}")
             return ledger.reserve(fit.allocation(request, uid, namespace, name, reserved_at))
 
+        if self.cache is not None:
+            self.cache.assume(node, uid, pod_bandwidth(request))  # the filter counts it until written
+        stored: NodeLedger | None = None
         try:
             stored = self.writes.apply(node, change)
         except NotFound:
@@ -197,6 +200,9 @@ class Binder:
             raise BindError(str(err)) from None
         except StoreError as err:
             raise BindError(f"node {node}: could not reserve: {err}") from None
+        finally:
+            if self.cache is not None:
+                self.cache.forget(node, uid, stored=stored is not None)
         allocation = stored.pods[uid]
         if allocation.containers.keys() != request.containers.keys():
             raise BindError(

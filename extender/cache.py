@@ -21,6 +21,7 @@ ledger turned Ready, more capacity, a new node), the cache calls ``on_room``
 from __future__ import annotations
 
 import gc
+import itertools
 import threading
 from collections.abc import Callable, Iterable, Mapping
 
@@ -41,6 +42,13 @@ class LedgerCache:
         on_room: Callable[[], None] | None = None,
     ) -> None:
         self._digests: dict[str, NodeDigest] = {ledger.node: NodeDigest.of(ledger) for ledger in ledgers}
+        self._changes = itertools.count(1)  # next() is atomic under the GIL; += would not be
+        self._generation = 0
+        self._assume_lock = threading.Lock()
+        #: node -> {pod UID: bandwidth} of this process's binds between their decision and their write.
+        self._assumed: dict[str, dict[str, int]] = {}
+        #: Nodes the filter turned a pod away from because of assumed binds (see :meth:`forget`).
+        self._turned_away: set[str] = set()
         #: Called after a ledger with more room than before is in the cache (see :func:`more_room`).
         self.on_room = on_room
         self._synced = threading.Event()
@@ -64,6 +72,50 @@ class LedgerCache:
         """Node name -> the ledger with its totals (read-only by convention; a re-list replaces it)."""
         return self._digests
 
+    @property
+    def generation(self) -> int:
+        """A number that grows whenever the cache changes: equal numbers, the same ledgers."""
+        return self._generation
+
+    def _changed(self) -> None:
+        self._generation = next(self._changes)
+
+    # -- binds in flight ("assume", as kube-scheduler's own cache does) --------------------------------
+
+    def assume(self, node: str, uid: str, bandwidth: int) -> None:
+        """A bind of pod ``uid`` to ``node`` is about to write ``bandwidth``: the filter counts it meanwhile."""
+        with self._assume_lock:
+            self._assumed.setdefault(node, {})[uid] = bandwidth
+
+    def forget(self, node: str, uid: str, *, stored: bool) -> None:
+        """The bind's write is over: in the cache (``stored``) or never made.
+
+        A bind that wrote nothing leaves room the filter has been hiding; if it
+        turned a pod away for it, ``on_room`` sends the pending pods back.
+        """
+        with self._assume_lock:
+            pods = self._assumed.get(node)
+            if pods is None or pods.pop(uid, None) is None:
+                return
+            if not pods:
+                del self._assumed[node]
+            hid_room = not stored and node in self._turned_away
+            if not pods or hid_room:
+                self._turned_away.discard(node)
+        if hid_room and self.on_room is not None:
+            self.on_room()
+
+    def assumed(self) -> dict[str, int]:
+        """Node -> the bandwidth of this process's binds in flight to it (a copy; usually a few nodes)."""
+        with self._assume_lock:
+            return {node: sum(pods.values()) for node, pods in self._assumed.items()}
+
+    def turned_away(self, node: str) -> None:
+        """The filter refused ``node`` for assumed binds alone."""
+        with self._assume_lock:
+            if node in self._assumed:
+                self._turned_away.add(node)
+
     def __len__(self) -> int:
         return len(self._digests)
 
@@ -81,11 +133,13 @@ class LedgerCache:
             return
         digest = NodeDigest.of(ledger)
         self._digests[ledger.node] = digest
+        self._changed()
         if self.on_room is not None and more_room(held, digest):
             self.on_room()
 
     def remove(self, node: str) -> None:
         self._digests.pop(node, None)
+        self._changed()
 
     def replace_all(self, ledgers: Iterable[NodeLedger]) -> None:
         """Install a complete list (the cache is then synced).
@@ -98,6 +152,7 @@ class LedgerCache:
         """
         held = self._digests
         self._digests = {ledger.node: NodeDigest.of(ledger) for ledger in ledgers}
+        self._changed()
         gc.freeze()
         self._synced.set()
         if self.on_room is not None and any(more_room(held.get(n), d) for n, d in self._digests.items()):

@@ -264,12 +264,9 @@ def prioritize_dra(
         placement = parse_placement((pod.get("metadata") or {}).get("annotations") or {}, default_placement)
     except InvalidRequest:
         placement = default_placement
-    policy = placement_policy(placement)
-    out: list[HostPriority] = []
-    for node in nodes:
-        used, capacity = usage.node(node)
-        out.append({"Host": node, "Score": policy.score(used, capacity, demand) if capacity else MIN_PRIORITY})
-    return out
+    loads = [load if load[1] else None for load in map(usage.node, nodes)]
+    scores = placement_policy(placement).scores(loads, demand)
+    return [{"Host": n, "Score": s} for n, s in zip(nodes, scores, strict=True)]
 
 
 class DraWatch:

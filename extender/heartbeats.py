@@ -56,15 +56,30 @@ class AgentHeartbeats:
     def silence(self, node: str, now: float | None = None) -> str | None:
         """Why ``node``'s agent counts as gone (``None``: it renewed its Lease within the bound)."""
         seen = self._seen.get(node)
-        lease = f"{self.namespace}/{agent_lease_name(node)}"
         if seen is None:
+            lease = f"{self.namespace}/{agent_lease_name(node)}"
             return f"node {node} is not ready for real-time pods (its rt-dra agent has no Lease {lease})"
         if (self.clock() if now is None else now) - seen[1] > self.bound_s:
+            lease = f"{self.namespace}/{agent_lease_name(node)}"
             return (
                 f"node {node} is not ready for real-time pods "
                 f"(its rt-dra agent has not renewed its Lease {lease} for more than {self.bound_s:g}s)"
             )
         return None
+
+    def alive_at(self, now: float) -> Callable[[str], bool]:
+        """``alive(node)``: whether :meth:`silence` is ``None`` at ``now``, without building a reason.
+
+        The filter's hot loop asks it for thousands of nodes; a closure over the
+        current map costs one call and one comparison per node.
+        """
+        seen, bound = self._seen, self.bound_s
+
+        def alive(node: str) -> bool:
+            heard = seen.get(node)
+            return heard is not None and now - heard[1] <= bound
+
+        return alive
 
     # -- what the feed brings --------------------------------------------------------------
 

@@ -3,8 +3,8 @@
 - ``rtdra_extender_requests_total{verb,code}`` and
   ``rtdra_extender_request_duration_seconds{verb}``: every HTTP call by verb;
 - ``rtdra_extender_filter_rejections_total{reason}``: nodes filtered out, by a
-  short reason class (``insufficient_bandwidth``, ``no_ledger``, ``not_ready``, ``agent_silent``,
-  ``invalid_request``, ``no_rt_cpus``, ``other``) - never the free text, which
+  short reason class (``insufficient_bandwidth``, ``in_flight``, ``no_ledger``, ``not_ready``,
+  ``agent_silent``, ``invalid_request``, ``no_rt_cpus``, ``other``) - never the free text, which
   would make one series per node;
 - ``rtdra_extender_binds_total{result}`` (``bound``, ``already_bound``,
   ``error``), ``rtdra_extender_bind_conflicts_total`` (409s met by the

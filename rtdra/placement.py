@@ -10,9 +10,10 @@ other, the largest bandwidth first, on the node's ledger; CPUs are chosen by
 - ``first-fit``: the lowest-numbered CPUs that fit.
 
 A pod's ``placement`` decides both, through :func:`placement_policy` alone:
-``pack`` prefers the node left fullest (score 0..10, what kube-scheduler's
-extender protocol takes) and best-fit CPUs; ``spread`` the emptiest node and
-worst-fit CPUs. The extender's filter, prioritize and bind and the simulator
+``pack`` prefers the node left fullest and best-fit CPUs; ``spread`` the
+emptiest node and worst-fit CPUs. Node scores are 0..10 (what kube-scheduler's
+extender protocol takes), normalised over the nodes being compared so the best
+one stands out (:meth:`PlacementPolicy.scores`). The extender's filter, prioritize and bind and the simulator
 all ask it, so ``rtdra simulate`` measures the policy the extender runs. The
 seed driver's exact policy (per-mille utilisation, 950‰ per
 CPU, worst-fit, deadlines ignored) is :func:`legacy_choose`, kept so the
@@ -43,6 +44,10 @@ MAX_SCORE: Final = 10
 LEGACY_CAP_PERMILLE: Final = 950
 
 
+#: A node as scoring sees it: ``(used, capacity)`` in bandwidth units.
+NodeLoad = tuple[int, int]
+
+
 @dataclass(frozen=True, slots=True)
 class PlacementPolicy:
     """What a pod's ``placement`` means on a node: which CPUs it takes and how good the node is."""
@@ -50,14 +55,42 @@ class PlacementPolicy:
     placement: Placement
     cpu_choice: CpuChoice
 
-    def score(self, used: int, capacity: int, added: int) -> int:
-        """0..10: for ``pack`` the node's fill after adding ``added``; for ``spread`` the room left."""
-        if capacity <= 0:
-            return 0
-        fill = min(used + added, capacity)
-        if self.placement == "pack":
-            return fill * MAX_SCORE // capacity
-        return MAX_SCORE - -(-fill * MAX_SCORE // capacity)
+    def scores(self, nodes: Sequence[NodeLoad | None], added: int) -> list[int]:
+        """0..10 per node, normalised over the candidates (``None``: not a candidate, scores 0).
+
+        A node is ranked by the share of its capacity left once the pod (``added``) is on
+        it: ``pack`` wants the least, ``spread`` the most. The best candidates
+        (and only they: the shares really tie) get :data:`MAX_SCORE`; the others
+        0..9 by where their share lies between the best and the worst candidate.
+        An absolute fill 0..10 would put every node between 60 % and 70 % full
+        on one score, and kube-scheduler would pick among them at random.
+        """
+        unit = BW_UNIT
+        shares = [
+            None if load is None else max(load[1] - load[0] - added, 0) * unit // load[1] if load[1] > 0 else 0
+            for load in nodes
+        ]  # _share_left, inlined: thousands of nodes per call
+        present = [s for s in shares if s is not None]
+        if not present:
+            return [0] * len(shares)
+        low, high = min(present), max(present)
+        best, worst = (low, high) if self.placement == "pack" else (high, low)
+        span = abs(best - worst)
+        return [
+            0 if s is None else MAX_SCORE if s == best else (MAX_SCORE - 1) * abs(s - worst) // span for s in shares
+        ]
+
+    def better(self, load: NodeLoad, than: NodeLoad, added: int) -> bool:
+        """Whether ``load`` ranks strictly above ``than`` (:meth:`scores`' order, for one-by-one choices)."""
+        share, other = _share_left(*load, added), _share_left(*than, added)
+        return share < other if self.placement == "pack" else share > other
+
+
+def _share_left(used: int, capacity: int, added: int) -> int:
+    """The share of ``capacity`` left after adding ``added``, in units of ``BW_UNIT`` (0 for no capacity)."""
+    if capacity <= 0:
+        return 0
+    return max(capacity - used - added, 0) * BW_UNIT // capacity
 
 
 _POLICIES: Final[Mapping[Placement, PlacementPolicy]] = {
@@ -184,7 +217,7 @@ def place_pod(
             if ledger.fits(cpu, slot, extra=placed, test=test)
         ]
         if len(candidates) < r.cpus:
-            return _too_few_cpus(name, r, len(candidates))
+            return too_few_cpus(name, r, len(candidates))
         cpus = tuple(sorted(_rank(candidates, choice)[: r.cpus]))
         chosen[name] = cpus
         placed += [slot_of(r, cpu) for cpu in cpus]
@@ -192,7 +225,8 @@ def place_pod(
 
 
 @functools.lru_cache(maxsize=4096)  # the filter meets the same few messages on thousands of nodes
-def _too_few_cpus(container: str, r: Reservation, have: int) -> NoFit:
+def too_few_cpus(container: str, r: Reservation, have: int) -> NoFit:
+    """Why a pod does not fit: only ``have`` CPUs have room for ``container``'s reservation."""
     return NoFit(
         f"insufficient deadline bandwidth: container {container} needs {r.cpus} "
         f"CPU{'s' if r.cpus != 1 else ''} with {percent(r.bandwidth)} free, node has {have}"
@@ -224,14 +258,19 @@ def pod_bandwidth(request: PodRequest) -> int:
     return sum(r.bandwidth * r.cpus for r in request.containers.values())
 
 
-def score(ledger: NodeLedger, added_bw: int, placement: Placement) -> int:
-    """0..10 by the placement's policy (:meth:`PlacementPolicy.score`) of ``ledger`` after adding ``added_bw``."""
-    return placement_policy(placement).score(ledger.total_used, ledger.total_capacity, added_bw)
+def scores(ledgers: Sequence[NodeLedger | None], added_bw: int, placement: Placement) -> list[int]:
+    """0..10 per ledger by the placement's policy (:meth:`PlacementPolicy.scores`), ``None``: not a candidate."""
+    loads = [(n.total_used, n.total_capacity) if n is not None else None for n in ledgers]
+    return placement_policy(placement).scores(loads, added_bw)
 
 
 # ---------------------------------------------------------------------------
 # The same decisions, prepared for many nodes (the extender's filter/prioritize)
 # ---------------------------------------------------------------------------
+
+
+#: More bandwidth than any node has (2**42 whole CPUs).
+_NEVER: Final = 1 << 62
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,17 +284,22 @@ class PodDemand:
     need: int
     #: The quick test may decide: some container, none with a constrained deadline.
     quick: bool
+    #: ``bandwidth`` if ``quick``, else more than any node's room (:meth:`NodeDigest.surely_fits` never holds).
+    quick_bandwidth: int
 
     @classmethod
     def of(cls, request: PodRequest) -> PodDemand:
         order = tuple(_order(request))
+        quick = bool(order) and not any(r.constrained for _, r in order)
+        bandwidth = pod_bandwidth(request)
         return cls(
             request=request,
             order=order,
-            bandwidth=pod_bandwidth(request),
+            bandwidth=bandwidth,
             largest=order[0][1].bandwidth if order else 0,
             need=sum(r.cpus for _, r in order),
-            quick=bool(order) and not any(r.constrained for _, r in order),
+            quick=quick,
+            quick_bandwidth=bandwidth if quick else _NEVER,
         )
 
 
@@ -272,17 +316,34 @@ class NodeDigest:
     constrained: bool
     #: Every CPU's residual bandwidth, ascending (``ledger.residuals`` without the CPU ids).
     residuals: tuple[int, ...]
+    #: The root domain's bandwidth left where the quick test may decide (ready, CPUs, implicit
+    #: deadlines only), else -1: the filter's common case is ``room >= bw`` and one residual.
+    room: int
+    #: ``(total_used, total_capacity)``, what scoring reads.
+    load: NodeLoad
 
     @classmethod
     def of(cls, ledger: NodeLedger) -> NodeDigest:
+        constrained = any(ledger.has_constrained(cpu) for cpu in ledger.capacities)
+        quick = ledger.ready and bool(ledger.capacities) and not constrained
         return cls(
             ledger=ledger,
             ready=ledger.ready,
             total_used=ledger.total_used,
             total_capacity=ledger.total_capacity,
             root_capacity=ledger.root_capacity,
-            constrained=any(ledger.has_constrained(cpu) for cpu in ledger.capacities),
+            constrained=constrained,
             residuals=tuple(residual for residual, _ in ledger.residuals),
+            room=ledger.root_capacity - ledger.total_used if quick else -1,
+            load=(ledger.total_used, ledger.total_capacity),
+        )
+
+    def surely_fits(self, demand: PodDemand) -> bool:
+        """:func:`check_demand`'s common "fits" case alone: a comparison and one residual, no call below."""
+        return (
+            self.room >= demand.quick_bandwidth
+            and len(self.residuals) >= demand.need
+            and self.residuals[-demand.need] >= demand.largest
         )
 
     def has_cpus_with_residual(self, bw: int, need: int) -> bool:
@@ -320,13 +381,8 @@ def check_demand(digest: NodeDigest, demand: PodDemand, *, test: DeadlineTest = 
         name, first = demand.order[0]
         have = digest.cpus_with_residual(first.bandwidth)
         if have < first.cpus:
-            return _too_few_cpus(name, first, have)
+            return too_few_cpus(name, first, have)
     return check_pod(digest.ledger, demand.request, test=test)
-
-
-def score_demand(digest: NodeDigest, demand: PodDemand) -> int:
-    """:func:`score` of the pod on the node, from the digest's totals."""
-    return placement_policy(demand.request.placement).score(digest.total_used, digest.total_capacity, demand.bandwidth)
 
 
 # ---------------------------------------------------------------------------

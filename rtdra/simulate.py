@@ -35,7 +35,15 @@ from typing import Final, Literal
 
 from rtdra.bandwidth import BW_UNIT, NSEC_PER_MSEC, NSEC_PER_USEC
 from rtdra.ledger import NodeLedger
-from rtdra.placement import Fit, legacy_choose, legacy_utilisation, place_pod, placement_policy, pod_bandwidth
+from rtdra.placement import (
+    Fit,
+    NodeLoad,
+    legacy_choose,
+    legacy_utilisation,
+    place_pod,
+    placement_policy,
+    pod_bandwidth,
+)
 from rtdra.request import PodRequest, Reservation
 
 Policy = Literal["pack", "spread", "dra", "dra-pack", "legacy"]
@@ -215,13 +223,13 @@ def _admit(
         return None
     chosen = placement_policy(policy)
     added = pod_bandwidth(request)
-    best: tuple[int, int, Fit] | None = None
+    best: tuple[NodeLoad, int, Fit] | None = None
     for n, ledger in enumerate(ledgers):
         fit = place_pod(ledger, request, choice=chosen.cpu_choice)
         if isinstance(fit, Fit):
-            s = chosen.score(ledger.total_used, ledger.total_capacity, added)
-            if best is None or s > best[0]:
-                best = (s, n, fit)
+            load = (ledger.total_used, ledger.total_capacity)
+            if best is None or chosen.better(load, best[0], added):
+                best = (load, n, fit)
     if best is None:
         return None
     _, n, fit = best
@@ -259,8 +267,8 @@ def _admit_dra(
     if policy == "dra-pack":
         pack = placement_policy("pack")
         added = pod_bandwidth(booking)
-        top = max(pack.score(ledgers[n].total_used, ledgers[n].total_capacity, added) for n, _ in fits)
-        fits = [(n, f) for n, f in fits if pack.score(ledgers[n].total_used, ledgers[n].total_capacity, added) == top]
+        ranked = pack.scores([(ledgers[n].total_used, ledgers[n].total_capacity) for n, _ in fits], added)
+        fits = [nf for nf, score in zip(fits, ranked, strict=True) if score == max(ranked)]
     else:
         fewest = min(len(ledgers[n].pods) for n, _ in fits)
         fits = [(n, f) for n, f in fits if len(ledgers[n].pods) == fewest]

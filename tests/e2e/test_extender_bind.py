@@ -506,11 +506,13 @@ def test_a_restarted_extender_rebuilds_its_view_from_the_api(
     }
     with running_extender(extender_kubeconfig, tmp_path) as url:
         reply = requests.post(f"{url}/filter", json={"Pod": pod, "Nodes": None, "NodeNames": [full, empty]}, timeout=10)
-        scores = requests.post(f"{url}/prioritize", json={"Pod": pod, "Nodes": None, "NodeNames": [empty]}, timeout=10)
+        scores = requests.post(
+            f"{url}/prioritize", json={"Pod": pod, "Nodes": None, "NodeNames": [full, empty]}, timeout=10
+        )
     assert reply.status_code == 200
     assert reply.json()["NodeNames"] == [empty]
     assert reply.json()["FailedNodes"][full].startswith("insufficient deadline bandwidth")
-    assert scores.json() == [{"Host": empty, "Score": 5}]
+    assert scores.json() == [{"Host": full, "Score": 0}, {"Host": empty, "Score": 10}]  # the only one it fits
 
 
 def test_a_pod_naming_rt_claim_parameters_without_the_webhook_is_filtered_and_bound_by_them(

@@ -6,10 +6,13 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from kubernetes import client
 
-from extender.bind import Binder
+from extender.bind import Binder, BindError
+from extender.cache import LedgerCache
 from rtdra import names
+from rtdra.bandwidth import bandwidth
 from rtdra.ledger import NodeLedger, PodAllocation, Slot
 from rtdra.placement import placement_policy
 from rtdra.request import PLACEMENTS
@@ -86,6 +89,35 @@ def test_bind_spreads_a_spread_pod_onto_the_emptiest_cpu() -> None:
 
 def test_one_policy_per_placement_decides_cpus_and_node_score() -> None:
     assert {p: placement_policy(p).cpu_choice for p in PLACEMENTS} == {"pack": "best-fit", "spread": "worst-fit"}
-    assert placement_policy("pack").score(used=5, capacity=10, added=0) == 5
-    assert placement_policy("spread").score(used=5, capacity=10, added=0) == 5
-    assert placement_policy("spread").score(used=2, capacity=10, added=0) == 8
+    nodes = [(5, 10), (2, 10), (8, 10)]
+    assert placement_policy("pack").scores(nodes, 1) == [4, 0, 10]
+    assert placement_policy("spread").scores(nodes, 1) == [4, 10, 0]
+
+
+def test_a_bind_in_flight_is_assumed_until_its_write_and_forgotten_after() -> None:
+    seen: list[dict[str, int]] = []
+    cache = LedgerCache([half_full_node()])
+
+    class Watching(OneLedger):
+        def update(
+            self, node: str, change: Callable[[NodeLedger], NodeLedger], *, reuse_last: bool = False
+        ) -> NodeLedger:
+            seen.append(cache.assumed())  # what the filter sees while the write is in flight
+            return super().update(node, change, reuse_last=reuse_last)
+
+    binder = Binder(client.ApiClient(), Watching(half_full_node()), cache=cache, pods=lambda uid: pending_pod("pack"))  # type: ignore[arg-type]
+    binder.core = Bindings()  # type: ignore[assignment]
+    binder.bind("ns", "p", "uid-p", "n1")
+    assert seen == [{"n1": bandwidth(2 * MS, 10 * MS)}]
+    assert cache.assumed() == {}
+    assert "uid-p" in (cache.get("n1") or half_full_node()).pods
+
+
+def test_a_refused_bind_is_forgotten_too() -> None:
+    cache = LedgerCache([half_full_node()])
+    full = NodeLedger("n1", dict.fromkeys(range(4), MS // 1000))  # no CPU has room for 2 ms/10 ms
+    binder = Binder(client.ApiClient(), OneLedger(full), cache=cache, pods=lambda uid: pending_pod("pack"))  # type: ignore[arg-type]
+    binder.core = Bindings()  # type: ignore[assignment]
+    with pytest.raises(BindError):
+        binder.bind("ns", "p", "uid-p", "n1")
+    assert cache.assumed() == {}

@@ -9,8 +9,10 @@ from hypothesis import strategies as st
 
 from extender.cache import LedgerCache
 from extender.decide import FitMemo, PodView, filter_nodes, prioritize_nodes, reason_class
+from extender.heartbeats import AgentHeartbeats
+from extender.wire import reason_text
 from rtdra.ledger import LedgerError, NodeLedger, PodAllocation, Slot
-from rtdra.placement import NodeDigest, PodDemand, check_demand, check_pod, score, score_demand
+from rtdra.placement import NodeDigest, PodDemand, check_demand, check_pod, placement_policy, scores
 from rtdra.request import PodRequest, Reservation
 
 MS = 1_000_000
@@ -55,12 +57,48 @@ def test_check_demand_gives_check_pods_verdict_and_reason(ledger: NodeLedger, re
     assert fast == slow
 
 
+def lease(node: str) -> dict[str, object]:
+    """An agent's Lease as kube-apiserver returns it (the fields the heartbeats read)."""
+    return {
+        "kind": "Lease",
+        "apiVersion": "coordination.k8s.io/v1",
+        "metadata": {"name": f"rtdra-agent-{node}", "namespace": "rt-dra", "resourceVersion": "812"},
+        "spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": "2026-11-30T11:45:00.000000Z"},
+    }
+
+
+@settings(max_examples=400, deadline=None)
+@given(ledger=ledgers(), request=requests_, silent=st.booleans())
+def test_the_filters_quick_pass_agrees_with_check_pod(ledger: NodeLedger, request: PodRequest, silent: bool) -> None:
+    digest, demand = NodeDigest.of(ledger), PodDemand.of(request)
+    if digest.surely_fits(demand):
+        assert check_pod(ledger, request) is None
+    view = PodView(request, key="u/pack/x")
+    heartbeats = AgentHeartbeats("rt-dra", 10.0, clock=lambda: 100.0)
+    heartbeats.replace_all([] if silent else [lease(ledger.node)])
+    verdicts = filter_nodes(view, [ledger.node], LedgerCache([ledger]), FitMemo(), heartbeats)
+    slow = check_pod(ledger, request)
+    assert (verdicts.passed == [ledger.node]) == (not silent and slow is None)
+    if verdicts.passed:
+        assert not verdicts.reasons
+    else:
+        assert sum(verdicts.reasons.values()) == 1
+    if not silent and ledger.ready and slow is not None:
+        assert verdicts.failed == {ledger.node: reason_text(slow.reason)}
+        assert verdicts.reasons == {reason_class(slow.reason): 1}
+    scored = prioritize_nodes(view, [ledger.node], LedgerCache([ledger]), FitMemo(), heartbeats)
+    assert (scored[0]["Score"] == 10) == (verdicts.passed == [ledger.node])
+
+
 @settings(max_examples=200, deadline=None)
 @given(ledger=ledgers(), request=requests_, placement=st.sampled_from(["pack", "spread"]))
-def test_score_demand_is_the_cores_score(ledger: NodeLedger, request: PodRequest, placement: str) -> None:
+def test_the_digests_loads_score_as_the_ledgers_do(ledger: NodeLedger, request: PodRequest, placement: str) -> None:
     request = PodRequest(request.containers, placement)  # type: ignore[arg-type]
     demand = PodDemand.of(request)
-    assert score_demand(NodeDigest.of(ledger), demand) == score(ledger, demand.bandwidth, request.placement)
+    others = [NodeLedger("empty", ledger.capacities), ledger.release(next(iter(ledger.pods), ""))]
+    loads = [NodeDigest.of(n).load for n in (ledger, *others)]
+    by_digest = placement_policy(request.placement).scores([*loads, None], demand.bandwidth)
+    assert by_digest == scores([ledger, *others, None], demand.bandwidth, request.placement)
 
 
 def pod(uid: str = "u-1", value: str = "runtime=50ms,period=100ms") -> dict[str, object]:
@@ -126,3 +164,81 @@ def test_a_not_ready_node_is_refused_with_its_agents_reason_when_it_gave_one() -
         "dra": f"node dra is not ready for real-time pods ({dra_mode})",
         "down": "node down is not ready for real-time pods (its NodeAllocationState is NotReady)",
     }
+
+
+def test_the_quick_pass_holds_at_the_exact_residual_and_not_one_unit_below() -> None:
+    request = PodRequest({"c": Reservation(10 * MS, 100 * MS, 100 * MS, 1)})
+    bw = PodDemand.of(request).bandwidth
+    # Two CPUs: the root domain has room on both nodes, a CPU only on the first.
+    exact, short = NodeLedger("exact", {0: bw, 1: bw}), NodeLedger("short", {0: bw - 1, 1: bw - 1})
+    view = PodView(request, key="u/pack/x")
+    cache = LedgerCache([exact, short])
+    assert NodeDigest.of(exact).surely_fits(PodDemand.of(request))
+    assert not NodeDigest.of(short).surely_fits(PodDemand.of(request))
+    assert filter_nodes(view, ["exact", "short"], cache, FitMemo()).passed == ["exact"]
+    assert [e["Score"] for e in prioritize_nodes(view, ["exact", "short"], cache, FitMemo())] == [10, 0]
+
+
+def test_the_quick_refusal_counts_the_cpus_that_have_room() -> None:
+    request = PodRequest({"c": Reservation(10 * MS, 100 * MS, 100 * MS, 3)})
+    bw = request.containers["c"].bandwidth  # per CPU; every node's root domain has room for the pod
+    cache = LedgerCache([NodeLedger(f"has{k}", {cpu: bw if cpu < k else bw - 1 for cpu in range(4)}) for k in range(4)])
+    verdicts = filter_nodes(PodView(request, key="u/pack/x"), ["has0", "has1", "has2", "has3"], cache, FitMemo())
+    assert verdicts.passed == ["has3"]
+    assert verdicts.failed == {
+        f"has{k}": reason_text(
+            f"insufficient deadline bandwidth: container c needs 3 CPUs with 10.0% free, node has {k}"
+        )
+        for k in range(3)
+    }
+    assert verdicts.reasons == {"insufficient_bandwidth": 3}
+
+
+def test_prioritize_reuses_the_filters_nodes_only_while_fresh_and_the_cache_unchanged() -> None:
+    now = [100.0]
+    heartbeats = AgentHeartbeats("rt-dra", 10.0, clock=lambda: now[0])
+    heartbeats.replace_all([lease("n1")])
+    cache = LedgerCache([NodeLedger("n1", {0: CAP}), NodeLedger("n2", {0: CAP})])
+    memo = FitMemo(clock=lambda: now[0])
+    view = PodView.of(pod(), "pack")
+    assert filter_nodes(view, ["n1", "n2"], cache, memo, heartbeats).passed == ["n1"]  # n2 has no agent
+    heartbeats.replace_all([lease("n2")])  # n1's agent gone, n2's back: the filter's list still stands...
+    assert prioritize_nodes(view, ["n1", "n2"], cache, memo, heartbeats) == [
+        {"Host": "n1", "Score": 10},
+        {"Host": "n2", "Score": 0},
+    ]
+    now[0] += 1.5  # ...for a second
+    assert prioritize_nodes(view, ["n1", "n2"], cache, memo, heartbeats) == [
+        {"Host": "n1", "Score": 0},
+        {"Host": "n2", "Score": 10},
+    ]
+    now[0] -= 1.5
+    cache.put(NodeLedger("n3", {0: CAP}))  # any change to the cache: decided afresh
+    assert prioritize_nodes(view, ["n1", "n2"], cache, memo, heartbeats)[1] == {"Host": "n2", "Score": 10}
+
+
+def test_the_filter_counts_this_processs_binds_in_flight_and_requeues_if_one_writes_nothing() -> None:
+    signals: list[str] = []
+    cache = LedgerCache(
+        [NodeLedger("busy", {0: CAP}), NodeLedger("idle", {0: CAP})], on_room=lambda: signals.append("room")
+    )
+    view = PodView.of(pod(), "pack")  # 50 ms every 100 ms
+    cache.assume("busy", "other", CAP - 10 * MS * CAP // (100 * MS))  # leaves 10 % of the CPU's capacity
+    verdicts = filter_nodes(view, ["busy", "idle"], cache, FitMemo())
+    assert verdicts.passed == ["idle"]
+    assert "binds in flight to node busy" in verdicts.failed["busy"]
+    assert verdicts.reasons == {"in_flight": 1}
+    cache.forget("busy", "other", stored=False)  # its write never happened: the room was there all along
+    assert signals == ["room"]
+    assert filter_nodes(view, ["busy", "idle"], cache, FitMemo()).passed == ["busy", "idle"]
+
+
+def test_a_bind_in_flight_that_was_written_sends_nobody_back() -> None:
+    signals: list[str] = []
+    cache = LedgerCache([NodeLedger("busy", {0: CAP})], on_room=lambda: signals.append("room"))
+    cache.assume("busy", "other", CAP)
+    assert filter_nodes(PodView.of(pod(), "pack"), ["busy"], cache, FitMemo()).passed == []
+    cache.forget("busy", "other", stored=True)
+    cache.forget("busy", "other", stored=False)  # twice: nothing left to forget
+    assert signals == []
+    assert cache.assumed() == {}

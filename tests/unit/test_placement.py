@@ -14,8 +14,9 @@ from rtdra.placement import (
     legacy_choose,
     legacy_utilisation,
     place_pod,
+    placement_policy,
     pod_bandwidth,
-    score,
+    scores,
 )
 from rtdra.request import PodRequest, Reservation
 
@@ -88,11 +89,59 @@ def test_constrained_deadlines_use_the_demand_test() -> None:
 def test_pack_prefers_fuller_nodes_and_spread_emptier_ones() -> None:
     empty, half = node({}), node({0: 5, 1: 5, 2: 5, 3: 5})
     added = pod_bandwidth(one(1))
-    assert score(half, added, "pack") > score(empty, added, "pack")
-    assert score(half, added, "spread") < score(empty, added, "spread")
-    for n in (empty, half, node({0: 9, 1: 9, 2: 9, 3: 9})):
-        for placement in ("pack", "spread"):
-            assert 0 <= score(n, added, placement) <= 10  # type: ignore[arg-type]
+    assert scores([half, empty], added, "pack") == [10, 0]
+    assert scores([half, empty], added, "spread") == [0, 10]
+
+
+def test_pack_gives_the_top_score_to_the_fullest_node_alone_among_close_ones() -> None:
+    # 60-68 % of the capacity taken after the pod: an absolute 0..10 fill score gave all four a 6.
+    close = [node({0: 6, 1: 6, 2: 6, 3: 6 + extra}) for extra in (0, 1, 2, 3)]
+    added = pod_bandwidth(one(1))
+    packed = scores(close, added, "pack")
+    assert packed[3] == 10 and packed.count(10) == 1
+    assert packed == sorted(packed)
+    spread = scores(close, added, "spread")
+    assert spread[0] == 10 and spread.count(10) == 1
+    assert spread == sorted(spread, reverse=True)
+
+
+def test_nodes_whose_residuals_tie_share_the_score_and_non_candidates_get_zero() -> None:
+    same = node({0: 3, 1: 3})
+    added = pod_bandwidth(one(1))
+    assert scores([same, same, None, node({})], added, "pack") == [10, 10, 0, 0]
+    assert scores([same, None], added, "spread") == [10, 0]
+    assert scores([None, None], added, "pack") == [0, 0]
+    assert scores([], added, "pack") == []
+
+
+loads = st.lists(
+    st.one_of(
+        st.none(),
+        st.tuples(st.integers(0, 8 * CAP), st.integers(1, 8 * CAP)),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(nodes=loads, added=st.integers(0, CAP), placement=st.sampled_from(["pack", "spread"]))
+def test_scores_are_normalised_and_follow_the_policys_order(
+    nodes: list[tuple[int, int] | None], added: int, placement: str
+) -> None:
+    policy = placement_policy(placement)  # type: ignore[arg-type]
+    given_scores = policy.scores(nodes, added)
+    assert len(given_scores) == len(nodes)
+    assert all(0 <= s <= 10 for s in given_scores)
+    assert all(s == 0 for s, n in zip(given_scores, nodes, strict=True) if n is None)
+    candidates = [(s, n) for s, n in zip(given_scores, nodes, strict=True) if n is not None]
+    if candidates:
+        assert max(s for s, _ in candidates) == 10
+    for s, n in candidates:
+        for t, m in candidates:
+            if policy.better(n, m, added):
+                assert s >= t
+            if s == 10:
+                assert not policy.better(m, n, added)  # the top score goes to the best only
 
 
 requests = st.dictionaries(
