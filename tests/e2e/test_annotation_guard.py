@@ -105,6 +105,20 @@ class Guarded:
         return self.admin.read_namespaced_pod(name, self.namespace).metadata.annotations or {}
 
 
+def replace_fresh(api: client.CoreV1Api, namespace: str, name: str, change: Callable[[client.V1Pod], None]) -> None:
+    """A full update (PUT) of the pod as read just before, read again on a 409 as any client must:
+    kube-scheduler writes a pending pod's status meanwhile (seen in full runs). Other refusals raise."""
+    for attempt in range(5):
+        pod = api.read_namespaced_pod(name, namespace)
+        change(pod)
+        try:
+            api.replace_namespaced_pod(name, namespace, pod)
+            return
+        except ApiException as err:
+            if err.status != 409 or attempt == 4:
+                raise
+
+
 def annotate(api: client.CoreV1Api, namespace: str, name: str, changes: dict[str, str | None]) -> None:
     """A JSON merge patch of the pod's annotations (``None`` removes one), as ``kubectl annotate`` sends."""
     api.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": changes}}, _content_type=MERGE)
@@ -282,10 +296,12 @@ def test_which_containers_get_our_cdi_device_is_fixed_in_the_pod_spec_not_in_ann
     # The device comes from the agent's device plugin, per container requesting the resource: kube-apiserver
     # keeps containers' resources (other than a resize of cpu/memory) fixed, with or without the guard.
     name = guarded.create(rt_pod("rt"))
-    pod = guarded.user.read_namespaced_pod(name, guarded.namespace)
-    pod.spec.containers[1].resources = client.V1ResourceRequirements(**ONE_SLOT)
+
+    def give_the_sidecar_a_slot(pod: client.V1Pod) -> None:
+        pod.spec.containers[1].resources = client.V1ResourceRequirements(**ONE_SLOT)
+
     with pytest.raises(ApiException) as err:
-        guarded.user.replace_namespaced_pod(name, guarded.namespace, pod)
+        replace_fresh(guarded.user, guarded.namespace, name, give_the_sidecar_a_slot)
     assert err.value.status == 422 and "pod updates may not change fields" in err.value.body
     # The device injector's annotation is nothing to RT-DRA any more: editing it is not the guard's business.
     annotate(guarded.user, guarded.namespace, name, {CDI_SIDE: OUR_DEVICE})
@@ -334,18 +350,12 @@ def test_other_annotations_and_labels_of_a_real_time_pod_stay_editable(guarded: 
     annotate(guarded.user, guarded.namespace, name, {"example.com/owner": "team-a"})
     annotate(guarded.user, guarded.namespace, name, {"example.com/owner": "team-b"})
     annotate(guarded.user, guarded.namespace, name, {"example.com/owner": None})
-    # A full update (PUT) keeping ours as they are; read again on a 409, as any client must: kube-scheduler
-    # writes the pending pod's status meanwhile (seen once in a full run).
-    for attempt in range(5):
-        pod = guarded.user.read_namespaced_pod(name, guarded.namespace)
+
+    def relabel(pod: client.V1Pod) -> None:  # a full update (PUT) keeping ours as they are
         pod.metadata.labels = {"tier": "rt"}
         pod.metadata.annotations["example.com/note"] = "replaced whole"
-        try:
-            guarded.user.replace_namespaced_pod(name, guarded.namespace, pod)
-            break
-        except ApiException as err:
-            if err.status != 409 or attempt == 4:
-                raise
+
+    replace_fresh(guarded.user, guarded.namespace, name, relabel)
     annotations = guarded.annotations(name)
     assert annotations["example.com/note"] == "replaced whole" and "example.com/owner" not in annotations
     assert annotations[names.SPEC] == SPEC and annotations[REQUEST] == "runtime=1ms,period=10ms"
