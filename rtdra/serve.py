@@ -29,44 +29,33 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from rtdra.settings import Listen
+
 CERT_REQUIRED = 2  # ssl.CERT_REQUIRED, without importing ssl here
 
 
-def gunicorn_options(
-    *,
-    name: str,
-    bind: str,
-    workers: int,
-    threads: int,
-    timeout: int = 30,
-    log_level: str = "info",
-    access_log: bool = False,
-    certfile: str | None = None,
-    keyfile: str | None = None,
-    client_ca_file: str | None = None,
-    ssl_context: Callable[..., Any] | None = None,
-) -> dict[str, Any]:
-    """The settings both services run with; TLS with ``certfile``, client certificates with ``client_ca_file``."""
+def gunicorn_options(name: str, listen: Listen, *, ssl_context: Callable[..., Any] | None = None) -> dict[str, Any]:
+    """The settings both services run with; TLS with a certificate, client certificates with a client CA."""
     options: dict[str, Any] = {
-        "bind": [bind],
-        "workers": workers,
+        "bind": [listen.bind],
+        "workers": listen.workers,
         "worker_class": "gthread",
-        "threads": threads,
-        "timeout": timeout,
+        "threads": listen.threads,
+        "timeout": listen.timeout,
         "graceful_timeout": 10,
         "keepalive": 30,
         "preload_app": False,
-        "accesslog": "-" if access_log else None,
+        "accesslog": "-" if listen.access_log else None,
         "errorlog": "-",
-        "loglevel": log_level.lower(),
+        "loglevel": listen.log_level.lower(),
         "control_socket_disable": True,
         "proc_name": name,
     }
-    if certfile:
-        options["certfile"] = certfile
-        options["keyfile"] = keyfile
-    if client_ca_file:
-        options["ca_certs"] = client_ca_file
+    if listen.tls_cert_file:
+        options["certfile"] = listen.tls_cert_file
+        options["keyfile"] = listen.tls_key_file
+    if listen.client_ca_file:
+        options["ca_certs"] = listen.client_ca_file
         options["cert_reqs"] = CERT_REQUIRED
     if ssl_context is not None:
         options["ssl_context"] = ssl_context
