@@ -35,6 +35,7 @@ from agent._generated.dra.v1beta1 import api_pb2_grpc as v1beta1_grpc
 from agent._generated.pluginregistration.v1 import api_pb2 as reg
 from agent._generated.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from agent.dra.prepare import PreparedDevice, Preparer
+from agent.kubelet import KUBELET_ROOT
 from rtdra import dra
 
 log = logging.getLogger("rtdra-agent.dra")
@@ -43,7 +44,6 @@ log = logging.getLogger("rtdra-agent.dra")
 PLUGIN_TYPE: Final = "DRAPlugin"
 #: The services kubelet may call, newest first (kubelet picks the first it knows).
 SUPPORTED_VERSIONS: Final = ("v1.DRAPlugin", "v1beta1.DRAPlugin")
-KUBELET_ROOT: Final = Path("/var/lib/kubelet")
 POLL_S: Final = 1.0
 #: The longest path a unix socket can have (``sun_path`` is 108 bytes with its NUL), here and in kubelet.
 MAX_SOCKET_PATH: Final = 107

@@ -25,8 +25,9 @@ import pytest
 
 from agent import grpcserver
 from agent._generated.deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
-from agent.config import DEVICE_PLUGIN_DEVICES, parse_args
-from agent.deviceplugin import DEFAULT_DEVICES, ENDPOINT, DevicePlugin
+from agent.config import parse_args
+from agent.deviceplugin import ENDPOINT, DevicePlugin
+from agent.kubelet import DEVICE_PLUGIN_DEVICES
 from rtdra import names
 
 REPO = Path(__file__).resolve().parents[2]
@@ -259,10 +260,10 @@ def test_stop_ends_the_stream_and_removes_the_plugin_socket(
 # -- configuration --------------------------------------------------------------------------------------------
 
 
-def test_device_plugin_is_on_in_kubelets_directory_where_the_agent_enforces() -> None:
+def test_device_plugin_is_on_in_kubelets_directory_where_the_agent_enforces(tmp_path: Path) -> None:
     config = parse_args(["--node-name", "n", "--backend", "deadline"], env={})
     assert config.device_plugin_dir == Path("/var/lib/kubelet/device-plugins")
-    assert config.device_plugin_devices == DEFAULT_DEVICES == DEVICE_PLUGIN_DEVICES
+    assert config.device_plugin_devices == DEVICE_PLUGIN_DEVICES == DevicePlugin(tmp_path).service.count
 
 
 @pytest.mark.parametrize(
