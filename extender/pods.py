@@ -36,8 +36,9 @@ PodListener = Callable[[str, Mapping[str, Any]], None]
 
 
 def is_pending_rt_pod(pod: Mapping[str, Any]) -> bool:
-    """An unbound pod asking for real-time bandwidth (webhook spec, user annotations or the opt-in resource)."""
-    if (pod.get("spec") or {}).get("nodeName"):
+    """An unbound pod, not being deleted, asking for real-time bandwidth (webhook spec, user annotations or the
+    opt-in resource)."""
+    if (pod.get("spec") or {}).get("nodeName") or (pod.get("metadata") or {}).get("deletionTimestamp"):
         return False
     if str((pod.get("status") or {}).get("phase") or "") in FINISHED_PHASES:
         return False
@@ -119,7 +120,7 @@ class PodWatch:
         """Remember the pod if it is a pending real-time pod, else forget it."""
         metadata = pod.get("metadata") or {}
         uid = str(metadata.get("uid") or "")
-        pending = not deleted and not metadata.get("deletionTimestamp") and is_pending_rt_pod(pod)
+        pending = not deleted and is_pending_rt_pod(pod)
         with self._lock:
             if pending:
                 self._pending[uid] = pending_view(pod)
