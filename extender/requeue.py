@@ -38,7 +38,7 @@ from kubernetes import client
 
 from extender.pods import is_pending_rt_pod
 from rtdra import names
-from rtdra.kube import API_FAILURES, NotFound, api_error
+from rtdra.kube import API_FAILURES, NotFound, api_error, micro_time
 from rtdra.listwatch import list_objects
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class Requeuer:
 
         One pod's failure does not keep the others waiting.
         """
-        stamp = f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')} {self._origin}"
+        stamp = f"{micro_time(dt.datetime.now(dt.UTC))} {self._origin}"
         body = {"metadata": {"annotations": {REQUEUE: stamp}}}
         touched = 0
         for pod in self.pending()[: self.limit]:

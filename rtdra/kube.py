@@ -12,6 +12,7 @@ kube-apiserver restarts.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from collections.abc import Callable
@@ -75,6 +76,11 @@ def failure_text(err: ApiException | HTTPError | OSError) -> str:
     if isinstance(err, ApiException):
         return f"{int(err.status or 0)} {err.reason}"
     return f"the API server did not answer ({type(err).__name__}: {err})"
+
+
+def micro_time(now: dt.datetime) -> str:
+    """A ``metav1.MicroTime``: RFC 3339 in UTC with microseconds."""
+    return now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def read_object(call: Callable[..., Any], namespace: str, name: str, timeout: float) -> dict[str, Any] | None:
