@@ -87,8 +87,7 @@ class PreparedClaim:
     def from_json(cls, uid: str, obj: Mapping[str, Any]) -> PreparedClaim:
         requests = []
         for r in obj.get("requests") or []:
-            t = r["reservation"]
-            reservation = Reservation(int(t["runtime"]), int(t["deadline"]), int(t["period"]), int(t["cpus"]))
+            reservation = Reservation.from_json(r["reservation"])
             devices = tuple(
                 dra.AllocatedDevice(
                     str(r["name"]),
