@@ -71,6 +71,14 @@ def api_error(err: ApiException | HTTPError | OSError, what: str) -> StoreError:
     return StoreError(message, status)
 
 
+def api_call(what: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``method(*args, **kwargs)`` (a generated client method); a failure is :func:`api_error`'s naming ``what``."""
+    try:
+        return method(*args, **kwargs)
+    except API_FAILURES as err:
+        raise api_error(err, what) from None
+
+
 def failure_text(err: ApiException | HTTPError | OSError) -> str:
     """What went wrong, in words: ``403 Forbidden``, or that the API server did not answer and why."""
     if isinstance(err, ApiException):

@@ -473,3 +473,26 @@ def test_a_kubelet_root_too_deep_for_a_unix_socket_is_refused_in_words(
     plugin = DraPlugin(p, kubelet_root=tmp_path / ("d" * 80))
     with pytest.raises(OSError, match=r"at most 107 bytes; give kubelet .* a shorter --root-dir"):
         plugin.start()
+
+
+def test_the_slice_publisher_fails_in_one_line_naming_the_step_and_ignores_a_slice_already_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from agent.dra.slices import SlicePublisher
+
+    class Objects:
+        def list_cluster_custom_object(self, *_: Any, **__: Any) -> Any:
+            raise ApiException(status=403, reason="Forbidden")
+
+        def delete_cluster_custom_object(self, *_: Any, **__: Any) -> Any:
+            raise ApiException(status=404, reason="Not Found")
+
+    monkeypatch.setattr(client, "CustomObjectsApi", lambda api: Objects())
+    publisher = SlicePublisher(client.ApiClient(), NODE, list)
+    with pytest.raises(StoreError) as failed:
+        publisher.sync()
+    assert str(failed.value) == "listing the node's ResourceSlices: 403 Forbidden"
+    publisher._delete("gone-slice")  # already deleted: nothing to do
