@@ -1,8 +1,9 @@
 """``rtdra-webhook``: serve the admission webhook over HTTPS with gunicorn.
 
-The command line chooses how the server listens (address, TLS files, worker
-processes); what the webhook does is configured by ``RTDRA_WEBHOOK_*``
-environment variables (:mod:`webhook.config`). ``--kubeconfig`` is only needed
+How the server listens (address, TLS files, worker processes:
+:class:`webhook.config.WebhookServer`) comes from ``RTDRA_WEBHOOK_*`` variables
+with the flags on top, as the extender's settings do; what the webhook does is
+configured by the other ``RTDRA_WEBHOOK_*`` variables (:class:`WebhookConfig`). ``--kubeconfig`` is only needed
 to read RtClaimParameters (and namespace labels with
 ``RTDRA_WEBHOOK_VERIFY_NAMESPACE``); in a pod the service account is used.
 
