@@ -122,37 +122,56 @@ def hook_command(
     return argv + (["--fail-open"] if fail_open else [])
 
 
-def spec(node: str, hook_argv: list[str]) -> dict[str, Any]:
-    """The CDI spec whose hooks run ``hook_argv`` (``argv[0]`` is the ``path``) plus ``--stage <stage>``."""
-    hooks: list[CdiHook] = [
-        {"hookName": stage, "path": hook_argv[0], "args": [*hook_argv, "--stage", stage], "timeout": HOOK_TIMEOUT_S}
+def _hooks(hook_argv: list[str], *args: str) -> list[CdiHook]:
+    """A hook per stage running ``hook_argv`` (``argv[0]`` is the ``path``) plus ``--stage <stage>`` and ``args``."""
+    return [
+        {
+            "hookName": stage,
+            "path": hook_argv[0],
+            "args": [*hook_argv, "--stage", stage, *args],
+            "timeout": HOOK_TIMEOUT_S,
+        }
         for stage in STAGES
     ]
+
+
+def _spec(annotation: str, value: str, devices: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "cdiVersion": CDI_VERSION,
         "kind": names.CDI_KIND,
-        "annotations": {f"{names.DOMAIN}/node": node},
-        "devices": [{"name": names.CDI_DEVICE, "containerEdits": {"hooks": hooks}}],
+        "annotations": {f"{names.DOMAIN}/{annotation}": value},
+        "devices": devices,
     }
 
 
-def spec_path(cdi_dir: Path, node: str) -> Path:
+def _spec_path(cdi_dir: Path, name: str) -> Path:
     vendor, cls = names.CDI_KIND.split("/")
-    return cdi_dir / f"{vendor}-{cls}-{node}.json"
+    return cdi_dir / f"{vendor}-{cls}-{name}.json"
+
+
+def _write(path: Path, body: dict[str, Any]) -> Path:
+    """Write ``body`` to ``path`` if it differs from what is there (atomically: the runtime never reads half)."""
+    text = json.dumps(body, indent=2, sort_keys=True) + "\n"
+    with contextlib.suppress(FileNotFoundError):
+        if path.read_text() == text:
+            return path
+    write_atomically(path, text)
+    path.chmod(0o644)
+    return path
+
+
+def spec(node: str, hook_argv: list[str]) -> dict[str, Any]:
+    """The node's CDI spec: device ``deadline``, whose hooks run ``hook_argv`` plus ``--stage <stage>``."""
+    return _spec("node", node, [{"name": names.CDI_DEVICE, "containerEdits": {"hooks": _hooks(hook_argv)}}])
+
+
+def spec_path(cdi_dir: Path, node: str) -> Path:
+    return _spec_path(cdi_dir, node)
 
 
 def write_spec(cdi_dir: Path, node: str, body: dict[str, Any]) -> Path:
     """Write the spec if it differs from what is there; returns its path."""
-    path = spec_path(cdi_dir, node)
-    text = json.dumps(body, indent=2, sort_keys=True) + "\n"
-    try:
-        if path.read_text() == text:
-            return path
-    except FileNotFoundError:
-        pass
-    write_atomically(path, text)
-    path.chmod(0o644)
-    return path
+    return _write(spec_path(cdi_dir, node), body)
 
 
 # -- DRA mode: one spec per prepared claim ---------------------------------------------
@@ -177,42 +196,26 @@ def claim_spec(claim_uid: str, requests: dict[str, tuple[str, dict[str, str]]], 
     The hooks are the node spec's (:func:`spec`) plus ``--claim <key>``, so the agent knows, for the
     container being started, which claim's CPUs and timing apply; the env is the container's RT_*.
     """
-    devices = []
-    for request, (key, env) in sorted(requests.items()):
-        hooks: list[CdiHook] = [
-            {
-                "hookName": stage,
-                "path": hook_argv[0],
-                "args": [*hook_argv, "--stage", stage, "--claim", key],
-                "timeout": HOOK_TIMEOUT_S,
-            }
-            for stage in STAGES
-        ]
-        edits = {"env": [f"{k}={v}" for k, v in sorted(env.items())], "hooks": hooks}
-        devices.append({"name": claim_device_name(claim_uid, request), "containerEdits": edits})
-    return {
-        "cdiVersion": CDI_VERSION,
-        "kind": names.CDI_KIND,
-        "annotations": {f"{names.DOMAIN}/claim": claim_uid},
-        "devices": devices,
-    }
+    devices = [
+        {
+            "name": claim_device_name(claim_uid, request),
+            "containerEdits": {
+                "env": [f"{k}={v}" for k, v in sorted(env.items())],
+                "hooks": _hooks(hook_argv, "--claim", key),
+            },
+        }
+        for request, (key, env) in sorted(requests.items())
+    ]
+    return _spec("claim", claim_uid, devices)
 
 
 def claim_spec_path(cdi_dir: Path, claim_uid: str) -> Path:
-    vendor, cls = names.CDI_KIND.split("/")
-    return cdi_dir / f"{vendor}-{cls}-claim-{claim_uid}.json"
+    return _spec_path(cdi_dir, f"claim-{claim_uid}")
 
 
 def write_claim_spec(cdi_dir: Path, claim_uid: str, body: dict[str, Any]) -> Path:
     """Write (atomically, if changed) the claim's spec; returns its path."""
-    path = claim_spec_path(cdi_dir, claim_uid)
-    text = json.dumps(body, indent=2, sort_keys=True) + "\n"
-    with contextlib.suppress(FileNotFoundError):
-        if path.read_text() == text:
-            return path
-    write_atomically(path, text)
-    path.chmod(0o644)
-    return path
+    return _write(claim_spec_path(cdi_dir, claim_uid), body)
 
 
 def remove_claim_spec(cdi_dir: Path, claim_uid: str) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from agent.backends import registry as backends
+from agent.kubelet import DEVICE_PLUGIN_DEVICES, DEVICE_PLUGIN_DIR, KUBELET_ROOT
 from rtdra import names
 from rtdra.bandwidth import BW_UNIT
 from rtdra.host import parse_cpulist
@@ -31,12 +32,6 @@ BackendName = str
 #: claims' CDI devices carry the hook.
 ModeName = Literal["auto", "nri", "cdi", "dra"]
 MODES: Final = ("auto", "nri", "cdi", "dra")
-#: kubelet's default root directory (its DRA plugin registry and plugin sockets live under it).
-KUBELET_ROOT: Final = "/var/lib/kubelet"
-#: kubelet's fixed device-plugin directory (k8s.io/kubelet deviceplugin/v1beta1 ``DevicePluginPath``).
-DEVICE_PLUGIN_DIR: Final = "/var/lib/kubelet/device-plugins"
-#: ``agent.deviceplugin.DEFAULT_DEVICES``, not imported from there: that would load gRPC for every flag parse.
-DEVICE_PLUGIN_DEVICES: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +67,7 @@ class AgentConfig:
     #: How often the agent renews its Lease, the heartbeat the extender trusts (``rtdra.leases``).
     lease_renew_interval_s: float = 10.0
     #: kubelet's ``--root-dir`` (DRA mode: ``plugins_registry/`` and ``plugins/<driver>/`` under it).
-    kubelet_root: Path = Path(KUBELET_ROOT)
+    kubelet_root: Path = KUBELET_ROOT
 
     @property
     def dra_state_file(self) -> Path:
@@ -154,7 +149,7 @@ def _parse(argv: Sequence[str] | None, e: Env, env: Mapping[str, str]) -> AgentC
     )
     p.add_argument(
         "--kubelet-root-dir",
-        default=e.text("KUBELET_ROOT_DIR", KUBELET_ROOT),
+        default=e.text("KUBELET_ROOT_DIR", str(KUBELET_ROOT)),
         help=f"kubelet's --root-dir, for the DRA plugin's sockets (default {KUBELET_ROOT})",
     )
     p.add_argument("--nri-socket", type=Path, default=Path(e.text("NRI_SOCKET", "/var/run/nri/nri.sock") or ""))
@@ -202,7 +197,7 @@ def _parse(argv: Sequence[str] | None, e: Env, env: Mapping[str, str]) -> AgentC
     elif a.device_plugin_dir:
         device_plugin_dir = Path(a.device_plugin_dir)
     else:  # not given: kubelet's directory where the agent enforces; simulated nodes and DRA mode: none
-        device_plugin_dir = None if a.backend == "none" or a.mode == "dra" else Path(DEVICE_PLUGIN_DIR)
+        device_plugin_dir = None if a.backend == "none" or a.mode == "dra" else DEVICE_PLUGIN_DIR
     return AgentConfig(
         node_name=a.node_name,
         backend=a.backend,

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any, cast
+from typing import Any
 
 from kubernetes import client
 
 from agent.events import LogEvents
 from agent.oci import ContainerRef
 from agent.store import Update
-from rtdra.kube import api_client
+from rtdra.kube import api_client, read_object
 from rtdra.leases import LeaseRenewer
 from rtdra.ledger import NodeLedger
 from rtdra.store import AlreadyExists, NasStore, NotFound, TooManyConflicts
@@ -91,11 +91,15 @@ class ApiEvents:
 
 
 class ClaimReader:
-    """Reads ResourceClaims (``resource.k8s.io/v1``) for the DRA plugin, as plain JSON objects."""
+    """Reads ResourceClaims (``resource.k8s.io/v1``) for the DRA plugin, as plain JSON objects.
 
-    def __init__(self, api: client.ApiClient) -> None:
-        self.objects = client.CustomObjectsApi(api)
+    ``None`` when the claim does not exist; any other failure is :func:`rtdra.kube.api_error`'s
+    one-line :class:`StoreError` (it reaches kubelet, and the pod's events, as the claim's error).
+    """
 
-    def __call__(self, namespace: str, name: str) -> dict[str, Any]:
-        found = self.objects.get_namespaced_custom_object("resource.k8s.io", "v1", namespace, "resourceclaims", name)
-        return cast(dict[str, Any], found)
+    def __init__(self, api: client.ApiClient, request_timeout: float = 10.0) -> None:
+        self.resource = client.ResourceV1Api(api)
+        self.request_timeout = request_timeout
+
+    def __call__(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return read_object(self.resource.read_namespaced_resource_claim, namespace, name, self.request_timeout)

@@ -135,12 +135,12 @@ def bench_app(nodes: int, seed: int) -> Flask:
 def serve(port: int, nodes: int, seed: int) -> None:
     from gunicorn.app.base import BaseApplication
 
-    from extender.cli import gunicorn_options
     from extender.config import ExtenderConfig
+    from rtdra.serve import gunicorn_options
 
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
-            options = gunicorn_options(ExtenderConfig(bind=f"127.0.0.1:{port}", workers=1, threads=2))
+            options = gunicorn_options("rtdra-extender", ExtenderConfig(bind=f"127.0.0.1:{port}", workers=1, threads=2))
             options["loglevel"] = "warning"
             for key, value in options.items():
                 self.cfg.set(key, value)

@@ -75,7 +75,7 @@ from hack.bench_image import build_bench_image  # noqa: E402
 from hack.runtime import CRI_NAMESPACE  # noqa: E402
 from hack.stack import NodeSpec, Stack, running_stack, wait_for  # noqa: E402
 from rtdra import names, sched  # noqa: E402
-from rtdra.bandwidth import BW_UNIT, NSEC_PER_USEC, bandwidth, format_ns, percent  # noqa: E402
+from rtdra.bandwidth import BW_UNIT, NSEC_PER_USEC, bandwidth, format_ns, max_runtime, percent  # noqa: E402
 from rtdra.fit import fits_on_cpu  # noqa: E402
 from rtdra.ledger import NodeLedger, Slot  # noqa: E402
 
@@ -281,12 +281,8 @@ def rt_workload(name: str, runtime_ns: int, period_ns: int, deadline_ns: int | N
 def fill_to_capacity(capacity: int, period_ns: int, pods: int) -> list[int]:
     """Runtimes (ns) of ``pods`` reservations of ``period_ns`` whose bandwidths add up to at most ``capacity``,
     with less than one more nanosecond of runtime left (the last one takes the rest)."""
-
-    def largest(bw: int) -> int:  # the largest runtime whose bandwidth (kernel fixed point) is <= bw
-        return ((bw + 1) * period_ns - 1) >> 20
-
     share = capacity // pods
-    return [largest(share)] * (pods - 1) + [largest(capacity - share * (pods - 1))]
+    return [max_runtime(share, period_ns)] * (pods - 1) + [max_runtime(capacity - share * (pods - 1), period_ns)]
 
 
 def edf_limit(capacity: int, period_ns: int, deadline_ns: int, pods: int) -> int:
@@ -749,7 +745,7 @@ def scenarios_for(ledger: NodeLedger, args: argparse.Namespace) -> list[Scenario
     ncpu = len(ledger.capacities)
     cap = min(*ledger.capacities.values(), ledger.root_capacity // ncpu)
     budget_ns = int(args.budget_over_work * work_ns)
-    count = max(1, min(args.max_pods, (cap * p_ns >> 20) // budget_ns))
+    count = max(1, min(args.max_pods, max_runtime(cap, p_ns) // budget_ns))
     runtimes = fill_to_capacity(cap, p_ns, count)
     full = [rt_workload(f"cap-{i}", q, p_ns) for i, q in enumerate(runtimes)]
     used = sum(bandwidth(q, p_ns) for q in runtimes)
@@ -764,7 +760,7 @@ def scenarios_for(ledger: NodeLedger, args: argparse.Namespace) -> list[Scenario
     out.append(sc)
     # Constrained deadlines at the EDF test's limit.
     d_ns = p_ns // 2
-    count = max(1, min(args.max_pods, (cap * d_ns >> 20) // budget_ns))
+    count = max(1, min(args.max_pods, max_runtime(cap, d_ns) // budget_ns))
     q_limit = edf_limit(cap, p_ns, d_ns, count)
     over = [Slot(0, q_limit + 1, d_ns, p_ns)] * count
     if fits_on_cpu(over[:-1], over[-1], cap):

@@ -41,7 +41,7 @@ from rtdra import serve  # noqa: E402
 from rtdra.cli import main as rtdra_main  # noqa: E402
 from webhook.admission import Lookups, admit, encode_review, parse_review  # noqa: E402
 from webhook.app import create_app  # noqa: E402
-from webhook.config import WebhookConfig  # noqa: E402
+from webhook.config import WebhookConfig, WebhookServer  # noqa: E402
 
 RT_CONTAINERS = ("rx", "tx", "ctl", "log")
 
@@ -104,16 +104,9 @@ def serve_https(port: int, cert: str, key: str, workers: int, threads: int) -> N
     """Run :func:`floor_app` as ``rtdra-webhook`` runs its app (``--serve-https``, in a child process)."""
     from webhook.tls import gunicorn_ssl_context
 
-    options = serve.gunicorn_options(
-        name="rtdra-webhook-bench",
-        bind=f"127.0.0.1:{port}",
-        workers=workers,
-        threads=threads,
-        log_level="warning",
-        certfile=cert,
-        keyfile=key,
-        ssl_context=gunicorn_ssl_context,
-    )
+    bind = f"127.0.0.1:{port}"
+    listen = WebhookServer(bind, workers, threads, log_level="warning", tls_cert_file=cert, tls_key_file=key)
+    options = serve.gunicorn_options("rtdra-webhook-bench", listen, ssl_context=gunicorn_ssl_context)
     serve.run(options, lambda: floor_app(WebhookConfig(tls_cert=cert)))
 
 

@@ -19,14 +19,14 @@ API hiccupped.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from kubernetes import client
 
 from rtdra import names
 from rtdra.kube import API_FAILURES, NotFound, api_error
-from rtdra.listwatch import ListWatch, ObjectEvent, list_objects, watch_objects
+from rtdra.listwatch import ObjectEvent, object_feed
 
 Key = tuple[str, str]
 _ARGS: Final = (names.CLAIM_PARAMETERS_GROUP, names.CLAIM_PARAMETERS_VERSION, names.CLAIM_PARAMETERS_PLURAL)
@@ -60,12 +60,13 @@ class ClaimParametersCache:
         self._objects = client.CustomObjectsApi(api)
         self.request_timeout = request_timeout
         self._specs: dict[Key, dict[str, Any]] = {}
-        self.feed: ListWatch[dict[str, Any], ObjectEvent] = ListWatch(
+        self.feed = object_feed(
             "claim-parameters-watch",
-            self._list,
-            self._watch,
+            self._objects.list_cluster_custom_object,
+            *_ARGS,
             on_list=self._replace_all,
             on_event=self._apply,
+            request_timeout=request_timeout,
             timeout_seconds=watch_timeout_seconds,
             retry_seconds=retry_seconds,
         )
@@ -105,18 +106,6 @@ class ClaimParametersCache:
 
     def stop(self) -> None:
         self.feed.stop()
-
-    def _list(self) -> tuple[list[dict[str, Any]], str]:
-        return list_objects(self._objects.list_cluster_custom_object, *_ARGS, request_timeout=self.request_timeout)
-
-    def _watch(self, version: str, timeout_seconds: int) -> Iterator[ObjectEvent]:
-        return watch_objects(
-            self._objects.list_cluster_custom_object,
-            *_ARGS,
-            resource_version=version,
-            timeout_seconds=timeout_seconds,
-            request_timeout=self.request_timeout,
-        )
 
     def _replace_all(self, items: Sequence[Mapping[str, Any]]) -> None:
         self._specs = {_key(obj): _spec(obj) for obj in items}

@@ -50,22 +50,8 @@ def parser() -> argparse.ArgumentParser:
         help="serve <prefix>/dra/prioritize for pods with RT ResourceClaims (DRA mode; off by default)",
     )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING ... (default INFO)")
+    p.add_argument("--access-log", action="store_true", default=None, help="log every request to stderr")
     return p
-
-
-def gunicorn_options(config: ExtenderConfig) -> dict[str, Any]:
-    """gunicorn settings for ``config`` (``rtdra.serve``, shared with the webhook)."""
-    return serve.gunicorn_options(
-        name="rtdra-extender",
-        bind=config.bind,
-        workers=config.workers,
-        threads=config.threads,
-        timeout=config.timeout,
-        log_level=config.log_level,
-        certfile=config.tls_cert_file or None,
-        keyfile=config.tls_key_file or None,
-        client_ca_file=config.client_ca_file or None,
-    )
 
 
 def load_app(config: ExtenderConfig) -> Any:
@@ -73,9 +59,7 @@ def load_app(config: ExtenderConfig) -> Any:
     from extender.app import create_app  # noqa: PLC0415 - see rtdra.serve
 
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(config)
-    # Client certificates: checked per request, so that kubelet's probes reach /healthz and /readyz.
-    return serve.require_client_certificate(app) if config.client_ca_file else app
+    return create_app(config)  # client certificates: rtdra.serve.run checks them per request
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = ExtenderConfig.from_env(**{k: v for k, v in vars(args).items() if v is not None})
     except ConfigError as err:
         fail("rtdra-extender", str(err))
-    serve.run(gunicorn_options(config), functools.partial(load_app, config))
+    serve.run(serve.gunicorn_options("rtdra-extender", config), functools.partial(load_app, config))
     return 0
 
 

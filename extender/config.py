@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from rtdra import names
 from rtdra.request import DEFAULT_PLACEMENT, PLACEMENTS, Placement
-from rtdra.settings import ConfigError, Env, dataclass_from_env
+from rtdra.settings import ConfigError, Env, Listen, dataclass_from_env
 
 __all__ = ["ENV_PREFIX", "ConfigError", "ExtenderConfig"]
 
@@ -23,11 +23,14 @@ ENV_PREFIX: Final = "RTDRA_EXTENDER_"
 
 
 @dataclass(frozen=True)
-class ExtenderConfig:
-    """How the extender listens, talks to the API and decides."""
+class ExtenderConfig(Listen):
+    """How the extender listens (:class:`rtdra.settings.Listen`), talks to the API and decides."""
 
-    #: ``HOST:PORT`` gunicorn listens on.
+    #: The listening settings' defaults for the extender (every thread may be in a bind at once); a client
+    #: CA (``client_ca_file``) checks the scheduler's certificate (its ``tlsConfig.certFile``).
     bind: str = "0.0.0.0:8888"
+    threads: int = 32
+    log_level: str = "INFO"
     #: Path prefix of the verbs: ``<prefix>/filter``, ``/prioritize``, ``/bind`` (match the scheduler's urlPrefix).
     url_prefix: str = ""
     #: Kubeconfig file; empty: in-cluster, then ``$KUBECONFIG``.
@@ -36,16 +39,6 @@ class ExtenderConfig:
     namespace: str = names.DEFAULT_NAMESPACE
     #: Placement of pods that do not say (``pack`` or ``spread``).
     default_placement: Placement = DEFAULT_PLACEMENT
-    #: TLS: serve HTTPS with this certificate and key (PEM files).
-    tls_cert_file: str = ""
-    tls_key_file: str = ""
-    #: TLS: require a client certificate signed by this CA (the scheduler's ``tlsConfig.certFile``).
-    client_ca_file: str = ""
-    #: gunicorn workers (processes) and threads per worker.
-    workers: int = 1
-    threads: int = 32
-    #: gunicorn worker timeout, seconds.
-    timeout: int = 30
     #: Release reservations whose pod is still unbound this long after ``reservedAt``.
     bind_grace_seconds: float = 60.0
     #: How often the reconcile loop runs (0 disables it).
@@ -57,30 +50,17 @@ class ExtenderConfig:
     #: DRA mode: serve ``<prefix>/dra/prioritize``, scoring pods with RT ResourceClaims from the
     #: ResourceSlices and allocated claims it watches (manifests/scheduler/dra-scoring.yaml).
     dra_scoring: bool = False
-    #: Log level name for the extender's logger.
-    log_level: str = "INFO"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.default_placement not in PLACEMENTS:
             raise ConfigError(
                 f"default placement must be one of {', '.join(PLACEMENTS)}, got {self.default_placement!r}"
             )
-        if (self.tls_cert_file == "") != (self.tls_key_file == ""):
-            raise ConfigError("TLS needs both a certificate and a key file")
-        if self.client_ca_file and not self.tls_cert_file:
-            raise ConfigError("checking client certificates needs HTTPS (a certificate and key)")
         if self.url_prefix and not self.url_prefix.startswith("/"):
             raise ConfigError(f"the URL prefix must start with '/', got {self.url_prefix!r}")
-        if self.workers < 1 or self.threads < 1 or self.timeout < 1:
-            raise ConfigError("workers, threads and timeout must be at least 1")
         if self.agent_lease_seconds < 0:
             raise ConfigError(f"the agent lease bound must not be negative, got {self.agent_lease_seconds}")
-        if ":" not in self.bind:
-            raise ConfigError(f"bind must be HOST:PORT, got {self.bind!r}")
-
-    @property
-    def https(self) -> bool:
-        return bool(self.tls_cert_file)
 
     @property
     def prefix(self) -> str:

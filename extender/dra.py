@@ -28,19 +28,18 @@ changes no ranking.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from extender.wire import MIN_PRIORITY, HostPriority
 from rtdra import dra
-from rtdra.listwatch import ListWatch, ObjectEvent, list_objects, watch_objects
+from rtdra.kube import read_object
+from rtdra.listwatch import object_feed
 from rtdra.placement import placement_policy
 from rtdra.request import DEFAULT_PLACEMENT, InvalidRequest, Placement, parse_placement
 
@@ -276,20 +275,21 @@ class DraWatch:
         self.usage = DraUsage(self.read_claim)
         self._resource = client.ResourceV1Api(api)
         self.request_timeout = request_timeout
-        self.slices: ListWatch[dict[str, Any], ObjectEvent] = ListWatch(
+        self.slices = object_feed(
             "dra-slice-watch",
-            self._list_slices,
-            self._watch_slices,
+            self._resource.list_resource_slice,
+            field_selector=_SLICE_SELECTOR,
             on_list=self.usage.replace_slices,
             on_event=lambda e: self.usage.apply_slice(e.type, e.object),
+            request_timeout=request_timeout,
             timeout_seconds=watch_timeout_seconds,
         )
-        self.claims: ListWatch[dict[str, Any], ObjectEvent] = ListWatch(
+        self.claims = object_feed(
             "dra-claim-watch",
-            self._list_claims,
-            self._watch_claims,
+            self._resource.list_resource_claim_for_all_namespaces,
             on_list=self.usage.replace_claims,
             on_event=lambda e: self.usage.apply_claim(e.type, e.object),
+            request_timeout=request_timeout,
             timeout_seconds=watch_timeout_seconds,
         )
 
@@ -308,38 +308,4 @@ class DraWatch:
 
     def read_claim(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         """One claim from the API (``None`` if there is none)."""
-        try:
-            response: Any = self._resource.read_namespaced_resource_claim(
-                name, namespace, _preload_content=False, _request_timeout=self.request_timeout
-            )
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
-        obj: Mapping[str, Any] = json.loads(response.data)
-        return obj
-
-    def _list_slices(self) -> tuple[list[dict[str, Any]], str]:
-        return list_objects(
-            self._resource.list_resource_slice, field_selector=_SLICE_SELECTOR, request_timeout=self.request_timeout
-        )
-
-    def _watch_slices(self, version: str, timeout_seconds: int) -> Iterator[ObjectEvent]:
-        return watch_objects(
-            self._resource.list_resource_slice,
-            field_selector=_SLICE_SELECTOR,
-            resource_version=version,
-            timeout_seconds=timeout_seconds,
-            request_timeout=self.request_timeout,
-        )
-
-    def _list_claims(self) -> tuple[list[dict[str, Any]], str]:
-        return list_objects(self._resource.list_resource_claim_for_all_namespaces, request_timeout=self.request_timeout)
-
-    def _watch_claims(self, version: str, timeout_seconds: int) -> Iterator[ObjectEvent]:
-        return watch_objects(
-            self._resource.list_resource_claim_for_all_namespaces,
-            resource_version=version,
-            timeout_seconds=timeout_seconds,
-            request_timeout=self.request_timeout,
-        )
+        return read_object(self._resource.read_namespaced_resource_claim, namespace, name, self.request_timeout)

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kubernetes import client
 
 from rtdra.leases import agent_lease_name, lease_node, renew_time
-from rtdra.listwatch import ListWatch, ObjectEvent, list_objects, watch_objects
+from rtdra.listwatch import object_feed
 
 
 class AgentHeartbeats:
@@ -128,13 +128,13 @@ class WatchedAgentHeartbeats(AgentHeartbeats):
     ) -> None:
         super().__init__(namespace, bound_s, on_room=on_room)
         self.coordination = client.CoordinationV1Api(api)
-        self.request_timeout = request_timeout
-        self.feed: ListWatch[dict[str, Any], ObjectEvent] = ListWatch(
+        self.feed = object_feed(
             "lease-watch",
-            self._list,
-            self._watch,
+            self.coordination.list_namespaced_lease,
+            self.namespace,
             on_list=self.replace_all,
             on_event=lambda event: self.apply(event.type, event.object),
+            request_timeout=request_timeout,
             timeout_seconds=watch_timeout_seconds,
         )
 
@@ -144,17 +144,3 @@ class WatchedAgentHeartbeats(AgentHeartbeats):
 
     def stop(self) -> None:
         self.feed.stop()
-
-    def _list(self) -> tuple[list[dict[str, Any]], str]:
-        return list_objects(
-            self.coordination.list_namespaced_lease, self.namespace, request_timeout=self.request_timeout
-        )
-
-    def _watch(self, version: str, timeout_seconds: int) -> Iterator[ObjectEvent]:
-        return watch_objects(
-            self.coordination.list_namespaced_lease,
-            self.namespace,
-            resource_version=version,
-            timeout_seconds=timeout_seconds,
-            request_timeout=self.request_timeout,
-        )

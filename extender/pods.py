@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from kubernetes import client
 
 from rtdra import names
-from rtdra.listwatch import ListWatch, ObjectEvent, list_objects, watch_objects
+from rtdra.listwatch import ObjectEvent, object_feed
 from rtdra.request import has_rt_request
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,9 @@ PodListener = Callable[[str, Mapping[str, Any]], None]
 
 
 def is_pending_rt_pod(pod: Mapping[str, Any]) -> bool:
-    """An unbound pod asking for real-time bandwidth (webhook spec, user annotations or the opt-in resource)."""
-    if (pod.get("spec") or {}).get("nodeName"):
+    """An unbound pod, not being deleted, asking for real-time bandwidth (webhook spec, user annotations or the
+    opt-in resource)."""
+    if (pod.get("spec") or {}).get("nodeName") or (pod.get("metadata") or {}).get("deletionTimestamp"):
         return False
     if str((pod.get("status") or {}).get("phase") or "") in FINISHED_PHASES:
         return False
@@ -80,17 +81,18 @@ class PodWatch:
         self, api: client.ApiClient, *, watch_timeout_seconds: int = 300, request_timeout: float = 30.0
     ) -> None:
         self.core = client.CoreV1Api(api)
-        self.request_timeout = request_timeout
         self._lock = threading.Lock()
         self._pending: dict[str, dict[str, Any]] = {}
         self._listeners: list[PodListener] = []
-        self.feed: ListWatch[dict[str, Any], ObjectEvent] = ListWatch(
+        self.feed = object_feed(
             "pod-watch",
-            self._list,
-            self._watch,
+            self.core.list_pod_for_all_namespaces,
             on_list=self._replace_all,
             on_event=self._apply,
+            request_timeout=request_timeout,
             timeout_seconds=watch_timeout_seconds,
+            # Lists the unbound pods, then watches every pod: deletions of bound pods matter too (above).
+            list_only={"field_selector": "spec.nodeName="},
         )
 
     def start(self) -> PodWatch:
@@ -118,7 +120,7 @@ class PodWatch:
         """Remember the pod if it is a pending real-time pod, else forget it."""
         metadata = pod.get("metadata") or {}
         uid = str(metadata.get("uid") or "")
-        pending = not deleted and not metadata.get("deletionTimestamp") and is_pending_rt_pod(pod)
+        pending = not deleted and is_pending_rt_pod(pod)
         with self._lock:
             if pending:
                 self._pending[uid] = pending_view(pod)
@@ -130,19 +132,6 @@ class PodWatch:
             self._pending.pop(uid, None)
 
     # -- the feed ----------------------------------------------------------------
-
-    def _list(self) -> tuple[list[dict[str, Any]], str]:
-        return list_objects(
-            self.core.list_pod_for_all_namespaces, field_selector="spec.nodeName=", request_timeout=self.request_timeout
-        )
-
-    def _watch(self, version: str, timeout_seconds: int) -> Iterator[ObjectEvent]:
-        return watch_objects(
-            self.core.list_pod_for_all_namespaces,
-            resource_version=version,
-            timeout_seconds=timeout_seconds,
-            request_timeout=self.request_timeout,
-        )
 
     def _replace_all(self, pods: Sequence[Mapping[str, Any]]) -> None:
         with self._lock:

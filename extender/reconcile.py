@@ -44,6 +44,7 @@ from extender.pods import FINISHED_PHASES, PodWatch
 from rtdra import names
 from rtdra.kube import read_pod
 from rtdra.ledger import NodeLedger, PodAllocation
+from rtdra.listwatch import list_objects
 from rtdra.store import NasStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,8 @@ class Reconciler:
         while not self._stop.wait(self.interval_seconds * random.uniform(0.75, 1.25)):
             try:
                 self.reconcile_once()
+            except StoreError as err:  # expected: the API away or refusing; one line, not a traceback
+                log.warning("reconcile failed: %s; trying again in %.0fs", err, self.interval_seconds)
             except Exception:  # the loop must survive anything and try again next round
                 log.exception("reconcile failed; trying again in %.0fs", self.interval_seconds)
 
@@ -197,10 +200,7 @@ class Reconciler:
     # -- the periodic pass -----------------------------------------------------------------
 
     def _pods(self) -> dict[str, PodState]:
-        response: Any = self.core.list_pod_for_all_namespaces(
-            _preload_content=False, _request_timeout=self.request_timeout
-        )
-        items = json.loads(response.data).get("items") or []
+        items, _ = list_objects(self.core.list_pod_for_all_namespaces, request_timeout=self.request_timeout)
         if self.pods is not None:
             for pod in items:
                 self.pods.track(pod)

@@ -28,18 +28,18 @@ that came in meanwhile.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Final
 
 from kubernetes import client
 
 from extender.pods import is_pending_rt_pod
 from rtdra import names
-from rtdra.kube import API_FAILURES, NotFound, api_error
+from rtdra.kube import API_FAILURES, NotFound, api_error, micro_time
+from rtdra.listwatch import list_objects
 
 log = logging.getLogger(__name__)
 
@@ -94,22 +94,17 @@ class Requeuer:
 
     def pending(self) -> list[Mapping[str, Any]]:
         """The pending real-time pods, read from the API now (unscheduled pods, filtered here)."""
-        try:
-            response: Any = self.core.list_pod_for_all_namespaces(
-                field_selector="spec.nodeName=", _preload_content=False, _request_timeout=self.request_timeout
-            )
-            data = response.data
-        except API_FAILURES as err:
-            raise api_error(err, "listing unscheduled pods") from None
-        items: Sequence[Mapping[str, Any]] = json.loads(data).get("items") or []
-        return [p for p in items if not (p.get("metadata") or {}).get("deletionTimestamp") and is_pending_rt_pod(p)]
+        items, _ = list_objects(
+            self.core.list_pod_for_all_namespaces, field_selector="spec.nodeName=", request_timeout=self.request_timeout
+        )
+        return [p for p in items if is_pending_rt_pod(p)]
 
     def requeue_once(self) -> int:
         """Touch every pending RT pod (at most ``limit``); returns how many were touched.
 
         One pod's failure does not keep the others waiting.
         """
-        stamp = f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')} {self._origin}"
+        stamp = f"{micro_time(dt.datetime.now(dt.UTC))} {self._origin}"
         body = {"metadata": {"annotations": {REQUEUE: stamp}}}
         touched = 0
         for pod in self.pending()[: self.limit]:

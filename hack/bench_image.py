@@ -27,15 +27,12 @@ CLI: ``python hack/bench_image.py`` prints name, digest and tar path.
 from __future__ import annotations
 
 import argparse
-import fcntl
-import hashlib
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,7 +40,7 @@ HACK = Path(__file__).resolve().parent
 sys.path.insert(0, str(HACK.parent))
 
 from hack import images  # noqa: E402
-from hack.images import CACHE_ROOT, ImageError, ImageInfo  # noqa: E402
+from hack.images import ImageError, ImageInfo  # noqa: E402
 
 BENCH_IMAGE_NAME = "rt-dra.local/rt-bench:1"
 #: Program path in the image (and on the host) -> the Debian package that ships it.
@@ -109,56 +106,28 @@ def _files() -> dict[str, bytes]:
     return files
 
 
-def _entries(files: dict[str, bytes]) -> list[images._Entry]:
+def _entries(files: dict[str, bytes]) -> list[images.Entry]:
     dirs = {str(p) for name in files for p in Path(name).parents if str(p) not in (".", "")}
     dirs -= {"bin", "dev", "etc", "proc", "root", "sys", "var", "tmp"}  # the base layer has these
-    out = [images._Entry(d, tarfile.DIRTYPE, 0o755) for d in sorted(dirs)]
-    out += [images._Entry(name, tarfile.REGTYPE, 0o755, data) for name, data in sorted(files.items())]
+    out = [images.Entry(d, tarfile.DIRTYPE, 0o755) for d in sorted(dirs)]
+    out += [images.Entry(name, tarfile.REGTYPE, 0o755, data) for name, data in sorted(files.items())]
     return out
 
 
 def build_bench_image(*, quiet: bool = False) -> ImageInfo:
     """Build (or take from the cache) ``rt-dra.local/rt-bench:1``; the cached tar must not be modified."""
     _ensure_programs()
-    busybox, gcc = images._busybox(), images._gcc()
     files = _files()
-    gcc_version = subprocess.run([gcc, "--version"], capture_output=True, text=True, check=True).stdout
-    h = hashlib.sha256()
-    parts = [busybox.read_bytes(), images.PAUSE_SOURCE.read_bytes(), gcc_version.encode()]
-    parts += [Path(images.__file__).read_bytes(), Path(__file__).read_bytes()]
-    parts += [name.encode() + b"\0" + data for name, data in sorted(files.items())]
-    for part in parts:
-        h.update(hashlib.sha256(part).digest())
-    key = h.hexdigest()[:12]
-    cached = CACHE_ROOT / f"bench-image-{key}"
-    if not (cached / ".complete").exists():
-        CACHE_ROOT.mkdir(parents=True, exist_ok=True)
-        with open(CACHE_ROOT / f".build-bench-image-{key}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (cached / ".complete").exists():
-                if not quiet:
-                    print(f"[bench-image] building {BENCH_IMAGE_NAME} into {cached}", file=sys.stderr, flush=True)
-                tmp = Path(tempfile.mkdtemp(prefix=f"bench-image-{key}.tmp.", dir=CACHE_ROOT))
-                try:
-                    images._build_pause(gcc, tmp / "pause")
-                    data, digest = images.image_layout(
-                        busybox.read_bytes(),
-                        images._applets(busybox),
-                        (tmp / "pause").read_bytes(),
-                        BENCH_IMAGE_NAME,
-                        extra=_entries(files),
-                        history=f"hack/bench_image.py (node-base + {package_versions()} from Debian)",
-                    )
-                    (tmp / "pause").unlink()
-                    (tmp / TAR_NAME).write_bytes(data)
-                    (tmp / "digest").write_text(digest + "\n")
-                    (tmp / "name").write_text(BENCH_IMAGE_NAME + "\n")
-                    (tmp / ".complete").touch()
-                    shutil.rmtree(cached, ignore_errors=True)
-                    tmp.rename(cached)
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
-    return ImageInfo(BENCH_IMAGE_NAME, cached / TAR_NAME, (cached / "digest").read_text().strip())
+    key_parts = [Path(__file__).read_bytes()] + [name.encode() + b"\0" + data for name, data in sorted(files.items())]
+    return images.build_cached(
+        BENCH_IMAGE_NAME,
+        "bench-image",
+        key_parts,
+        extra=_entries(files),
+        history=f"hack/bench_image.py (node-base + {package_versions()} from Debian)",
+        tar_name=TAR_NAME,
+        quiet=quiet,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

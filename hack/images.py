@@ -64,6 +64,7 @@ IMAGE_NAME = "rt-dra.local/node-base:1"
 BUSYBOX = Path("/bin/busybox")
 BUSYBOX_PACKAGE = "busybox-static"
 TAR_NAME = "node-base.tar"
+HISTORY = "hack/images.py (busybox-static + hack/node/pause.c)"
 
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
@@ -148,17 +149,9 @@ def _build_pause(gcc: str, out: Path) -> None:
         raise ImageError(f"gcc -static {PAUSE_SOURCE} failed:\n{proc.stderr}")
 
 
-def _cache_key(busybox: Path, gcc: str) -> str:
-    gcc_version = subprocess.run([gcc, "--version"], capture_output=True, text=True, check=True).stdout
-    h = hashlib.sha256()
-    for part in (busybox.read_bytes(), PAUSE_SOURCE.read_bytes(), gcc_version.encode(), Path(__file__).read_bytes()):
-        h.update(hashlib.sha256(part).digest())
-    return h.hexdigest()[:12]
-
-
 # --------------------------------------------------------------------------- deterministic tar
 @dataclass(frozen=True)
-class _Entry:
+class Entry:
     name: str
     kind: bytes  # tarfile.DIRTYPE / REGTYPE / SYMTYPE
     mode: int
@@ -166,7 +159,7 @@ class _Entry:
     link: str = ""
 
 
-def _tar(entries: Iterable[_Entry]) -> bytes:
+def _tar(entries: Iterable[Entry]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
         for e in sorted(entries, key=lambda e: e.name):
@@ -193,15 +186,15 @@ def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _rootfs_layer(busybox: bytes, applets: Sequence[str], pause: bytes, extra: Sequence[_Entry] = ()) -> bytes:
-    entries = [_Entry(d, tarfile.DIRTYPE, 0o755) for d in ("bin", "dev", "etc", "proc", "root", "sys", "var")]
+def _rootfs_layer(busybox: bytes, applets: Sequence[str], pause: bytes, extra: Sequence[Entry] = ()) -> bytes:
+    entries = [Entry(d, tarfile.DIRTYPE, 0o755) for d in ("bin", "dev", "etc", "proc", "root", "sys", "var")]
     entries += extra
-    entries.append(_Entry("tmp", tarfile.DIRTYPE, 0o1777))
-    entries.append(_Entry("bin/busybox", tarfile.REGTYPE, 0o755, busybox))
-    entries += [_Entry(f"bin/{a}", tarfile.SYMTYPE, 0o777, link="busybox") for a in applets]
-    entries.append(_Entry("pause", tarfile.REGTYPE, 0o755, pause))
-    entries.append(_Entry("etc/passwd", tarfile.REGTYPE, 0o644, b"root:x:0:0:root:/root:/bin/sh\n"))
-    entries.append(_Entry("etc/group", tarfile.REGTYPE, 0o644, b"root:x:0:\n"))
+    entries.append(Entry("tmp", tarfile.DIRTYPE, 0o1777))
+    entries.append(Entry("bin/busybox", tarfile.REGTYPE, 0o755, busybox))
+    entries += [Entry(f"bin/{a}", tarfile.SYMTYPE, 0o777, link="busybox") for a in applets]
+    entries.append(Entry("pause", tarfile.REGTYPE, 0o755, pause))
+    entries.append(Entry("etc/passwd", tarfile.REGTYPE, 0o644, b"root:x:0:0:root:/root:/bin/sh\n"))
+    entries.append(Entry("etc/group", tarfile.REGTYPE, 0o644, b"root:x:0:\n"))
     return _tar(entries)
 
 
@@ -239,8 +232,8 @@ def image_layout(
     pause: bytes,
     name: str = IMAGE_NAME,
     *,
-    extra: Sequence[_Entry] = (),
-    history: str = "hack/images.py (busybox-static + hack/node/pause.c)",
+    extra: Sequence[Entry] = (),
+    history: str = HISTORY,
 ) -> tuple[bytes, str]:
     """The OCI image-layout tar for these inputs and its manifest digest (pure).
 
@@ -259,13 +252,13 @@ def image_layout(
     )
     manifest, index = _manifest_and_index(config, [(_digest(layer), len(layer))], name)
     entries = [
-        _Entry("oci-layout", tarfile.REGTYPE, 0o644, _json({"imageLayoutVersion": "1.0.0"})),
-        _Entry("index.json", tarfile.REGTYPE, 0o644, index),
-        _Entry("blobs", tarfile.DIRTYPE, 0o755),
-        _Entry("blobs/sha256", tarfile.DIRTYPE, 0o755),
+        Entry("oci-layout", tarfile.REGTYPE, 0o644, _json({"imageLayoutVersion": "1.0.0"})),
+        Entry("index.json", tarfile.REGTYPE, 0o644, index),
+        Entry("blobs", tarfile.DIRTYPE, 0o755),
+        Entry("blobs/sha256", tarfile.DIRTYPE, 0o755),
     ]
     for blob in (layer, config, manifest):
-        entries.append(_Entry(f"blobs/sha256/{_digest(blob).split(':', 1)[1]}", tarfile.REGTYPE, 0o644, blob))
+        entries.append(Entry(f"blobs/sha256/{_digest(blob).split(':', 1)[1]}", tarfile.REGTYPE, 0o644, blob))
     return _tar(entries), _digest(manifest)
 
 
@@ -358,42 +351,74 @@ def _atomic_copy(src: Path, dst: Path) -> None:
         raise
 
 
+def build_cached(
+    name: str,
+    prefix: str,
+    key_parts: Sequence[bytes] = (),
+    *,
+    extra: Sequence[Entry] = (),
+    history: str = HISTORY,
+    tar_name: str = TAR_NAME,
+    quiet: bool = False,
+) -> ImageInfo:
+    """Build (or take from the cache) image ``name``: the node-base rootfs plus ``extra`` entries.
+
+    Cached under ``CACHE_ROOT/<prefix>-<key>``, the key hashing busybox, ``pause.c``, gcc's
+    version, this module and ``key_parts`` (whatever else decides the content); one build at a
+    time per key (a lock file), published by a rename so a half-written cache is never used.
+    The cached tar must not be modified.
+    """
+    busybox, gcc = _busybox(), _gcc()
+    gcc_version = subprocess.run([gcc, "--version"], capture_output=True, text=True, check=True).stdout
+    h = hashlib.sha256()
+    for part in (busybox.read_bytes(), PAUSE_SOURCE.read_bytes(), gcc_version.encode(), Path(__file__).read_bytes()):
+        h.update(hashlib.sha256(part).digest())
+    for part in key_parts:
+        h.update(hashlib.sha256(part).digest())
+    key = h.hexdigest()[:12]
+    cached = CACHE_ROOT / f"{prefix}-{key}"
+    if not (cached / ".complete").exists():
+        CACHE_ROOT.mkdir(parents=True, exist_ok=True)
+        with open(CACHE_ROOT / f".build-{prefix}-{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (cached / ".complete").exists():
+                if not quiet:
+                    print(f"[images] building {name} into {cached}", file=sys.stderr, flush=True)
+                tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}-{key}.tmp.", dir=CACHE_ROOT))
+                try:
+                    _build_pause(gcc, tmp / "pause")
+                    data, digest = image_layout(
+                        busybox.read_bytes(),
+                        _applets(busybox),
+                        (tmp / "pause").read_bytes(),
+                        name,
+                        extra=extra,
+                        history=history,
+                    )
+                    (tmp / "pause").unlink()
+                    (tmp / tar_name).write_bytes(data)
+                    (tmp / "digest").write_text(digest + "\n")
+                    (tmp / "name").write_text(name + "\n")
+                    (tmp / ".complete").touch()
+                    shutil.rmtree(cached, ignore_errors=True)
+                    tmp.rename(cached)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+    return ImageInfo(name, cached / tar_name, (cached / "digest").read_text().strip())
+
+
 def build_image(out: Path | None = None, *, quiet: bool = False) -> ImageInfo:
     """Build (or take from the cache) ``rt-dra.local/node-base:1``.
 
     ``out``: where to put the tar (copied atomically from the cache); by default the
     cached tar itself is returned, which callers must not modify.
     """
-    busybox, gcc = _busybox(), _gcc()
-    key = _cache_key(busybox, gcc)
-    cached = CACHE_ROOT / f"image-{key}"
-    tar_path, digest_file = cached / TAR_NAME, cached / "digest"
-    if not (cached / ".complete").exists():
-        CACHE_ROOT.mkdir(parents=True, exist_ok=True)
-        with open(CACHE_ROOT / f".build-image-{key}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (cached / ".complete").exists():
-                if not quiet:
-                    print(f"[images] building {IMAGE_NAME} into {cached}", file=sys.stderr, flush=True)
-                tmp = Path(tempfile.mkdtemp(prefix=f"image-{key}.tmp.", dir=CACHE_ROOT))
-                try:
-                    _build_pause(gcc, tmp / "pause")
-                    data, digest = image_layout(busybox.read_bytes(), _applets(busybox), (tmp / "pause").read_bytes())
-                    (tmp / "pause").unlink()
-                    (tmp / TAR_NAME).write_bytes(data)
-                    (tmp / "digest").write_text(digest + "\n")
-                    (tmp / "name").write_text(IMAGE_NAME + "\n")
-                    (tmp / ".complete").touch()
-                    shutil.rmtree(cached, ignore_errors=True)
-                    tmp.rename(cached)
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
-    digest = digest_file.read_text().strip()
-    if out is not None:
-        out = Path(out).resolve()
-        _atomic_copy(tar_path, out)
-        tar_path = out
-    return ImageInfo(IMAGE_NAME, tar_path, digest)
+    info = build_cached(IMAGE_NAME, "image", quiet=quiet)
+    if out is None:
+        return info
+    out = Path(out).resolve()
+    _atomic_copy(info.tar_path, out)
+    return ImageInfo(info.name, out, info.digest)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,6 +43,13 @@ def bandwidth(runtime_ns: int, period_ns: int) -> int:
     return to_ratio(period_ns, runtime_ns)
 
 
+def max_runtime(bw: int, period_ns: int) -> int:
+    """The largest runtime whose :func:`bandwidth` over ``period_ns`` is at most ``bw`` (its inverse)."""
+    if period_ns <= 0:
+        raise ValueError(f"period must be positive, got {period_ns}")
+    return max(0, ((bw + 1) * period_ns - 1) >> BW_SHIFT)
+
+
 def rt_capacity(rt_runtime_us: int, rt_period_us: int) -> int:
     """The per-CPU deadline limit the kernel derives from the RT sysctls.
 

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from fractions import Fraction
-from typing import Final
+from typing import Final, Protocol
 
 from rtdra.bandwidth import BW_UNIT
 
@@ -30,65 +29,70 @@ from rtdra.bandwidth import BW_UNIT
 MAX_STEPS: Final = 200_000
 
 
-@dataclass(frozen=True, slots=True)
-class Task:
-    """A sporadic task: ``runtime`` every ``period`` within ``deadline`` (same unit, any)."""
+class Timed(Protocol):
+    """A sporadic task: ``runtime_ns`` every ``period_ns`` within ``deadline_ns`` - the three SCHED_DEADLINE
+    parameters of a ledger slot, a reservation or a ``sched_attr`` (the test itself is unit-free)."""
 
-    runtime: int
-    deadline: int
-    period: int
+    @property
+    def runtime_ns(self) -> int: ...
+
+    @property
+    def deadline_ns(self) -> int: ...
+
+    @property
+    def period_ns(self) -> int: ...
 
 
-def demand(tasks: Sequence[Task], t: Fraction | int) -> Fraction:
+def demand(tasks: Sequence[Timed], t: Fraction | int) -> Fraction:
     """The processor demand of synchronous releases in ``[0, t]``."""
     total = Fraction(0)
     for task in tasks:
-        if t >= task.deadline:
-            total += (math.floor(Fraction(t - task.deadline, task.period)) + 1) * task.runtime
+        if t >= task.deadline_ns:
+            total += (math.floor(Fraction(t - task.deadline_ns, task.period_ns)) + 1) * task.runtime_ns
     return total
 
 
-def _last_deadline_before(tasks: Sequence[Task], t: Fraction, *, inclusive: bool = False) -> Fraction | None:
+def _last_deadline_before(tasks: Sequence[Timed], t: Fraction, *, inclusive: bool = False) -> Fraction | None:
     """The latest absolute deadline of a synchronous release before ``t`` (or at it)."""
     best: Fraction | None = None
     for task in tasks:
-        if task.deadline < t or (inclusive and task.deadline == t):
-            offset = Fraction(t - task.deadline, task.period)
+        if task.deadline_ns < t or (inclusive and task.deadline_ns == t):
+            offset = Fraction(t - task.deadline_ns, task.period_ns)
             k = math.floor(offset) if inclusive else math.ceil(offset) - 1
-            d = Fraction(task.deadline + k * task.period)
+            d = Fraction(task.deadline_ns + k * task.period_ns)
             if best is None or d > best:
                 best = d
     return best
 
 
-def _busy_period(tasks: Sequence[Task], speed: Fraction) -> Fraction:
-    w = sum((Fraction(t.runtime) for t in tasks), Fraction(0)) / speed
+def _busy_period(tasks: Sequence[Timed], speed: Fraction) -> Fraction:
+    w = sum((Fraction(t.runtime_ns) for t in tasks), Fraction(0)) / speed
     for _ in range(MAX_STEPS):
-        nxt = sum((math.ceil(w / t.period) * Fraction(t.runtime) for t in tasks), Fraction(0)) / speed
+        nxt = sum((math.ceil(w / t.period_ns) * Fraction(t.runtime_ns) for t in tasks), Fraction(0)) / speed
         if nxt == w:
             return w
         w = nxt
     return w
 
 
-def edf_schedulable(tasks: Sequence[Task], capacity: int = BW_UNIT) -> bool:
+def edf_schedulable(tasks: Sequence[Timed], capacity: int = BW_UNIT) -> bool:
     """Whether EDF meets every deadline of ``tasks`` on a CPU of ``capacity`` (fixed point)."""
     if not tasks:
         return True
     if capacity <= 0:
         return False
     speed = Fraction(capacity, BW_UNIT)
-    utilisation = sum((Fraction(t.runtime, t.period) for t in tasks), Fraction(0))
+    utilisation = sum((Fraction(t.runtime_ns, t.period_ns) for t in tasks), Fraction(0))
     if utilisation > speed:
         return False
-    if all(t.deadline >= t.period for t in tasks):
+    if all(t.deadline_ns >= t.period_ns for t in tasks):
         return True  # implicit deadlines: the utilisation bound is exact
-    d_max = max(t.deadline for t in tasks)
+    d_max = max(t.deadline_ns for t in tasks)
     bound = _busy_period(tasks, speed)
     if utilisation < speed:
-        slack = sum((Fraction((t.period - t.deadline) * t.runtime, t.period) for t in tasks), Fraction(0))
+        slack = sum((Fraction((t.period_ns - t.deadline_ns) * t.runtime_ns, t.period_ns) for t in tasks), Fraction(0))
         bound = min(bound, max(Fraction(d_max), slack / (speed - utilisation)))
-    d_min = min(t.deadline for t in tasks)
+    d_min = min(t.deadline_ns for t in tasks)
     t = _last_deadline_before(tasks, bound, inclusive=True)
     if t is None:
         return True

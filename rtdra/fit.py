@@ -12,32 +12,15 @@ placement, the extender and the simulator all call them.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Final, Literal, Protocol
+from typing import Final, Literal
 
 from rtdra.bandwidth import bandwidth
-from rtdra.edf import Task, edf_schedulable
+from rtdra.edf import Timed, edf_schedulable
 
 #: ``demand``: exact EDF test where deadlines are constrained (default);
 #: ``bandwidth``: the kernel's admission test alone.
 DeadlineTest = Literal["demand", "bandwidth"]
 DEFAULT_TEST: Final[DeadlineTest] = "demand"
-
-
-class Timed(Protocol):
-    """Anything with the three SCHED_DEADLINE parameters in nanoseconds."""
-
-    @property
-    def runtime_ns(self) -> int: ...
-
-    @property
-    def deadline_ns(self) -> int: ...
-
-    @property
-    def period_ns(self) -> int: ...
-
-
-def task_of(timed: Timed) -> Task:
-    return Task(runtime=timed.runtime_ns, deadline=timed.deadline_ns, period=timed.period_ns)
 
 
 def is_constrained(timed: Timed) -> bool:
@@ -61,7 +44,7 @@ def fits_on_cpu(
     if used + bandwidth(new.runtime_ns, new.period_ns) > capacity:
         return False
     if test == "demand" and (is_constrained(new) or any(is_constrained(s) for s in slots)):
-        return edf_schedulable([*map(task_of, slots), task_of(new)], capacity)
+        return edf_schedulable([*slots, new], capacity)
     return True
 
 

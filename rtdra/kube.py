@@ -12,8 +12,10 @@ kube-apiserver restarts.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+from collections.abc import Callable
 from typing import Any, Final, Literal
 
 from kubernetes import client, config
@@ -69,6 +71,14 @@ def api_error(err: ApiException | HTTPError | OSError, what: str) -> StoreError:
     return StoreError(message, status)
 
 
+def api_call(what: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``method(*args, **kwargs)`` (a generated client method); a failure is :func:`api_error`'s naming ``what``."""
+    try:
+        return method(*args, **kwargs)
+    except API_FAILURES as err:
+        raise api_error(err, what) from None
+
+
 def failure_text(err: ApiException | HTTPError | OSError) -> str:
     """What went wrong, in words: ``403 Forbidden``, or that the API server did not answer and why."""
     if isinstance(err, ApiException):
@@ -76,21 +86,31 @@ def failure_text(err: ApiException | HTTPError | OSError) -> str:
     return f"the API server did not answer ({type(err).__name__}: {err})"
 
 
-def read_pod(core: client.CoreV1Api, namespace: str, name: str, timeout: float) -> dict[str, Any] | None:
-    """The pod as the API server sent it (JSON, not the generated model); ``None`` when it does not exist.
+def micro_time(now: dt.datetime) -> str:
+    """A ``metav1.MicroTime``: RFC 3339 in UTC with microseconds."""
+    return now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
-    Any other failure raises :func:`api_error`'s exception.
+
+def read_object(call: Callable[..., Any], namespace: str, name: str, timeout: float) -> dict[str, Any] | None:
+    """One namespaced object as the API server sent it (JSON, not the generated model), through a generated
+    ``read_namespaced_*`` method; ``None`` when it does not exist. Any other failure raises :func:`api_error`'s
+    exception.
     """
     try:
-        response: Any = core.read_namespaced_pod(name, namespace, _preload_content=False, _request_timeout=timeout)
+        response: Any = call(name, namespace, _preload_content=False, _request_timeout=timeout)
         data = response.data
     except API_FAILURES as err:
-        error = api_error(err, f"reading pod {namespace}/{name}")
+        error = api_error(err, f"reading {namespace}/{name} ({call.__name__})")
         if isinstance(error, NotFound):
             return None
         raise error from None
-    pod: dict[str, Any] = json.loads(data)
-    return pod
+    obj: dict[str, Any] = json.loads(data)
+    return obj
+
+
+def read_pod(core: client.CoreV1Api, namespace: str, name: str, timeout: float) -> dict[str, Any] | None:
+    """The pod (:func:`read_object`)."""
+    return read_object(core.read_namespaced_pod, namespace, name, timeout)
 
 
 def api_client(kubeconfig: str | None = None) -> client.ApiClient:

@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from kubernetes import client
 
-from rtdra.kube import API_FAILURES, NotFound, StoreError, api_error
+from rtdra.kube import API_FAILURES, StoreError, api_error, micro_time, read_object
 
 #: ``rtdra-agent-<node>``: the Lease of a node's agent.
 AGENT_LEASE_PREFIX: Final = "rtdra-agent-"
@@ -45,11 +45,6 @@ def lease_node(lease: Mapping[str, Any]) -> str | None:
 def renew_time(lease: Mapping[str, Any]) -> str:
     """The Lease's ``spec.renewTime`` as written (a MicroTime), ``""`` if none."""
     return str((lease.get("spec") or {}).get("renewTime") or "")
-
-
-def micro_time(now: dt.datetime) -> str:
-    """A ``metav1.MicroTime``: RFC 3339 in UTC with microseconds."""
-    return now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaseRenewer:
@@ -92,10 +87,7 @@ class LeaseRenewer:
             raise
 
     def _read(self) -> dict[str, Any] | None:
-        try:
-            return self._call("reading", self.coordination.read_namespaced_lease, self.name, self.namespace)
-        except NotFound:
-            return None
+        return read_object(self.coordination.read_namespaced_lease, self.namespace, self.name, self.request_timeout)
 
     def _spec(self, stamp: str) -> dict[str, Any]:
         return {"holderIdentity": self.node, "leaseDurationSeconds": max(1, round(self.duration_s)), "renewTime": stamp}

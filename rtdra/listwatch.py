@@ -17,7 +17,8 @@ same loop (:class:`ListWatch`):
 (one ``json.loads`` per event line, as the client's own ``Watch`` would parse
 each object three times) through a generated client method, mapping API
 errors by :func:`rtdra.kube.api_error` - the one mapping of status codes to
-exceptions. What an event *means* stays with the owner.
+exceptions; :func:`object_feed` is the :class:`ListWatch` of such a method.
+What an event *means* stays with the owner.
 """
 
 from __future__ import annotations
@@ -207,3 +208,39 @@ class ListWatch(Generic[Item, E]):
                 version = event.resource_version or version
                 if event.type != "BOOKMARK":
                     self.on_event(event)
+
+
+def object_feed(
+    name: str,
+    call: Callable[..., Any],
+    *args: Any,
+    on_list: Callable[[Sequence[dict[str, Any]]], None],
+    on_event: Callable[[ObjectEvent], None],
+    request_timeout: float,
+    timeout_seconds: int = 300,
+    retry_seconds: float = 1.0,
+    list_only: Mapping[str, Any] | None = None,
+    **selectors: Any,
+) -> ListWatch[dict[str, Any], ObjectEvent]:
+    """The :class:`ListWatch` of the raw objects ``call`` (a generated ``list_*`` method) returns.
+
+    ``args`` and ``selectors`` (``field_selector=...``, ``label_selector=...``) go to both the list
+    and the watch; ``list_only`` to the list alone (the pod watch lists the unscheduled pods but
+    watches them all, to hear of the ones that get bound or go).
+    """
+    return ListWatch(
+        name,
+        lambda: list_objects(call, *args, request_timeout=request_timeout, **selectors, **(list_only or {})),
+        lambda version, timeout: watch_objects(
+            call,
+            *args,
+            resource_version=version,
+            timeout_seconds=timeout,
+            request_timeout=request_timeout,
+            **selectors,
+        ),
+        on_list=on_list,
+        on_event=on_event,
+        timeout_seconds=timeout_seconds,
+        retry_seconds=retry_seconds,
+    )

@@ -116,12 +116,18 @@ class Reservation:
         return self.deadline_ns < self.period_ns
 
     def to_json(self) -> dict[str, int]:
+        """The spec annotation's shape of one container (ns): ``runtime``, ``deadline``, ``period``, ``cpus``."""
         return {
             "runtime": self.runtime_ns,
             "deadline": self.deadline_ns,
             "period": self.period_ns,
             "cpus": self.cpus,
         }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Reservation:
+        """:meth:`to_json`'s shape back (a record this project wrote; user input goes through the parsers)."""
+        return cls(int(obj["runtime"]), int(obj["deadline"]), int(obj["period"]), int(obj["cpus"]))
 
     def __str__(self) -> str:
         text = f"runtime={format_ns(self.runtime_ns)},period={format_ns(self.period_ns)}"

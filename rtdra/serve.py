@@ -29,48 +29,38 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from rtdra.settings import Listen
+
 CERT_OPTIONAL = 1  # ssl.CERT_OPTIONAL, without importing ssl here
 #: Served without a client certificate when client certificates are checked: kubelet's probes present none.
 PROBE_PATHS: frozenset[str] = frozenset({"/healthz", "/readyz"})
 
 
-def gunicorn_options(
-    *,
-    name: str,
-    bind: str,
-    workers: int,
-    threads: int,
-    timeout: int = 30,
-    log_level: str = "info",
-    access_log: bool = False,
-    certfile: str | None = None,
-    keyfile: str | None = None,
-    client_ca_file: str | None = None,
-    ssl_context: Callable[..., Any] | None = None,
-) -> dict[str, Any]:
-    """The settings both services run with; TLS with ``certfile``, client certificates with ``client_ca_file``."""
+def gunicorn_options(name: str, listen: Listen, *, ssl_context: Callable[..., Any] | None = None) -> dict[str, Any]:
+    """The settings both services run with; TLS with a certificate, client certificates with a client CA."""
     options: dict[str, Any] = {
-        "bind": [bind],
-        "workers": workers,
+        "bind": [listen.bind],
+        "workers": listen.workers,
         "worker_class": "gthread",
-        "threads": threads,
-        "timeout": timeout,
+        "threads": listen.threads,
+        "timeout": listen.timeout,
         "graceful_timeout": 10,
         "keepalive": 30,
         "preload_app": False,
-        "accesslog": "-" if access_log else None,
+        "accesslog": "-" if listen.access_log else None,
         "errorlog": "-",
-        "loglevel": log_level.lower(),
+        "loglevel": listen.log_level.lower(),
         "control_socket_disable": True,
         "proc_name": name,
     }
-    if certfile:
-        options["certfile"] = certfile
-        options["keyfile"] = keyfile
-    if client_ca_file:
+    if listen.tls_cert_file:
+        options["certfile"] = listen.tls_cert_file
+        options["keyfile"] = listen.tls_key_file
+    if listen.client_ca_file:
         # Optional at the handshake - a certificate that is presented must be signed by the CA - and
-        # required by require_client_certificate() on every path but the probes'.
-        options["ca_certs"] = client_ca_file
+        # required by require_client_certificate(), which run() wraps around the app, on every path
+        # but the probes'.
+        options["ca_certs"] = listen.client_ca_file
         options["cert_reqs"] = CERT_OPTIONAL
     if ssl_context is not None:
         options["ssl_context"] = ssl_context
@@ -95,6 +85,13 @@ def require_client_certificate(app: Any, exempt: frozenset[str] = PROBE_PATHS) -
         return app(environ, start_response)
 
     return wrapped
+
+
+def _with_client_certificates(load: Callable[[], Any]) -> Callable[[], Any]:
+    def checked() -> Any:
+        return require_client_certificate(load())
+
+    return checked
 
 
 class _Server(BaseApplication):  # type: ignore[misc]
@@ -132,6 +129,8 @@ def run(options: Mapping[str, Any], load: Callable[[], Any]) -> None:
     settings = dict(options)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         settings["child_exit"] = _child_exit
+    if settings.get("ca_certs"):  # the handshake lets clients without a certificate in: the app must not
+        load = _with_client_certificates(load)
     try:
         _Server(settings, load).run()
     finally:

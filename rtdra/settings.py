@@ -12,8 +12,10 @@ a value means the same everywhere:
 
 A flag given on the command line wins over its variable: flags are parsed
 with the variable's value as their default, or passed as ``overrides``
-(``None``: not given) to :func:`dataclass_from_env`. Nothing here reads a
-file or knows a service; it only turns text into typed values.
+(``None``: not given) to :func:`dataclass_from_env`. :class:`Listen` holds
+the settings both HTTP services give gunicorn (``rtdra.serve``), read by the
+same rules. Nothing here reads a file or knows a service; it only turns text
+into typed values.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final, NoReturn, TypeVar
 
 T = TypeVar("T")
@@ -111,7 +114,8 @@ def positive_int(text: str) -> int:
 
 
 def dataclass_from_env(cls: type[T], env: Env, overrides: Mapping[str, Any] | None = None) -> T:
-    """``cls`` (a dataclass) from ``env`` - a variable per field, ``FIELD_NAME`` upper-cased - then ``overrides``.
+    """``cls`` (a dataclass) from ``env`` - a variable per field, ``FIELD_NAME`` upper-cased (or the field's
+    ``metadata["env"]``) - then ``overrides``.
 
     A field's annotation decides how its text is read: ``bool`` by
     :func:`parse_bool`, ``int`` and ``float`` as numbers, ``str`` as is, a
@@ -123,10 +127,9 @@ def dataclass_from_env(cls: type[T], env: Env, overrides: Mapping[str, Any] | No
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if not f.init:
             continue
-        parse = _parser(hints[f.name])
-        text = env.raw(f.name.upper())
-        if text is not None:
-            values[f.name] = env.parsed(f.name.upper(), parse, None)
+        name = f.metadata.get("env", f.name.upper())
+        if env.raw(name) is not None:
+            values[f.name] = env.parsed(name, _parser(hints[f.name]), None)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return cls(**values)
 
@@ -153,6 +156,45 @@ def _choice(text: str, choices: list[Any]) -> Any:
     if text not in choices:
         raise ValueError(f"must be one of {', '.join(map(str, choices))}")
     return text
+
+
+@dataclass(frozen=True)
+class Listen:
+    """How an HTTP service's gunicorn listens and runs (``rtdra.serve.gunicorn_options``).
+
+    The extender's and the webhook's settings extend it, each with its own defaults;
+    the checks here are what gunicorn needs of any of them.
+    """
+
+    #: ``HOST:PORT`` gunicorn listens on.
+    bind: str = "0.0.0.0:8080"
+    #: gunicorn workers (processes) and threads per worker.
+    workers: int = 1
+    threads: int = 4
+    #: gunicorn worker timeout, seconds.
+    timeout: int = 30
+    log_level: str = "info"
+    #: Log every request to stderr.
+    access_log: bool = False
+    #: TLS: serve HTTPS with this certificate and key (PEM files).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    #: TLS: require a client certificate signed by this CA.
+    client_ca_file: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert_file == "") != (self.tls_key_file == ""):
+            raise ConfigError("TLS needs both a certificate and a key file")
+        if self.client_ca_file and not self.tls_cert_file:
+            raise ConfigError("checking client certificates needs HTTPS (a certificate and key)")
+        if self.workers < 1 or self.threads < 1 or self.timeout < 1:
+            raise ConfigError("workers, threads and timeout must be at least 1")
+        if ":" not in self.bind:
+            raise ConfigError(f"bind must be HOST:PORT, got {self.bind!r}")
+
+    @property
+    def https(self) -> bool:
+        return bool(self.tls_cert_file)
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -4,8 +4,9 @@ Every setting has an ``RTDRA_WEBHOOK_`` environment variable so the same
 container image is configured by the Deployment alone, read by the services'
 common rules (``rtdra.settings``: booleans as true/false, errors naming the
 variable); the command line
-(:mod:`webhook.cli`) only chooses how the server listens. Nothing else in the
-package reads ``os.environ``.
+(:mod:`webhook.cli`) only chooses how the server listens (:class:`WebhookServer`,
+read by the same rules as the extender's settings, flags on top). Nothing else in
+the package reads ``os.environ``.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from rtdra.bandwidth import NSEC_PER_USEC, PERIOD_MAX_US_DEFAULT, PERIOD_MIN_US_DEFAULT
 from rtdra.request import KernelLimits
-from rtdra.settings import ConfigError, Env
+from rtdra.settings import ConfigError, Env, Listen, dataclass_from_env
 
 ENV_PREFIX: Final = "RTDRA_WEBHOOK_"
 
@@ -112,3 +113,25 @@ class WebhookConfig:
             ),
             tls_cert=env.text("TLS_CERT"),
         )
+
+
+@dataclass(frozen=True)
+class WebhookServer(Listen):
+    """How ``rtdra-webhook`` listens (:class:`rtdra.settings.Listen`): always HTTPS, the webhook's defaults."""
+
+    bind: str = "0.0.0.0:8443"
+    workers: int = 2
+    threads: int = 4
+    #: ``--tls-cert``/``--tls-key``, ``RTDRA_WEBHOOK_TLS_CERT``/``_TLS_KEY``: kube-apiserver only calls HTTPS.
+    tls_cert_file: str = field(default="", metadata={"env": "TLS_CERT"})
+    tls_key_file: str = field(default="", metadata={"env": "TLS_KEY"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.https:
+            raise ConfigError("--tls-cert and --tls-key are required: kube-apiserver only calls webhooks over HTTPS")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> WebhookServer:
+        """Settings from ``RTDRA_WEBHOOK_*`` variables, then ``overrides`` (flags) on top."""
+        return dataclass_from_env(cls, Env(ENV_PREFIX, environ), overrides)

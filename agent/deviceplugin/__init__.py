@@ -20,7 +20,7 @@ hardware; a node that cannot enforce is marked NotReady in its NAS instead),
 topology, ``PreStartContainer`` and preferred allocations (all slots are equal).
 """
 
-from agent.deviceplugin.plugin import DEFAULT_DEVICES, ENDPOINT, KUBELET_SOCKET, DevicePlugin
+from agent.deviceplugin.plugin import ENDPOINT, KUBELET_SOCKET, DevicePlugin
 from agent.deviceplugin.service import DevicePluginService
 
-__all__ = ["DEFAULT_DEVICES", "ENDPOINT", "KUBELET_SOCKET", "DevicePlugin", "DevicePluginService"]
+__all__ = ["ENDPOINT", "KUBELET_SOCKET", "DevicePlugin", "DevicePluginService"]

@@ -30,6 +30,7 @@ import grpc
 from agent import grpcserver
 from agent._generated.deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
 from agent.deviceplugin.service import DevicePluginService, options
+from agent.kubelet import DEVICE_PLUGIN_DEVICES
 from rtdra import names
 
 log = logging.getLogger("rtdra-agent.deviceplugin")
@@ -40,9 +41,6 @@ API_VERSION: Final = "v1beta1"
 KUBELET_SOCKET: Final = "kubelet.sock"
 #: The plugin's socket, relative to the directory: the ``endpoint`` kubelet dials.
 ENDPOINT: Final = "rtdra-agent.sock"
-#: Slots advertised: how many RT containers kubelet may run at once on the node. Not CPUs:
-#: bandwidth is admitted by the extender and the kernel, this only has to be above any real count.
-DEFAULT_DEVICES: Final = 256
 DEFAULT_POLL_S: Final = 1.0
 DEFAULT_BACKOFF_MAX_S: Final = 30.0
 REGISTER_TIMEOUT_S: Final = 5.0
@@ -67,7 +65,7 @@ class DevicePlugin:
         self,
         directory: Path,
         *,
-        devices: int = DEFAULT_DEVICES,
+        devices: int = DEVICE_PLUGIN_DEVICES,
         poll_s: float = DEFAULT_POLL_S,
         backoff_max_s: float = DEFAULT_BACKOFF_MAX_S,
         cdi_device: bool = True,

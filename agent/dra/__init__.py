@@ -2,7 +2,7 @@
 
 Follows ``resource.k8s.io/v1`` with consumable capacity (``rtdra.dra`` names the contract) and
 kubelet's ``k8s.io/kubelet`` v0.37 plugin APIs (``dra/v1``, ``dra/v1beta1``,
-``pluginregistration/v1``; stubs from ``hack/proto/gen_dra.sh``):
+``pluginregistration/v1``; stubs from ``hack/proto/gen.sh``):
 
 - :mod:`agent.dra.claims` - what a prepared claim is, the capacity re-check, the persisted state
   (no gRPC, no Kubernetes client: the hook path reads it);

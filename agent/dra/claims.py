@@ -27,6 +27,7 @@ from agent.store import write_atomically
 from rtdra import dra
 from rtdra.bandwidth import percent
 from rtdra.ledger import Slot
+from rtdra.placement import slot_of
 from rtdra.request import Reservation
 
 
@@ -45,8 +46,7 @@ class PreparedRequest:
 
     @property
     def slots(self) -> tuple[Slot, ...]:
-        r = self.reservation
-        return tuple(Slot(d.cpu, r.runtime_ns, r.deadline_ns, r.period_ns) for d in self.devices)
+        return tuple(slot_of(self.reservation, d.cpu) for d in self.devices)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +87,7 @@ class PreparedClaim:
     def from_json(cls, uid: str, obj: Mapping[str, Any]) -> PreparedClaim:
         requests = []
         for r in obj.get("requests") or []:
-            t = r["reservation"]
-            reservation = Reservation(int(t["runtime"]), int(t["deadline"]), int(t["period"]), int(t["cpus"]))
+            reservation = Reservation.from_json(r["reservation"])
             devices = tuple(
                 dra.AllocatedDevice(
                     str(r["name"]),

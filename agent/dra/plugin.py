@@ -35,6 +35,7 @@ from agent._generated.dra.v1beta1 import api_pb2_grpc as v1beta1_grpc
 from agent._generated.pluginregistration.v1 import api_pb2 as reg
 from agent._generated.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from agent.dra.prepare import PreparedDevice, Preparer
+from agent.kubelet import KUBELET_ROOT
 from rtdra import dra
 
 log = logging.getLogger("rtdra-agent.dra")
@@ -43,7 +44,6 @@ log = logging.getLogger("rtdra-agent.dra")
 PLUGIN_TYPE: Final = "DRAPlugin"
 #: The services kubelet may call, newest first (kubelet picks the first it knows).
 SUPPORTED_VERSIONS: Final = ("v1.DRAPlugin", "v1beta1.DRAPlugin")
-KUBELET_ROOT: Final = Path("/var/lib/kubelet")
 POLL_S: Final = 1.0
 #: The longest path a unix socket can have (``sun_path`` is 108 bytes with its NUL), here and in kubelet.
 MAX_SOCKET_PATH: Final = 107
@@ -65,16 +65,25 @@ class _Claim(Protocol):
     name: str
 
 
-class _Service:
-    """Both API versions' ``DRAPlugin``: the same messages but for ``share_id`` (v1 only).
+class DraService(v1_grpc.DRAPluginServicer, v1beta1_grpc.DRAPluginServicer):
+    """``DRAPlugin`` of one API version: v1 and v1beta1 have the same messages but for ``share_id`` (v1 only).
 
-    ``pb`` is the version's generated message module; the answers are its messages.
+    ``pb`` is the version's generated message module; the answers are its messages. gRPC looks the
+    RPCs up by name, so one class serves both versions (``add_DRAPluginServicer_to_server`` of each).
     """
 
-    def __init__(self, preparer: Preparer) -> None:
+    def __init__(self, preparer: Preparer, pb: ModuleType) -> None:
         self.preparer = preparer
+        self.pb = pb
 
-    def prepare(self, claims: Iterable[_Claim], pb: ModuleType) -> dict[str, Any]:
+    def NodePrepareResources(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - the RPC's name
+        return self.pb.NodePrepareResourcesResponse(claims=self.prepare(request.claims))
+
+    def NodeUnprepareResources(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return self.pb.NodeUnprepareResourcesResponse(claims=self.unprepare(request.claims))
+
+    def prepare(self, claims: Iterable[_Claim]) -> dict[str, Any]:
+        pb = self.pb
         out: dict[str, Any] = {}
         for claim in claims:
             try:
@@ -90,7 +99,8 @@ class _Service:
             out[claim.uid] = pb.NodePrepareResourceResponse(devices=[_device(pb, d) for d in devices])
         return out
 
-    def unprepare(self, claims: Iterable[_Claim], pb: ModuleType) -> dict[str, Any]:
+    def unprepare(self, claims: Iterable[_Claim]) -> dict[str, Any]:
+        pb = self.pb
         out: dict[str, Any] = {}
         for claim in claims:
             try:
@@ -112,36 +122,6 @@ def _device(pb: ModuleType, d: PreparedDevice) -> Any:
     if d.share_id and pb is v1:
         fields["share_id"] = d.share_id
     return pb.Device(**fields)
-
-
-class DraV1(v1_grpc.DRAPluginServicer):
-    def __init__(self, service: _Service) -> None:
-        self.service = service
-
-    def NodePrepareResources(  # noqa: N802 - the RPC's name
-        self, request: v1.NodePrepareResourcesRequest, context: grpc.ServicerContext
-    ) -> v1.NodePrepareResourcesResponse:
-        return v1.NodePrepareResourcesResponse(claims=self.service.prepare(request.claims, v1))
-
-    def NodeUnprepareResources(  # noqa: N802
-        self, request: v1.NodeUnprepareResourcesRequest, context: grpc.ServicerContext
-    ) -> v1.NodeUnprepareResourcesResponse:
-        return v1.NodeUnprepareResourcesResponse(claims=self.service.unprepare(request.claims, v1))
-
-
-class DraV1beta1(v1beta1_grpc.DRAPluginServicer):
-    def __init__(self, service: _Service) -> None:
-        self.service = service
-
-    def NodePrepareResources(  # noqa: N802
-        self, request: v1beta1.NodePrepareResourcesRequest, context: grpc.ServicerContext
-    ) -> v1beta1.NodePrepareResourcesResponse:
-        return v1beta1.NodePrepareResourcesResponse(claims=self.service.prepare(request.claims, v1beta1))
-
-    def NodeUnprepareResources(  # noqa: N802
-        self, request: v1beta1.NodeUnprepareResourcesRequest, context: grpc.ServicerContext
-    ) -> v1beta1.NodeUnprepareResourcesResponse:
-        return v1beta1.NodeUnprepareResourcesResponse(claims=self.service.unprepare(request.claims, v1beta1))
 
 
 class Registration(reg_grpc.RegistrationServicer):
@@ -182,13 +162,12 @@ class DraPlugin:
     ) -> None:
         self.registry_socket = registry_socket(kubelet_root, driver)
         self.service_socket = service_socket(kubelet_root, driver)
-        service = _Service(preparer)
         self.registration = Registration(driver, self.service_socket)
         self.poll_s = poll_s
 
         def add_services(server: grpc.Server) -> None:
-            v1_grpc.add_DRAPluginServicer_to_server(DraV1(service), server)
-            v1beta1_grpc.add_DRAPluginServicer_to_server(DraV1beta1(service), server)
+            v1_grpc.add_DRAPluginServicer_to_server(DraService(preparer, v1), server)
+            v1beta1_grpc.add_DRAPluginServicer_to_server(DraService(preparer, v1beta1), server)
 
         self._service = grpcserver.UnixServer(self.service_socket, add_services)
         self._registry = grpcserver.UnixServer(

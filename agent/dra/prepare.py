@@ -22,7 +22,8 @@ from rtdra import dra, names
 log = logging.getLogger("rtdra-agent.dra")
 
 #: ``(namespace, name) -> ResourceClaim`` as the API returns it (raises on failure).
-ReadClaim = Callable[[str, str], Mapping[str, Any]]
+#: The claim as the API has it, ``None`` if there is none.
+ReadClaim = Callable[[str, str], Mapping[str, Any] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,8 @@ class Preparer:
                 obj = self.read_claim(namespace, name)
             except Exception as err:
                 raise dra.ClaimError(f"{where}: cannot read it: {err}") from None
+            if obj is None:
+                raise dra.ClaimError(f"{where}: not found (deleted before kubelet prepared it?)")
             found = str((obj.get("metadata") or {}).get("uid", ""))
             if found != uid:
                 raise dra.ClaimError(f"{where}: its uid is {found}, not {uid} (deleted and created again?)")

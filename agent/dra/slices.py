@@ -12,20 +12,22 @@ clean shutdown.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Final, cast
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from rtdra import dra
+from rtdra.kube import NotFound, api_call
 
 log = logging.getLogger("rtdra-agent.dra")
 
 GROUP: Final = "resource.k8s.io"
 VERSION: Final = "v1"
 PLURAL: Final = "resourceslices"
+_KIND: Final = (GROUP, VERSION, PLURAL)
 
 
 class SlicePublisher:
@@ -40,8 +42,11 @@ class SlicePublisher:
     def published(self) -> list[dict[str, Any]]:
         found = cast(
             dict[str, Any],
-            self.objects.list_cluster_custom_object(
-                GROUP, VERSION, PLURAL, field_selector=f"spec.nodeName={self.node},spec.driver={dra.DRIVER}"
+            api_call(
+                "listing the node's ResourceSlices",
+                self.objects.list_cluster_custom_object,
+                *_KIND,
+                field_selector=f"spec.nodeName={self.node},spec.driver={dra.DRIVER}",
             ),
         )
         return list(found.get("items") or [])
@@ -51,11 +56,9 @@ class SlicePublisher:
         if self.owner is not None:
             return self.owner
         try:
-            node = self.core.read_node(self.node)
-        except ApiException as err:
-            if err.status == 404:  # no Node object (yet): the slices are deleted by the agent only
-                return None
-            raise
+            node = api_call(f"reading Node {self.node}", self.core.read_node, self.node)
+        except NotFound:  # no Node object (yet): the slices are deleted by the agent only
+            return None
         assert node.metadata is not None
         self.owner = {"name": node.metadata.name, "uid": node.metadata.uid}
         return self.owner
@@ -79,10 +82,12 @@ class SlicePublisher:
             name = body["metadata"]["name"]
             old = by_name.pop(name, None)
             if old is None:
-                self.objects.create_cluster_custom_object(GROUP, VERSION, PLURAL, body)
+                api_call(f"creating ResourceSlice {name}", self.objects.create_cluster_custom_object, *_KIND, body)
             else:
                 body["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
-                self.objects.replace_cluster_custom_object(GROUP, VERSION, PLURAL, name, body)
+                api_call(
+                    f"replacing ResourceSlice {name}", self.objects.replace_cluster_custom_object, *_KIND, name, body
+                )
         for name in by_name:
             self._delete(name)
         self.generation = generation
@@ -101,8 +106,5 @@ class SlicePublisher:
         log.info("ResourceSlice pool %s deleted", self.node)
 
     def _delete(self, name: str) -> None:
-        try:
-            self.objects.delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
-        except ApiException as err:
-            if err.status != 404:
-                raise
+        with contextlib.suppress(NotFound):
+            api_call(f"deleting ResourceSlice {name}", self.objects.delete_cluster_custom_object, *_KIND, name)

@@ -45,6 +45,7 @@ from agent.enforce import Enforcer
 from agent.nri.ttrpc import RpcError
 from agent.nri.wire import Code
 from rtdra import names
+from rtdra.ledger import Slot
 
 log = logging.getLogger(__name__)
 
@@ -60,37 +61,35 @@ EVENTS: Final = (
 
 @dataclass(frozen=True, slots=True)
 class Granted:
-    """One container's reservation as its pod's allocation annotation states it (the NAS stays the authority)."""
+    """One container's slots as its pod's allocation annotation states them (the NAS stays the authority)."""
 
-    cpus: tuple[int, ...]
-    runtime_ns: int
-    deadline_ns: int
-    period_ns: int
+    slots: tuple[Slot, ...]
 
     def env(self) -> dict[str, str]:
         """The environment the webhook gives an RT container."""
-        return names.container_env(self.runtime_ns, self.deadline_ns, self.period_ns, len(self.cpus))
+        s = self.slots[0]
+        return names.container_env(s.runtime_ns, s.deadline_ns, s.period_ns, len(self.slots))
 
 
 def granted(annotations: Mapping[str, str]) -> dict[str, Granted]:
-    """The containers the pod's allocation annotation names (``{}`` for none or a malformed one)."""
+    """The containers the pod's allocation annotation names (``{}`` for none or a malformed one).
+
+    The annotation is :func:`rtdra.ledger.allocation_annotation`'s: per container its CPUs and, once,
+    the slots' timing in :meth:`Slot.timing_json`'s keys - read back by :meth:`Slot.from_json`.
+    """
     raw = annotations.get(names.ALLOCATION)
     if not raw:
         return {}
     try:
         containers = json.loads(raw)["containers"]
-        return {
-            str(name): Granted(
-                tuple(int(c) for c in value["cpus"]),
-                int(value["runtime"]),
-                int(value["deadline"]),
-                int(value["period"]),
-            )
+        found = {
+            str(name): Granted(tuple(Slot.from_json(value, cpu=int(cpu)) for cpu in value["cpus"]))
             for name, value in containers.items()
         }
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         log.warning("NRI: ignoring a malformed %s annotation: %s", names.ALLOCATION, err)
         return {}
+    return {name: g for name, g in found.items() if g.slots}
 
 
 def requested(annotations: Mapping[str, str]) -> frozenset[str]:

@@ -1,29 +1,39 @@
 #!/usr/bin/env bash
-# Regenerates the kubelet device-plugin gRPC stubs in agent/_generated/ from upstream's .proto.
+# Regenerates the kubelet gRPC stubs in agent/_generated/ from upstream's .proto files.
 #
-#   upstream:  k8s.io/kubelet v0.37.2, pkg/apis/deviceplugin/v1beta1/api.proto
+#   upstream:  k8s.io/kubelet v0.37.2,
+#              pkg/apis/deviceplugin/v1beta1/api.proto  (v1beta1.Registration, v1beta1.DevicePlugin)
+#              pkg/apis/dra/v1/api.proto                (k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin)
+#              pkg/apis/dra/v1beta1/api.proto           (k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin)
+#              pkg/apis/pluginregistration/v1/api.proto (pluginregistration.Registration)
 #   compiler:  grpcio-tools 1.85.1 (protoc 35.1) + mypy-protobuf 5.1 (typed .pyi stubs for mypy --strict)
 #
-# The .proto is fetched from the Go module proxy (`go mod download`, so its checksum is verified
-# against the Go checksum database) and read from the module cache - never from a copy in this
-# repository. The generated files are never edited by hand: change this script and run it again
-# (`bash hack/proto/gen.sh` from anywhere; needs Go and `make install`).
+# The .proto files are fetched from the Go module proxy (`go mod download`, so their checksums are
+# verified against the Go checksum database) and read from the module cache - never from a copy in
+# this repository. The generated files are never edited by hand: change this script and run it again
+# (`bash hack/proto/gen.sh` from anywhere; needs Go and `make install`). The NRI stubs have their own
+# script (hack/proto/gen_nri.sh): another module, and ttrpc rather than gRPC.
 #
 # Import paths: grpc_tools writes `import <dir>.api_pb2` as the .proto's path relative to the include
-# root, so the .proto is staged at agent/_generated/deviceplugin/v1beta1/api.proto in a temporary
-# root: the stubs import each other as agent._generated.deviceplugin.v1beta1.api_pb2, and that path is
-# also the file's name in protobuf's descriptor pool (unique, whatever else the agent loads later).
-# The proto package (`v1beta1`) is untouched, so the gRPC method names are kubelet's own
-# (/v1beta1.Registration/Register, /v1beta1.DevicePlugin/Allocate, ...).
+# root, so each .proto is staged at agent/_generated/<api>/<version>/api.proto in a temporary root:
+# the stubs import each other as agent._generated.<api>.<version>.api_pb2, and that path is also the
+# file's name in protobuf's descriptor pool (unique, whatever else the agent loads later). The proto
+# packages are untouched, so the gRPC method names are kubelet's own
+# (/v1beta1.DevicePlugin/Allocate, /k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/NodePrepareResources, ...).
 #
-# gogoproto: this version's api.proto imports no gogo.proto and sets no gogoproto options (older
-# ones did). Should a future version do so, the sed below strips the import and the options (they
-# only steer Go code generation, nothing on the wire) - check the diff of the generated files.
+# gogoproto: this version's files import no gogo.proto and set no gogoproto options (older ones
+# did). Should a future version do so, the sed below strips the import and the options (they only
+# steer Go code generation, nothing on the wire) - check the diff of the generated files.
 set -euo pipefail
 
 KUBELET_VERSION=v0.37.2
-PROTO_PATH=pkg/apis/deviceplugin/v1beta1/api.proto
-PACKAGE_DIR=agent/_generated/deviceplugin/v1beta1
+# <path in the module> <package dir here>
+PROTOS=(
+    "pkg/apis/deviceplugin/v1beta1/api.proto agent/_generated/deviceplugin/v1beta1"
+    "pkg/apis/dra/v1/api.proto agent/_generated/dra/v1"
+    "pkg/apis/dra/v1beta1/api.proto agent/_generated/dra/v1beta1"
+    "pkg/apis/pluginregistration/v1/api.proto agent/_generated/pluginregistration/v1"
+)
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 PY=${PYTHON:-$ROOT/.venv/bin/python}
@@ -35,25 +45,32 @@ trap 'rm -rf "$work"' EXIT
 (cd "$work" && go mod init rtdra-proto-gen >/dev/null 2>&1 &&
     GOFLAGS=-mod=mod go mod download -json "k8s.io/kubelet@$KUBELET_VERSION") >"$work/module.json"
 module_dir=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["Dir"])' "$work/module.json")
-src="$module_dir/$PROTO_PATH"
-echo "gen.sh: $src" >&2
 
-mkdir -p "$work/root/$PACKAGE_DIR"
-sed -e '/^import "github.com\/gogo\/protobuf\/gogoproto\/gogo.proto";/d' \
-    -e '/^option (gogoproto\.[a-z_]*) = [a-z]*;/d' \
-    -e 's/ *\[(gogoproto\.[a-z_]*) = [^]]*\]//g' \
-    "$src" >"$work/root/$PACKAGE_DIR/api.proto"
+staged=()
+packages=(agent/_generated)
+for entry in "${PROTOS[@]}"; do
+    read -r proto_path package_dir <<<"$entry"
+    src="$module_dir/$proto_path"
+    echo "gen.sh: $src" >&2
+    mkdir -p "$work/root/$package_dir"
+    sed -e '/^import "github.com\/gogo\/protobuf\/gogoproto\/gogo.proto";/d' \
+        -e '/^option (gogoproto\.[a-z_]*) = [a-z]*;/d' \
+        -e 's/ *\[(gogoproto\.[a-z_]*) = [^]]*\]//g' \
+        "$src" >"$work/root/$package_dir/api.proto"
+    rm -rf "$package_dir"
+    mkdir -p "$package_dir"
+    staged+=("$package_dir/api.proto")
+    packages+=("$(dirname "$package_dir")" "$package_dir")
+done
 
-rm -rf "$PACKAGE_DIR"
-mkdir -p "$PACKAGE_DIR"
 "$PY" -m grpc_tools.protoc -I "$work/root" \
     --plugin=protoc-gen-mypy="$(dirname "$PY")/protoc-gen-mypy" \
     --plugin=protoc-gen-mypy_grpc="$(dirname "$PY")/protoc-gen-mypy_grpc" \
     --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
-    "$PACKAGE_DIR/api.proto"
+    "${staged[@]}"
 
 # Packages for the import system (grpc_tools writes only modules).
-for dir in agent/_generated agent/_generated/deviceplugin "$PACKAGE_DIR"; do
+for dir in $(printf '%s\n' "${packages[@]}" | sort -u); do
     printf '"""Generated by hack/proto/gen.sh from k8s.io/kubelet %s: do not edit."""\n' "$KUBELET_VERSION" >"$dir/__init__.py"
 done
-echo "gen.sh: wrote $PACKAGE_DIR ($(cd "$PACKAGE_DIR" && echo *))" >&2
+echo "gen.sh: wrote ${staged[*]%/api.proto}" >&2

@@ -31,7 +31,10 @@ import pytest
 
 from hack.runtime import Containerd, ContainerdError
 from rtdra import host, names, sched
-from rtdra.ledger import NodeLedger, PodAllocation, Slot
+from rtdra.ledger import NodeLedger, PodAllocation, Slot, allocation_annotation
+
+#: Any slot: the allocation annotation only marks a container as RT; the NAS decides what is applied.
+FORGED_SLOT = Slot(0, 1_000_000, 10_000_000, 10_000_000)
 
 pytestmark = pytest.mark.e2e
 
@@ -78,8 +81,7 @@ class Agent:
         ledger = NodeLedger.from_nas(json.loads(self.nas.read_text()))
         pods = {**ledger.pods, uid: PodAllocation(uid, "default", "p", {container: (slot,)})}
         self.nas.write_text(json.dumps(NodeLedger(self.node, ledger.capacities, pods, ledger.prepared).to_nas()))
-        value = {"cpus": [slot.cpu], "runtime": slot.runtime_ns, "deadline": slot.deadline_ns, "period": slot.period_ns}
-        return json.dumps({"node": self.node, "containers": {container: value}})
+        return allocation_annotation(pods[uid], self.node)
 
     def start(self, *extra: str) -> None:
         argv = [sys.executable, "-m", "agent.cli", "--node-name", self.node, "--nas-file", str(self.nas)]
@@ -202,9 +204,7 @@ def test_a_container_is_reserved_over_nri_with_no_hook_in_its_oci_spec(
 def test_a_container_without_an_allocation_is_not_started(node: tuple[Containerd, Agent], base: Path) -> None:
     ctd, agent = node
     uid = uuid.uuid4().hex
-    forged = json.dumps(
-        {"node": agent.node, "containers": {"rt": {"cpus": [0], "runtime": 1, "deadline": 1, "period": 1}}}
-    )
+    forged = allocation_annotation(PodAllocation(uid, "default", "p", {"rt": (FORGED_SLOT,)}), agent.node)
     _, ctr_id = run_pod(ctd, base, uid, forged, start=False)
     with pytest.raises(ContainerdError, match="no RT-DRA allocation"):
         ctd.crictl("start", ctr_id)

@@ -28,8 +28,11 @@ if str(REPO) not in sys.path:  # hack/ is the harness, as in tests/e2e
 from agent._generated.nri import api_pb2  # noqa: E402
 from hack.fake_nri import CallFailed, FakeRuntime  # noqa: E402
 from rtdra import host, names, sched  # noqa: E402
-from rtdra.ledger import NodeLedger, PodAllocation, Slot  # noqa: E402
+from rtdra.ledger import NodeLedger, PodAllocation, Slot, allocation_annotation  # noqa: E402
 from tests.kernel.processes import SleepingProcesses  # noqa: E402
+
+#: Any slot: the allocation annotation only marks a container as RT; the NAS decides what is applied.
+FORGED_SLOT = Slot(0, 1_000_000, 10_000_000, 10_000_000)
 
 pytestmark = pytest.mark.kernel
 
@@ -125,9 +128,10 @@ def node(processes: Processes, tmp_path: Path) -> Iterator[tuple[Agent, Runtime]
 
 
 def pod(uid: str) -> api_pb2.PodSandbox:
-    allocation = {"node": "n", "containers": {"rt": {"cpus": [0], "runtime": 1, "deadline": 1, "period": 1}}}
+    # What bind writes (the NAS, not this, decides what is applied: it only marks the container as RT).
+    allocation = allocation_annotation(PodAllocation(uid, "default", "p", {"rt": (FORGED_SLOT,)}), "n")
     return api_pb2.PodSandbox(
-        id=f"sb-{uid}", uid=uid, name="p", namespace="default", annotations={names.ALLOCATION: json.dumps(allocation)}
+        id=f"sb-{uid}", uid=uid, name="p", namespace="default", annotations={names.ALLOCATION: allocation}
     )
 
 

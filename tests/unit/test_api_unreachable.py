@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from extender.bind import Binder
 from extender.cache import LedgerCache
 from extender.claims import ClaimParametersCache, ClaimParametersUnavailable
 from extender.config import ExtenderConfig
+from extender.reconcile import Reconciler
 from extender.requeue import Requeuer
 from rtdra import names
 from rtdra.kube import StoreError
@@ -213,3 +215,48 @@ def test_a_claim_parameters_read_without_an_answer_is_unavailable_and_a_404_is_n
         cache("team-a", "two-cpus")
     cache._objects = ClaimObjects(ApiException(status=404, reason="Not Found"))  # type: ignore[assignment]
     assert cache("team-a", "two-cpus") is None
+
+
+class NoPods:
+    """``CoreV1Api`` whose pod list gets no answer."""
+
+    def list_pod_for_all_namespaces(self, **_: Any) -> Any:
+        raise unreachable()
+
+
+def test_the_reconcilers_pass_and_the_requeue_list_fail_with_a_store_error_when_the_api_does_not_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    requeuer = Requeuer(client.ApiClient())
+    requeuer.core = NoPods()  # type: ignore[assignment]
+    with pytest.raises(StoreError, match="listing"):
+        requeuer.pending()
+    reconciler = Reconciler(client.ApiClient(), NasStore(client.ApiClient()), interval_seconds=0.01)
+    reconciler.core = NoPods()  # type: ignore[assignment]
+    reconciler.store = type("Store", (), {"list": lambda self: ([], "1")})()  # type: ignore[assignment]
+    with pytest.raises(StoreError, match="listing"):
+        reconciler.reconcile_once()
+    # The loop says so in one line (no traceback) and goes on.
+    reconciler.start(watch_pods=False)
+    try:
+        for _ in range(1000):  # until the loop has tried once (each wait is the loop's own interval)
+            if "reconcile failed" in caplog.text:
+                break
+            threading.Event().wait(0.01)
+    finally:
+        reconciler.stop()
+    failed = [r for r in caplog.records if "reconcile failed" in r.getMessage()]
+    assert failed and failed[0].exc_info is None
+
+
+def test_a_pod_being_deleted_is_not_requeued() -> None:
+    deleting = pending("d")
+    deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+
+    class Reply:
+        def list_pod_for_all_namespaces(self, **_: Any) -> Any:
+            return type("Reply", (), {"data": json.dumps({"items": [pending("a"), deleting]})})()
+
+    requeuer = Requeuer(client.ApiClient())
+    requeuer.core = Reply()  # type: ignore[assignment]
+    assert [p["metadata"]["name"] for p in requeuer.pending()] == ["a"]

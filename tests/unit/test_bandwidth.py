@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rtdra.bandwidth import BW_UNIT, bandwidth, cpu_capacity, format_ns, percent, rt_capacity, to_ratio
+from rtdra.bandwidth import BW_UNIT, bandwidth, cpu_capacity, format_ns, max_runtime, percent, rt_capacity, to_ratio
 
 
 @given(st.integers(1, 1 << 62), st.integers(0, 1 << 62))
@@ -45,3 +45,10 @@ def test_durations_render_exactly(ns: int, text: str) -> None:
 
 def test_percent_reads_as_a_share_of_one_cpu() -> None:
     assert percent(BW_UNIT // 8) == "12.5%"
+
+
+@given(st.integers(0, 4 * BW_UNIT), st.integers(1, 1 << 40))
+def test_max_runtime_is_the_largest_runtime_within_a_bandwidth(bw: int, period: int) -> None:
+    runtime = max_runtime(bw, period)
+    assert bandwidth(runtime, period) <= bw
+    assert bandwidth(runtime + 1, period) > bw

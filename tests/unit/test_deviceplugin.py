@@ -25,8 +25,9 @@ import pytest
 
 from agent import grpcserver
 from agent._generated.deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
-from agent.config import DEVICE_PLUGIN_DEVICES, parse_args
-from agent.deviceplugin import DEFAULT_DEVICES, ENDPOINT, DevicePlugin
+from agent.config import parse_args
+from agent.deviceplugin import ENDPOINT, DevicePlugin
+from agent.kubelet import DEVICE_PLUGIN_DEVICES
 from rtdra import names
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,13 +58,19 @@ class FakeKubelet(api_pb2_grpc.RegistrationServicer):
     def stop(self) -> None:
         self._server.stop(grace=0)
 
-    def restart(self) -> None:
-        """As kubelet starts: remove every socket in the directory, then listen on a new kubelet.sock."""
+    def restart(self) -> list[str]:
+        """As kubelet starts: remove every socket in the directory, then listen on a new kubelet.sock.
+
+        Returns the names of the sockets removed.
+        """
         self.stop()
+        removed = []
         for entry in self.directory.iterdir():
             if entry.is_socket():
                 entry.unlink()
+                removed.append(entry.name)
         self.start()
+        return sorted(removed)
 
     def next_request(self) -> api_pb2.RegisterRequest:
         return self.requests.get(timeout=TIMEOUT_S)
@@ -192,8 +199,8 @@ def test_plugin_serves_and_registers_again_after_kubelet_restarts(
     plugin_dir: Path, kubelet: FakeKubelet, plugin: DevicePlugin
 ) -> None:
     kubelet.next_request()
-    kubelet.restart()
-    assert not (plugin_dir / ENDPOINT).exists()
+    # The plugin's socket went with the restart (whether the plugin has served it again already is a race).
+    assert kubelet.restart() == [ENDPOINT]
     again = kubelet.next_request()
     assert again.endpoint == ENDPOINT and again.resource_name == names.DL_RESOURCE
     for stub in dial_plugin(plugin_dir):
@@ -259,10 +266,10 @@ def test_stop_ends_the_stream_and_removes_the_plugin_socket(
 # -- configuration --------------------------------------------------------------------------------------------
 
 
-def test_device_plugin_is_on_in_kubelets_directory_where_the_agent_enforces() -> None:
+def test_device_plugin_is_on_in_kubelets_directory_where_the_agent_enforces(tmp_path: Path) -> None:
     config = parse_args(["--node-name", "n", "--backend", "deadline"], env={})
     assert config.device_plugin_dir == Path("/var/lib/kubelet/device-plugins")
-    assert config.device_plugin_devices == DEFAULT_DEVICES == DEVICE_PLUGIN_DEVICES
+    assert config.device_plugin_devices == DEVICE_PLUGIN_DEVICES == DevicePlugin(tmp_path).service.count
 
 
 @pytest.mark.parametrize(

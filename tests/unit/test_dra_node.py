@@ -27,6 +27,7 @@ from agent.server import HookServer
 from agent.store import FileStore
 from rtdra import dra, names
 from rtdra.bandwidth import BW_UNIT
+from rtdra.kube import StoreError
 from rtdra.ledger import NodeLedger, Slot
 from rtdra.request import Reservation
 from tests.unit.test_agent_units import CONTAINERD, RecordingEvents, cdi_validator
@@ -254,8 +255,10 @@ def test_a_device_that_is_not_an_rt_cpu_here_is_refused() -> None:
 def preparer(tmp_path: Path) -> Iterator[tuple[Preparer, dict[str, dict[str, Any]]]]:
     claims: dict[str, dict[str, Any]] = {}
 
-    def read(namespace: str, name: str) -> dict[str, Any]:
-        return claims[f"{namespace}/{name}"]
+    def read(namespace: str, name: str) -> dict[str, Any] | None:
+        if name == "unreadable":
+            raise StoreError("reading ns/unreadable (read_namespaced_resource_claim): 403 Forbidden", 403)
+        return claims.get(f"{namespace}/{name}")
 
     released: list[str] = []
     state = ClaimState(tmp_path / "state" / "dra-claims.json")
@@ -311,8 +314,33 @@ def test_a_claim_recreated_under_the_same_name_is_refused(preparer: tuple[Prepar
     claims["ns/rt"] = claim("c-new")
     with pytest.raises(dra.ClaimError, match="its uid is c-new, not c-old"):
         p.prepare("ns", "c-old", "rt")
-    with pytest.raises(dra.ClaimError, match="cannot read it"):
+    with pytest.raises(dra.ClaimError, match="ResourceClaim ns/missing: not found"):
         p.prepare("ns", "c-1", "missing")
+    with pytest.raises(dra.ClaimError, match=r"ResourceClaim ns/unreadable: cannot read it: .*403 Forbidden$"):
+        p.prepare("ns", "c-1", "unreadable")
+
+
+def test_the_agents_claim_reader_says_none_for_a_missing_claim_and_one_line_for_a_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from agent.kubeapi import ClaimReader
+
+    class Resource:
+        def read_namespaced_resource_claim(self, name: str, namespace: str, **_: Any) -> Any:
+            if name == "there":
+                return type("Reply", (), {"data": json.dumps({"metadata": {"name": name, "uid": "u"}})})()
+            raise ApiException(status=404 if name == "gone" else 500, reason="Not Found" if name == "gone" else "Oops")
+
+    monkeypatch.setattr(client, "ResourceV1Api", lambda api: Resource())
+    read = ClaimReader(client.ApiClient())
+    assert read("ns", "there") == {"metadata": {"name": "there", "uid": "u"}}
+    assert read("ns", "gone") is None
+    with pytest.raises(StoreError) as failed:
+        read("ns", "broken")
+    assert str(failed.value) == "reading ns/broken (read_namespaced_resource_claim): 500 Oops"
 
 
 def test_unprepare_releases_the_claims_containers_spec_and_record(
@@ -445,3 +473,26 @@ def test_a_kubelet_root_too_deep_for_a_unix_socket_is_refused_in_words(
     plugin = DraPlugin(p, kubelet_root=tmp_path / ("d" * 80))
     with pytest.raises(OSError, match=r"at most 107 bytes; give kubelet .* a shorter --root-dir"):
         plugin.start()
+
+
+def test_the_slice_publisher_fails_in_one_line_naming_the_step_and_ignores_a_slice_already_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from agent.dra.slices import SlicePublisher
+
+    class Objects:
+        def list_cluster_custom_object(self, *_: Any, **__: Any) -> Any:
+            raise ApiException(status=403, reason="Forbidden")
+
+        def delete_cluster_custom_object(self, *_: Any, **__: Any) -> Any:
+            raise ApiException(status=404, reason="Not Found")
+
+    monkeypatch.setattr(client, "CustomObjectsApi", lambda api: Objects())
+    publisher = SlicePublisher(client.ApiClient(), NODE, list)
+    with pytest.raises(StoreError) as failed:
+        publisher.sync()
+    assert str(failed.value) == "listing the node's ResourceSlices: 403 Forbidden"
+    publisher._delete("gone-slice")  # already deleted: nothing to do

@@ -4,23 +4,32 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from typing import NamedTuple
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtdra.bandwidth import BW_UNIT
-from rtdra.edf import Task, demand, edf_schedulable
+from rtdra.edf import demand, edf_schedulable
 
 PERIODS = (2, 3, 4, 6, 8, 12)
 
 
+class Task(NamedTuple):
+    """The three parameters the test reads (its arithmetic is unit-free: small numbers keep brute force short)."""
+
+    runtime_ns: int
+    deadline_ns: int
+    period_ns: int
+
+
 def simulate_edf(tasks: list[Task]) -> bool:
     """Unit-step preemptive EDF of synchronous periodic releases over [0, H + D_max)."""
-    hyper = math.lcm(*(t.period for t in tasks))
-    horizon = hyper + max(t.deadline for t in tasks)
+    hyper = math.lcm(*(t.period_ns for t in tasks))
+    horizon = hyper + max(t.deadline_ns for t in tasks)
     jobs: list[list[int]] = []  # [absolute deadline, remaining]
     for now in range(horizon):
-        jobs += [[now + t.deadline, t.runtime] for t in tasks if now % t.period == 0]
+        jobs += [[now + t.deadline_ns, t.runtime_ns] for t in tasks if now % t.period_ns == 0]
         ready = [j for j in jobs if j[1] > 0]
         if ready:
             min(ready, key=lambda j: j[0])[1] -= 1
@@ -48,7 +57,7 @@ def test_demand_test_agrees_with_brute_force_edf(tasks: list[Task]) -> None:
 @settings(max_examples=200, deadline=None)
 @given(tasks_strategy)
 def test_a_half_speed_cpu_is_a_full_cpu_with_double_the_work(tasks: list[Task]) -> None:
-    doubled = [Task(2 * t.runtime, t.deadline, t.period) for t in tasks]
+    doubled = [Task(2 * t.runtime_ns, t.deadline_ns, t.period_ns) for t in tasks]
     assert edf_schedulable(tasks, BW_UNIT // 2) == edf_schedulable(doubled, BW_UNIT)
 
 

@@ -11,11 +11,12 @@ import sys
 import pytest
 
 from agent.backends import Applied
-from extender.cli import gunicorn_options, parser
+from extender.cli import parser
 from extender.config import ConfigError, ExtenderConfig
 from extender.pods import is_pending_rt_pod, pending_view
 from extender.reconcile import PodState, stale_reason
 from rtdra.ledger import NodeLedger, PodAllocation, Slot, allocation_annotation
+from rtdra.serve import gunicorn_options
 
 MS = 1_000_000
 
@@ -54,10 +55,11 @@ def test_unusable_settings_are_refused_with_the_reason(env: dict[str, str], mess
 
 
 def test_gunicorn_serves_https_and_checks_client_certificates_when_asked() -> None:
-    plain = gunicorn_options(ExtenderConfig())
+    plain = gunicorn_options("rtdra-extender", ExtenderConfig())
     assert plain["worker_class"] == "gthread" and plain["preload_app"] is False
     assert "certfile" not in plain and "cert_reqs" not in plain
-    tls = gunicorn_options(ExtenderConfig(tls_cert_file="c.pem", tls_key_file="k.pem", client_ca_file="ca.pem"))
+    config = ExtenderConfig(tls_cert_file="c.pem", tls_key_file="k.pem", client_ca_file="ca.pem")
+    tls = gunicorn_options("rtdra-extender", config)
     assert (tls["certfile"], tls["keyfile"], tls["ca_certs"]) == ("c.pem", "k.pem", "ca.pem")
     # Optional at the handshake (kubelet's probes present no certificate), required per request: serve.py.
     assert tls["cert_reqs"] == ssl.CERT_OPTIONAL

@@ -113,16 +113,27 @@ def test_filter_answers_every_body_and_passes_nodes_only_for_a_valid_request_tha
         assert node in LEDGERS and LEDGERS[node].ready and check_pod(LEDGERS[node], request) is None, node
 
 
+def asked_names(candidates: Any) -> set[str]:
+    """The node names a body offers, however malformed the rest of it (a fuzzed ``Nodes`` may be ``true``)."""
+    if not isinstance(candidates, dict):
+        return set()
+    names = candidates.get("NodeNames")
+    found = {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+    nodes = candidates.get("Nodes")
+    items = nodes.get("items") if isinstance(nodes, dict) else None
+    for node in items if isinstance(items, list) else []:
+        metadata = node.get("metadata") if isinstance(node, dict) else None
+        if isinstance(metadata, dict) and isinstance(metadata.get("name"), str):
+            found.add(metadata["name"])
+    return found
+
+
 @SETTINGS
 @given(bodies)
 def test_prioritize_answers_every_body_with_scores_for_the_candidates_only(body: bytes | str) -> None:
     answer = post("prioritize", body)
     if isinstance(answer, list):
-        candidates = json.loads(body)
-        asked = candidates.get("NodeNames") or [
-            n["metadata"]["name"] for n in (candidates.get("Nodes") or {}).get("items", [])
-        ]
-        assert {entry["Host"] for entry in answer} <= set(asked)
+        assert {entry["Host"] for entry in answer} <= asked_names(json.loads(body))
         assert all(0 <= entry["Score"] <= 10 for entry in answer)
 
 

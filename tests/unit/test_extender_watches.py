@@ -52,7 +52,9 @@ class Pods:
         self.stamps.append(body["metadata"]["annotations"][REQUEUE])
 
 
-def test_the_reconcilers_pod_watch_uses_the_configured_watch_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_reconcilers_pod_watch_uses_the_configured_watch_timeout_and_lists_only_unbound_pods(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     fake = Pods()
     monkeypatch.setattr(pods_module.client, "CoreV1Api", lambda api: fake)
     reconciler = Reconciler(
@@ -68,6 +70,9 @@ def test_the_reconcilers_pod_watch_uses_the_configured_watch_timeout(monkeypatch
         reconciler.stop()
     assert fake.watch_kwargs["timeout_seconds"] == 7
     assert fake.watch_kwargs["_request_timeout"] == 7 + 2.0
+    # The list takes the unbound pods; the watch follows every pod (deletions of bound ones matter).
+    assert fake.list_kwargs["field_selector"] == "spec.nodeName=" and fake.list_kwargs["_request_timeout"] == 2.0
+    assert "field_selector" not in fake.watch_kwargs
 
 
 class OneNode:

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from rtdra.bandwidth import BW_UNIT
 from rtdra.edf import edf_schedulable
-from rtdra.fit import task_of
 from rtdra.ledger import Conflict, LedgerError, NodeLedger, Overcommit, PodAllocation, Slot
 
 MS = 1_000_000
@@ -111,7 +110,7 @@ def test_no_sequence_of_reserve_and_release_exceeds_any_cpu(ops: list[tuple[str,
             state = state.reserve(PodAllocation(str(uid), "ns", "p", containers))
         for cpu in state.cpus:
             assert state.used(cpu) <= state.capacities[cpu]
-            assert edf_schedulable([task_of(s) for s in state.slots_on(cpu)], CAP)
+            assert edf_schedulable(state.slots_on(cpu), CAP)
         assert state.total_used <= state.root_capacity
     assert NodeLedger.from_nas(state.to_nas()) == state
 

@@ -8,7 +8,6 @@ state is touched; ``tests/kernel`` and ``tests/e2e/test_nri.py`` do that).
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
@@ -37,15 +36,11 @@ from agent.nri.stub import Stub, event_mask  # noqa: E402
 from agent.store import FileStore  # noqa: E402
 from hack.fake_nri import CallFailed, FakeRuntime, PluginTimedOut  # noqa: E402
 from rtdra import names  # noqa: E402
-from rtdra.ledger import NodeLedger, PodAllocation, Slot  # noqa: E402
+from rtdra.ledger import NodeLedger, PodAllocation, Slot, allocation_annotation  # noqa: E402
 
 SLOT = Slot(1, 2_000_000, 10_000_000, 10_000_000)
-ALLOCATION = json.dumps(
-    {
-        "node": "n1",
-        "containers": {"rt": {"cpus": [1], "runtime": 2_000_000, "deadline": 10_000_000, "period": 10_000_000}},
-    }
-)
+#: What the extender's bind writes (the real writer: a hand-written copy once hid that the reader used other keys).
+ALLOCATION = allocation_annotation(PodAllocation("uid-1", "ns", "p", {"rt": (SLOT,)}), "n1")
 
 
 def wait_until(predicate: object, timeout: float = 5.0) -> bool:

@@ -190,6 +190,8 @@ def test_canonical_form_round_trips_exactly(containers: dict[str, Reservation]) 
     for name, r in containers.items():
         text = f"runtime={r.runtime_ns}ns,deadline={r.deadline_ns}ns,period={r.period_ns}ns,cpus={r.cpus}"
         assert parse_container_value(name, text) == r
+        # and a record written by to_json (the DRA agent's prepared claims) reads back the same
+        assert Reservation.from_json(json.loads(json.dumps(r.to_json()))) == r
 
 
 @pytest.mark.parametrize(

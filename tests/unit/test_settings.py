@@ -12,7 +12,7 @@ import pytest
 from agent.config import parse_args
 from extender.config import ExtenderConfig
 from rtdra.settings import ConfigError
-from webhook.config import WebhookConfig
+from webhook.config import WebhookConfig, WebhookServer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,6 +37,28 @@ def test_a_value_that_is_not_a_boolean_is_refused_naming_the_variable() -> None:
         ExtenderWithSwitch.from_env({"RTDRA_EXTENDER_SWITCH": "maybe"})
     with pytest.raises(ConfigError, match="RTDRA_WEBHOOK_VERIFY_NAMESPACE='maybe'"):
         WebhookConfig.from_env({"RTDRA_WEBHOOK_VERIFY_NAMESPACE": "maybe"})
+
+
+def test_both_http_services_read_how_they_listen_by_the_same_rules_and_flags_win() -> None:
+    env = {
+        "RTDRA_WEBHOOK_TLS_CERT": "c.pem",
+        "RTDRA_WEBHOOK_TLS_KEY": "k.pem",
+        "RTDRA_WEBHOOK_ACCESS_LOG": "off",
+        "RTDRA_WEBHOOK_WORKERS": "3",
+    }
+    server = WebhookServer.from_env(env, workers=5)
+    assert (server.tls_cert_file, server.tls_key_file, server.access_log, server.workers) == (
+        "c.pem",
+        "k.pem",
+        False,
+        5,
+    )
+    assert WebhookServer.from_env(env).workers == 3 and WebhookServer.from_env(env).bind == "0.0.0.0:8443"
+    assert ExtenderConfig.from_env({"RTDRA_EXTENDER_ACCESS_LOG": "on"}).access_log is True
+    with pytest.raises(ConfigError, match="RTDRA_WEBHOOK_ACCESS_LOG='maybe': is not a boolean"):
+        WebhookServer.from_env({**env, "RTDRA_WEBHOOK_ACCESS_LOG": "maybe"})
+    with pytest.raises(ConfigError, match="--tls-cert and --tls-key are required"):
+        WebhookServer.from_env({})
 
 
 def test_a_blank_variable_is_the_default() -> None:
