@@ -307,13 +307,13 @@ def write_image_layout(out: Path, layer: Path, image_config: dict[str, object], 
     )
     manifest, index = _manifest_and_index(config, [(layer_digest, layer_size)], name)
     small = [
-        _Entry("oci-layout", tarfile.REGTYPE, 0o644, _json({"imageLayoutVersion": "1.0.0"})),
-        _Entry("index.json", tarfile.REGTYPE, 0o644, index),
-        _Entry("blobs", tarfile.DIRTYPE, 0o755),
-        _Entry("blobs/sha256", tarfile.DIRTYPE, 0o755),
+        Entry("oci-layout", tarfile.REGTYPE, 0o644, _json({"imageLayoutVersion": "1.0.0"})),
+        Entry("index.json", tarfile.REGTYPE, 0o644, index),
+        Entry("blobs", tarfile.DIRTYPE, 0o755),
+        Entry("blobs/sha256", tarfile.DIRTYPE, 0o755),
     ]
     small += [
-        _Entry(f"blobs/sha256/{_digest(b).split(':', 1)[1]}", tarfile.REGTYPE, 0o644, b) for b in (config, manifest)
+        Entry(f"blobs/sha256/{_digest(b).split(':', 1)[1]}", tarfile.REGTYPE, 0o644, b) for b in (config, manifest)
     ]
     with open(out, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tf:
         with tarfile.open(fileobj=io.BytesIO(_tar(small))) as head:

@@ -1,4 +1,4 @@
-"""rtdra.serve with a client CA (the extender's --client-ca-file), under real gunicorn over real TLS.
+"""rtdra.serve with a client CA (the extender's and the webhook's client CA file), under real gunicorn over TLS.
 
 kubelet's HTTPS probes present no client certificate: they must reach /healthz and /readyz (else the
 extender's Deployment never becomes Ready - seen when it first ran in a pod, tests/e2e/test_install.py),
@@ -31,15 +31,15 @@ SERVER = textwrap.dedent(
     """
     import sys
     from rtdra import serve
+    from rtdra.settings import Listen
 
     def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [environ["PATH_INFO"].encode()]
 
     cert, key, ca, bind = sys.argv[1:]
-    options = serve.gunicorn_options(name="t", bind=bind, workers=1, threads=2, certfile=cert, keyfile=key,
-                                     client_ca_file=ca)
-    serve.run(options, lambda: serve.require_client_certificate(app))
+    listen = Listen(bind=bind, workers=1, threads=2, tls_cert_file=cert, tls_key_file=key, client_ca_file=ca)
+    serve.run(serve.gunicorn_options("t", listen), lambda: app)  # run() itself checks the certificates
     """
 )
 
