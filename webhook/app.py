@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from webhook.admission import BadReview, Lookups, admit, encode_review, parse_review
 from webhook.config import WebhookConfig
-from webhook.lookups import cluster_lookups
+from webhook.lookups import cluster_lookups, warm_up
 from webhook.metrics import Outcome, WebhookMetrics
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ def create_app(config: WebhookConfig | None = None, lookups: Lookups | None = No
     config = config if config is not None else WebhookConfig.from_env()
     if lookups is None:
         lookups = cluster_lookups(config)
+        warm_up(lookups)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]

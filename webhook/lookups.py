@@ -7,11 +7,13 @@ timeout is short and a failure is a clear denial, not a hang). Namespace labels
 are cached for a TTL: the ``namespaceSelector`` in the webhook configuration is
 the real gate, this is defence in depth and must keep the hot path free of API
 calls. The API client is created on first use, so a webhook without API access
-still serves ``container.<name>`` requests.
+still serves ``container.<name>`` requests; :func:`warm_up` makes that first use
+happen when a worker starts, not in kube-apiserver's first admission call.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -27,6 +29,10 @@ from webhook.admission import Lookups, LookupUnavailable
 from webhook.config import WebhookConfig
 
 _NOT_FOUND = 404
+#: A namespace every cluster has: reading it opens the worker's API connection.
+_WARM_UP_NAMESPACE = "default"
+
+log = logging.getLogger(__name__)
 
 
 class LazyApiClient:
@@ -126,3 +132,26 @@ def cluster_lookups(config: WebhookConfig) -> Lookups:
         claim_parameters=ClaimParametersReader(api, config.api_timeout_s),
         namespace_labels=NamespaceLabels(api, config.api_timeout_s, config.namespace_cache_ttl_s),
     )
+
+
+def warm_up(lookups: Lookups) -> threading.Thread | None:
+    """Create the worker's API client and open its connection now, in the background.
+
+    The first admission a worker served used to pay for it: loading the credentials, the TLS
+    handshake with the API server and the first read - 1.5 s on an idle node in a pod, and once
+    more than kube-apiserver's 5 s webhook timeout on a loaded one, which fails the pod's creation
+    (``failurePolicy: Fail``). A failure here only logs: the admission that needs the API says why.
+    """
+    labels = lookups.namespace_labels
+    if labels is None:
+        return None
+
+    def run() -> None:
+        try:
+            labels(_WARM_UP_NAMESPACE)
+        except LookupUnavailable as err:
+            log.warning("warming up the API connection: %s", err)
+
+    thread = threading.Thread(target=run, name="rtdra-webhook-warm-up", daemon=True)
+    thread.start()
+    return thread
