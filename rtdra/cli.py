@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from rtdra import certs, names, simulate
-from rtdra.bandwidth import bandwidth, cpu_capacity
+from rtdra.bandwidth import BW_UNIT, bandwidth, cpu_capacity
 from rtdra.request import InvalidRequest, parse_pod
 
 EXIT_INVALID = 2
@@ -97,7 +97,7 @@ def simulate_command(args: argparse.Namespace) -> int:
         rows += [(load, outcome) for outcome in simulate.compare(workload)]
     print(
         f"# {args.nodes} nodes x {args.cpus} CPUs, capacity {capacity} per CPU "
-        f"({capacity * 100 / (1 << 20):.2f}%), {args.arrivals} arrivals per load, mix {args.mix}, seed {args.seed}"
+        f"({capacity * 100 / BW_UNIT:.2f}%), {args.arrivals} arrivals per load, mix {args.mix}, seed {args.seed}"
     )
     print(simulate.table(rows))
     return 0
