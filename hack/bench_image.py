@@ -26,10 +26,7 @@ CLI: ``python hack/bench_image.py`` prints name, digest and tar path.
 
 from __future__ import annotations
 
-import argparse
-import os
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -56,14 +53,7 @@ def _ensure_programs() -> None:
     missing = sorted({pkg for path, pkg in PROGRAMS.items() if not Path(path).is_file()})
     if not missing:
         return
-    if shutil.which("apt-get") is None:
-        raise ImageError(f"{', '.join(missing)} missing; install the Debian package(s) {' '.join(missing)}")
-    print(f"[bench-image] installing {' '.join(missing)} with apt-get", file=sys.stderr, flush=True)
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", *missing]):
-        proc = subprocess.run(argv, env=env, stdout=sys.stderr, check=False)
-        if proc.returncode != 0:
-            raise ImageError(f"{' '.join(argv)} failed with exit code {proc.returncode}")
+    images.apt_install(missing, "[bench-image]")
     for path, pkg in PROGRAMS.items():
         if not Path(path).is_file():
             raise ImageError(f"{pkg} installed but {path} is missing")
@@ -131,15 +121,7 @@ def build_bench_image(*, quiet: bool = False) -> ImageInfo:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0]).parse_args(argv)
-    try:
-        info = build_bench_image()
-    except ImageError as e:
-        print(f"bench_image.py: {e}", file=sys.stderr)
-        return 1
-    print(f"{info.name} {info.digest}")
-    print(info.tar_path)
-    return 0
+    return images.image_cli("bench_image.py", build_bench_image, argv, __doc__.split("\n\n", 1)[0])
 
 
 if __name__ == "__main__":

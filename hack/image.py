@@ -36,9 +36,7 @@ CLI: ``python hack/image.py`` prints name, digest and tar path (root: debootstra
 
 from __future__ import annotations
 
-import argparse
 import configparser
-import fcntl
 import hashlib
 import json
 import os
@@ -47,7 +45,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +54,7 @@ REPO = HACK.parent
 sys.path.insert(0, str(REPO))
 
 from hack import images  # noqa: E402
-from hack.images import CACHE_ROOT, ImageError, ImageInfo  # noqa: E402
+from hack.images import ImageError, ImageInfo  # noqa: E402
 
 DOCKERFILE = REPO / "Dockerfile"
 IMAGE_REPO = "rt-dra.local/rt-dra"
@@ -214,17 +211,6 @@ def _mirror() -> str:
     raise ImageError("no Debian mirror found in /etc/apt/sources.list[.d]: cannot run debootstrap")
 
 
-def _apt_install(*packages: str) -> None:
-    if shutil.which("apt-get") is None:
-        raise ImageError(f"{' '.join(packages)} missing and no apt-get: install it (Debian package names)")
-    print(f"[image] installing {' '.join(packages)} with apt-get", file=sys.stderr, flush=True)
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", *packages]):
-        proc = subprocess.run(argv, env=env, stdout=sys.stderr, check=False)
-        if proc.returncode != 0:
-            raise ImageError(f"{' '.join(argv)} failed with exit code {proc.returncode}")
-
-
 def _run(argv: Sequence[str], what: str, **kw: object) -> None:
     proc = subprocess.run(list(argv), capture_output=True, text=True, check=False, **kw)  # type: ignore[call-overload]
     if proc.returncode != 0:
@@ -237,26 +223,15 @@ def base_rootfs(suite: str, packages: Sequence[str]) -> Path:
     if os.geteuid() != 0:
         raise ImageError("building the image needs root (debootstrap, chroot)")
     if shutil.which("debootstrap") is None:
-        _apt_install("debootstrap")
+        images.apt_install(["debootstrap"], "[image]")
     mirror = _mirror()
     key = hashlib.sha256(json.dumps([suite, sorted(packages), mirror]).encode()).hexdigest()[:12]
-    cached = CACHE_ROOT / f"rootfs-{key}"
-    if (cached / ".complete").exists():
-        return cached / "root"
-    CACHE_ROOT.mkdir(parents=True, exist_ok=True)
-    with open(CACHE_ROOT / f".build-rootfs-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (cached / ".complete").exists():
-            print(f"[image] debootstrap {suite} + {' '.join(packages)} into {cached}", file=sys.stderr, flush=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f"rootfs-{key}.tmp.", dir=CACHE_ROOT))
-            try:
-                argv = ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", suite, str(tmp / "root")]
-                _run([*argv, mirror], f"debootstrap {suite}")
-                (tmp / ".complete").touch()
-                shutil.rmtree(cached, ignore_errors=True)
-                tmp.rename(cached)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+
+    def build(tmp: Path) -> None:
+        argv = ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", suite, str(tmp / "root")]
+        _run([*argv, mirror], f"debootstrap {suite}")
+
+    cached = images.cache_entry("rootfs", key, build, what=f"[image] debootstrap {suite} + {' '.join(packages)}")
     return cached / "root"
 
 
@@ -306,25 +281,13 @@ def build_rtdra_image(*, quiet: bool = False) -> ImageInfo:
     rec = recipe(text)
     name = image_name()
     key = image_key(rec, text)
-    cached = CACHE_ROOT / f"image-rtdra-{key}"
-    if (cached / ".complete").exists():
-        return ImageInfo(name, cached / TAR_NAME, (cached / "digest").read_text().strip())
-    base = base_rootfs(rec.suite, rec.packages)
-    with open(CACHE_ROOT / f".build-image-rtdra-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (cached / ".complete").exists():
-            if not quiet:
-                print(f"[image] building {name} into {cached}", file=sys.stderr, flush=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f"image-rtdra-{key}.tmp.", dir=CACHE_ROOT))
-            try:
-                digest = _build(rec, base, tmp, name)
-                (tmp / "digest").write_text(digest + "\n")
-                (tmp / "name").write_text(name + "\n")
-                (tmp / ".complete").touch()
-                shutil.rmtree(cached, ignore_errors=True)
-                tmp.rename(cached)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+
+    def build(tmp: Path) -> None:
+        digest = _build(rec, base_rootfs(rec.suite, rec.packages), tmp, name)
+        (tmp / "digest").write_text(digest + "\n")
+        (tmp / "name").write_text(name + "\n")
+
+    cached = images.cache_entry("image-rtdra", key, build, what=None if quiet else f"[image] building {name}")
     return ImageInfo(name, cached / TAR_NAME, (cached / "digest").read_text().strip())
 
 
@@ -372,15 +335,7 @@ def _build(rec: Recipe, base: Path, tmp: Path, name: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0]).parse_args(argv)
-    try:
-        info = build_rtdra_image()
-    except ImageError as e:
-        print(f"image.py: {e}", file=sys.stderr)
-        return 1
-    print(f"{info.name} {info.digest}")
-    print(info.tar_path)
-    return 0
+    return images.image_cli("image.py", build_rtdra_image, argv, __doc__.split("\n\n", 1)[0])
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -351,6 +351,58 @@ def _atomic_copy(src: Path, dst: Path) -> None:
         raise
 
 
+def apt_install(packages: Sequence[str], tag: str) -> None:
+    """Install Debian ``packages`` with apt-get (root); ``tag`` prefixes the line said first."""
+    if shutil.which("apt-get") is None:
+        raise ImageError(f"{' '.join(packages)} missing and no apt-get: install the Debian package(s)")
+    print(f"{tag} installing {' '.join(packages)} with apt-get", file=sys.stderr, flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", *packages]):
+        proc = subprocess.run(argv, env=env, stdout=sys.stderr, check=False)
+        if proc.returncode != 0:
+            raise ImageError(f"{' '.join(argv)} failed with exit code {proc.returncode}")
+
+
+def cache_entry(prefix: str, key: str, build: Callable[[Path], None], *, what: str | None = None) -> Path:
+    """``CACHE_ROOT/<prefix>-<key>``, made by ``build(tmp)`` the first time it is asked for.
+
+    One build per key at a time (a lock file); published by a rename once ``build`` returned, so a
+    half-written entry is never used and a failed one leaves nothing. ``what``: printed before a
+    build. The entry must not be modified.
+    """
+    cached = CACHE_ROOT / f"{prefix}-{key}"
+    if (cached / ".complete").exists():
+        return cached
+    CACHE_ROOT.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_ROOT / f".build-{prefix}-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (cached / ".complete").exists():
+            if what:
+                print(f"{what} into {cached}", file=sys.stderr, flush=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}-{key}.tmp.", dir=CACHE_ROOT))
+            try:
+                build(tmp)
+                (tmp / ".complete").touch()
+                shutil.rmtree(cached, ignore_errors=True)
+                tmp.rename(cached)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    return cached
+
+
+def image_cli(prog: str, build: Callable[[], ImageInfo], argv: Sequence[str] | None, description: str) -> int:
+    """The scripts' ``main``: build (or reuse) the image, print its name and digest, then its tar's path."""
+    argparse.ArgumentParser(prog=prog, description=description).parse_args(argv)
+    try:
+        info = build()
+    except ImageError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    print(f"{info.name} {info.digest}")
+    print(info.tar_path)
+    return 0
+
+
 def build_cached(
     name: str,
     prefix: str,
@@ -376,34 +428,18 @@ def build_cached(
     for part in key_parts:
         h.update(hashlib.sha256(part).digest())
     key = h.hexdigest()[:12]
-    cached = CACHE_ROOT / f"{prefix}-{key}"
-    if not (cached / ".complete").exists():
-        CACHE_ROOT.mkdir(parents=True, exist_ok=True)
-        with open(CACHE_ROOT / f".build-{prefix}-{key}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (cached / ".complete").exists():
-                if not quiet:
-                    print(f"[images] building {name} into {cached}", file=sys.stderr, flush=True)
-                tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}-{key}.tmp.", dir=CACHE_ROOT))
-                try:
-                    _build_pause(gcc, tmp / "pause")
-                    data, digest = image_layout(
-                        busybox.read_bytes(),
-                        _applets(busybox),
-                        (tmp / "pause").read_bytes(),
-                        name,
-                        extra=extra,
-                        history=history,
-                    )
-                    (tmp / "pause").unlink()
-                    (tmp / tar_name).write_bytes(data)
-                    (tmp / "digest").write_text(digest + "\n")
-                    (tmp / "name").write_text(name + "\n")
-                    (tmp / ".complete").touch()
-                    shutil.rmtree(cached, ignore_errors=True)
-                    tmp.rename(cached)
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
+
+    def build(tmp: Path) -> None:
+        _build_pause(gcc, tmp / "pause")
+        data, digest = image_layout(
+            busybox.read_bytes(), _applets(busybox), (tmp / "pause").read_bytes(), name, extra=extra, history=history
+        )
+        (tmp / "pause").unlink()
+        (tmp / tar_name).write_bytes(data)
+        (tmp / "digest").write_text(digest + "\n")
+        (tmp / "name").write_text(name + "\n")
+
+    cached = cache_entry(prefix, key, build, what=None if quiet else f"[images] building {name}")
     return ImageInfo(name, cached / tar_name, (cached / "digest").read_text().strip())
 
 
