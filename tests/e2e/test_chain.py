@@ -84,6 +84,12 @@ def events_of(core: client.CoreV1Api, ns: str, name: str) -> list[str]:
     return [f"{e.reason}: {e.message}" for e in core.list_namespaced_event(ns).items if e.involved_object.name == name]
 
 
+def prepared(stack: Stack, node: str, pod: client.V1Pod) -> dict[str, Any] | None:
+    """The agent's record of ``pod`` in ``node``'s NAS, once published (just after the hook was answered)."""
+    record = ((stack.nas(node) or {})["spec"].get("preparedClaims") or {}).get(pod.metadata.uid)
+    return record if isinstance(record, dict) else None
+
+
 def ledgers(stack: Stack) -> dict[str, NodeLedger]:
     return {n.name: NodeLedger.from_nas(stack.nas(n.name) or {}) for n in NODES}
 
@@ -119,8 +125,8 @@ def test_rt_pods_are_placed_reserved_in_the_kernel_and_recorded(stack: Stack, ns
     held = ledgers(stack)[node].pods[pod.metadata.uid]
     assert list(held.cpus_of("app")) == cpus
     # the agent applied it; on this machine the kernel holds the reservation
-    nas = stack.nas(node) or {}
-    applied = nas["spec"]["preparedClaims"][pod.metadata.uid]["containers"]["app"]
+    record = wait_for("the agent's record in the NAS", lambda: prepared(stack, node, pod), timeout=30)
+    applied = record["containers"]["app"]
     assert sorted(slot["id"] for slot in applied["slots"]) == sorted(cpus)
     if node == REAL.name:
         assert applied["backend"] == "deadline" and applied["tasks"], applied
@@ -143,7 +149,8 @@ def test_the_real_node_reserves_in_the_kernel(stack: Stack, ns: str) -> None:
     core.create_namespaced_pod(ns, pod)
     got = wait_for("onreal running", lambda: running(core, ns, "onreal"))
     assert got.spec.node_name == REAL.name
-    applied = (stack.nas(REAL.name) or {})["spec"]["preparedClaims"][got.metadata.uid]["containers"]["app"]
+    record = wait_for("the agent's record in the NAS", lambda: prepared(stack, REAL.name, got), timeout=30)
+    applied = record["containers"]["app"]
     tids = [int(t["tid"]) for t in applied["tasks"]]
     assert tids
     for tid in tids:

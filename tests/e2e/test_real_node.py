@@ -75,6 +75,12 @@ def events_of(core: client.CoreV1Api, ns: str, name: str) -> list[str]:
     return [f"{e.reason}: {e.message}" for e in core.list_namespaced_event(ns).items if e.involved_object.name == name]
 
 
+def prepared(stack: Stack, pod: client.V1Pod) -> dict[str, Any] | None:
+    """The agent's record of ``pod`` in the NAS, once published (just after the hook was answered)."""
+    record = ((stack.nas(NODE.name) or {})["spec"].get("preparedClaims") or {}).get(pod.metadata.uid)
+    return record if isinstance(record, dict) else None
+
+
 def container_pid(stack: Stack, pod: client.V1Pod) -> int:
     pid = stack.real[NODE.name].container_pid(pod, "app")
     assert pid, f"containerd knows no running process for {pod.metadata.name}"
@@ -106,7 +112,7 @@ def test_an_rt_pod_runs_as_a_real_container_under_its_reservation(stack: Stack, 
     log = wait_for("container output", lambda: stack.real[NODE.name].container_log(pod, "app"), timeout=30)
     assert "RT_RUNTIME_NS=2000000" in log and "RT_PERIOD_NS=10000000" in log
     # The agent's record names the same process.
-    applied = (stack.nas(NODE.name) or {})["spec"]["preparedClaims"][pod.metadata.uid]["containers"]["app"]
+    applied = wait_for("the agent's record in the NAS", lambda: prepared(stack, pod), timeout=30)["containers"]["app"]
     assert applied["pid"] == pid
 
 

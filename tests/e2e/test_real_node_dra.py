@@ -152,7 +152,11 @@ def test_a_pod_with_a_claim_runs_under_its_deadline_reservation_and_deleting_it_
     assert [d["device"] for d in prepared[claim["metadata"]["uid"]]["requests"][0]["devices"]] == [f"cpu-{cpu}"]
     spec = real.cdi_dir / f"rt.resource.example.com-cpu-claim-{claim['metadata']['uid']}.json"
     assert spec.exists()
-    applied = (stack.nas(NODE.name) or {})["spec"]["preparedClaims"][pod.metadata.uid]["containers"]["app"]
+    applied = wait_for(
+        "the agent's record in the NAS",
+        lambda: ((stack.nas(NODE.name) or {})["spec"].get("preparedClaims") or {}).get(pod.metadata.uid),
+        timeout=30,
+    )["containers"]["app"]
     assert applied["pid"] == pid and applied["claim"] == f"{claim['metadata']['uid']}/cpu"
 
     core.delete_namespaced_pod("dl", ns)
