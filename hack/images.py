@@ -393,6 +393,11 @@ def cache_entry(prefix: str, key: str, build: Callable[[Path], None], *, what: s
 def image_cli(prog: str, build: Callable[[], ImageInfo], argv: Sequence[str] | None, description: str) -> int:
     """The scripts' ``main``: build (or reuse) the image, print its name and digest, then its tar's path."""
     argparse.ArgumentParser(prog=prog, description=description).parse_args(argv)
+    return report_build(prog, build)
+
+
+def report_build(prog: str, build: Callable[[], ImageInfo]) -> int:
+    """Run ``build``; print the image's name and digest, then its tar's path (1 and the reason if it failed)."""
     try:
         info = build()
     except ImageError as e:
@@ -461,14 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     ap.add_argument("--out", type=Path, help="write the OCI image-layout tar here (default: the cached tar)")
     args = ap.parse_args(argv)
-    try:
-        info = build_image(args.out)
-    except ImageError as e:
-        print(f"images.py: {e}", file=sys.stderr)
-        return 1
-    print(f"{info.name} {info.digest}")
-    print(info.tar_path)
-    return 0
+    return report_build("images.py", lambda: build_image(args.out))
 
 
 if __name__ == "__main__":
