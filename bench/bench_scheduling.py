@@ -252,22 +252,41 @@ def cpu_summary(before: dict[str, float], after: dict[str, float], pods: int) ->
 
 
 def apiserver_writes(cp: ControlPlane) -> dict[str, float]:
-    """kube-apiserver's request counts so far: ledger writes and Bindings (for writes per pod)."""
+    """kube-apiserver's counters so far: ledger writes and Bindings (for writes per pod), and per
+    ``verb resource[/subresource]`` the requests and per resource the watch events sent and their bytes
+    (``--breakdown`` prints those per pod: where an RT pod's API server work goes)."""
     with urllib.request.urlopen(f"{cp.server}/metrics", timeout=10, context=cp.admin_ssl_context()) as r:
         text = r.read().decode()
     counts: dict[str, float] = defaultdict(float)
     for family in text_string_to_metric_families(text):
-        if family.name != "apiserver_request":
-            continue
         for sample in family.samples:
             labels = sample.labels
-            if sample.name != "apiserver_request_total":
-                continue
-            if labels.get("resource") == "nodeallocationstates" and labels.get("verb") in ("PUT", "PATCH"):
-                counts["ledger writes"] += sample.value
-            elif labels.get("resource") == "pods" and labels.get("subresource") == "binding":
-                counts["bindings"] += sample.value
+            if sample.name == "apiserver_request_total":
+                resource = labels.get("resource", "")
+                if labels.get("subresource"):
+                    resource += "/" + labels["subresource"]
+                counts[f"request {labels.get('verb')} {resource}"] += sample.value
+                if labels.get("resource") == "nodeallocationstates" and labels.get("verb") in ("PUT", "PATCH"):
+                    counts["ledger writes"] += sample.value
+                elif labels.get("resource") == "pods" and labels.get("subresource") == "binding":
+                    counts["bindings"] += sample.value
+            elif sample.name == "apiserver_watch_events_total":
+                counts[f"watch events {labels.get('resource')}"] += sample.value
+            elif sample.name == "apiserver_watch_events_sizes_sum":
+                counts[f"watch bytes {labels.get('resource')}"] += sample.value
     return counts
+
+
+def breakdown(before: dict[str, float], after: dict[str, float], pods: int) -> str:
+    """Per pod, the requests and watch traffic that changed between two :func:`apiserver_writes`."""
+    rows = []
+    for key in sorted(after):
+        if key in ("ledger writes", "bindings"):
+            continue
+        delta = (after[key] - before.get(key, 0.0)) / pods
+        if delta >= 0.01:
+            rows.append(f"    {key:<60} {delta:10.2f}")
+    return "\n".join(rows)
 
 
 def wait_all_bound(core: client.CoreV1Api, ns: str, count: int, resource_version: str, timeout: float) -> float:
@@ -303,7 +322,14 @@ def wait_all_bound(core: client.CoreV1Api, ns: str, count: int, resource_version
 
 
 def phase(
-    cp: ControlPlane, stack: Stack, label: str, count: int, kind: str, qps: float, scoring: bool = False
+    cp: ControlPlane,
+    stack: Stack,
+    label: str,
+    count: int,
+    kind: str,
+    qps: float,
+    scoring: bool = False,
+    show_breakdown: bool = False,
 ) -> tuple[float, str]:
     """Pods/s of one phase and where the CPU went meanwhile."""
     core = client.CoreV1Api(stack.api)
@@ -331,8 +357,13 @@ def phase(
     last = wait_all_bound(core, ns, count, version, timeout=600)
     cpu_after = cpu_snapshot(cp, stack)
     writes_after = apiserver_writes(cp)
-    per_pod = ", ".join(f"{k} {(writes_after[k] - writes.get(k, 0.0)) / count:.2f}" for k in sorted(writes_after))
-    return count / (last - start), f"{cpu_summary(cpu, cpu_after, count)}\n  API writes per pod: {per_pod}"
+    per_pod = ", ".join(
+        f"{k} {(writes_after.get(k, 0.0) - writes.get(k, 0.0)) / count:.2f}" for k in ("bindings", "ledger writes")
+    )
+    text = f"{cpu_summary(cpu, cpu_after, count)}\n  API writes per pod: {per_pod}"
+    if show_breakdown:
+        text += f"\n  API server per pod:\n{breakdown(writes, writes_after, count)}"
+    return count / (last - start), text
 
 
 def check_ledgers(stack: Stack, nodes: list[str], count: int) -> str:
@@ -406,7 +437,9 @@ def run(workdir: Path, binaries: Binaries, args: argparse.Namespace, capacity: i
             details = []
             for label, kind, scoring in [p for name in args.phases for p in PHASES if p[0] == name]:
                 before = extender_metrics(stack)
-                rates[label], cpu = phase(cp, stack, label, args.pods, kind, args.scheduler_qps, scoring)
+                rates[label], cpu = phase(
+                    cp, stack, label, args.pods, kind, args.scheduler_qps, scoring, args.breakdown
+                )
                 details.append(f"  {label}:\n{cpu}\n{extender_summary(before, extender_metrics(stack))}")
             verdict = check_ledgers(stack, names_, args.pods)
             claims = check_claims(stack, capacity)
@@ -436,6 +469,9 @@ def main() -> int:
         type=lambda text: text.split(","),
         default=[label for label, _, _ in PHASES],
         help=f"phases to run, in this order (default {','.join(label for label, _, _ in PHASES)}; plain is required)",
+    )
+    parser.add_argument(
+        "--breakdown", action="store_true", help="per phase, the API server's requests and watch traffic per pod"
     )
     parser.add_argument("--check", action="store_true", help="exit 1 when the goal is missed")
     args = parser.parse_args()

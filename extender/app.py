@@ -20,8 +20,8 @@ Routes (the verbs under the configured URL prefix)::
     GET  /metrics             Prometheus text format
 
 ``create_app(config)`` wires the production parts (API client, watch-fed
-cache, the agents' heartbeats, binder, reconciler) from the configuration; tests and the benchmark pass
-their own ``cache`` (and ``binder``) instead and no thread is started.
+cache, the agents' heartbeats, binder, reconciler, requeuer) from the configuration; tests and the benchmark
+pass their own ``cache`` (and ``binder``, ``requeuer``) instead and no thread is started.
 """
 
 from __future__ import annotations
@@ -90,8 +90,11 @@ class Extender:
         reconciler: Reconciler | None = None,
         claim_parameters: ClaimParametersLookup | None = None,
         heartbeats: AgentHeartbeats | None = None,
+        requeuer: Requeuer | None = None,
     ) -> None:
         self.config = config
+        #: Sends the pods the filter turned away back to kube-scheduler when room appears (``None``: nobody).
+        self.requeuer = requeuer
         #: Whose agent is alive (``None``: not checked - tests and the benchmark, or a bound of 0).
         self.heartbeats = heartbeats
         self.cache = cache
@@ -114,6 +117,7 @@ class ProductionParts:
     reconciler: Reconciler | None
     claim_parameters: ClaimParametersCache
     heartbeats: AgentHeartbeats | None
+    requeuer: Requeuer
 
 
 def api_client(config: ExtenderConfig) -> client.ApiClient:
@@ -170,7 +174,7 @@ def _production_parts(config: ExtenderConfig, metrics: Metrics) -> ProductionPar
         pods=pods.pending_pod if pods is not None else None,
         claim_parameters=claim_parameters,
     )
-    return ProductionParts(cache, binder, reconciler, claim_parameters, heartbeats)
+    return ProductionParts(cache, binder, reconciler, claim_parameters, heartbeats, requeuer)
 
 
 def create_app(
@@ -182,6 +186,7 @@ def create_app(
     claim_parameters: ClaimParametersLookup | None = None,
     heartbeats: AgentHeartbeats | None = None,
     dra_usage: DraUsage | None = None,
+    requeuer: Requeuer | None = None,
 ) -> Flask:
     """The extender app. Without ``cache`` it connects to the API and starts the watches and the reconciler.
 
@@ -200,10 +205,10 @@ def create_app(
             parts.reconciler,
             parts.claim_parameters,
         )
-        heartbeats = parts.heartbeats
+        heartbeats, requeuer = parts.heartbeats, parts.requeuer
     if config.dra_scoring and dra_usage is None:
         dra_usage = DraWatch(api_client(config), watch_timeout_seconds=config.watch_timeout_seconds).start().usage
-    ext = Extender(config, cache, binder, metrics, reconciler, claim_parameters, heartbeats)
+    ext = Extender(config, cache, binder, metrics, reconciler, claim_parameters, heartbeats, requeuer)
 
     app = Flask("extender")
     app.extensions[EXTENSION] = ext
@@ -231,7 +236,18 @@ def create_app(
             raise NotSynced("the extender's ledger cache has not synced yet; try again")
         if ext.heartbeats is not None and not ext.heartbeats.synced:
             raise NotSynced("the extender has not listed the agents' Leases yet; try again")
-        verdicts = filter_nodes(ext.view(candidates.pod), candidates.names, ext.cache, ext.memo, ext.heartbeats)
+        rooms = ext.requeuer.rooms if ext.requeuer is not None else 0  # before any ledger is read
+        view = ext.view(candidates.pod)
+        verdicts = filter_nodes(view, candidates.names, ext.cache, ext.memo, ext.heartbeats)
+        if ext.requeuer is not None and view.request is not None:
+            metadata = candidates.pod.get("metadata") or {}
+            uid = str(metadata.get("uid") or "")
+            if verdicts.passed:
+                ext.requeuer.passed(uid)
+            else:  # touched again when room appears (kube-scheduler would not try it again for minutes)
+                ext.requeuer.turned_away(
+                    uid, str(metadata.get("namespace") or ""), str(metadata.get("name") or ""), rooms_before=rooms
+                )
         for reason, count in verdicts.reasons.items():
             ext.metrics.filter_rejections.labels(reason).inc(count)
         return _json(wire.filter_result(candidates, verdicts.passed, verdicts.failed, verdicts.unresolvable))

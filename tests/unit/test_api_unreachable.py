@@ -163,15 +163,11 @@ def test_the_store_turns_a_transport_failure_into_a_store_error(failure: Excepti
 
 
 class Requeues:
-    """``CoreV1Api`` as requeue uses it: three unscheduled RT pods; the first patch gets no answer, the rest land."""
+    """``CoreV1Api`` as requeue uses it: the first patch gets no answer, the rest land."""
 
     def __init__(self) -> None:
         self.tried: list[str] = []
         self.patched: list[str] = []
-
-    def list_pod_for_all_namespaces(self, **_: Any) -> Any:
-        items = [pending(name) for name in ("a", "b", "c")]
-        return type("Reply", (), {"data": json.dumps({"items": items})})()
 
     def patch_namespaced_pod(self, name: str, namespace: str, body: Any, **_: Any) -> None:
         self.tried.append(name)
@@ -190,12 +186,16 @@ def test_requeue_goes_on_past_a_pod_it_could_not_reach() -> None:
     requeuer = Requeuer(client.ApiClient())
     fake = Requeues()
     requeuer.core = fake  # type: ignore[assignment]
+    for name in ("a", "b", "c"):
+        requeuer.turned_away(f"uid-{name}", "ns", name, rooms_before=requeuer.rooms)
 
     touched = requeuer.requeue_once()
 
     assert len(fake.tried) == 3
     assert touched == 2
     assert sorted(fake.patched + fake.tried[:1]) == ["a", "b", "c"]
+    # The one it could not reach waits for the next round.
+    assert list(requeuer.waiting()) == [f"uid-{fake.tried[0]}"]
 
 
 class ClaimObjects:

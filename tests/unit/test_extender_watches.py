@@ -1,5 +1,6 @@
-"""The extender's watches: the configured timeout is used, and pending pods are requeued only once the
-filter's cache shows the room - listed from the API then, not taken from a pod watch that may lag."""
+"""The extender's watches: the configured timeout is used, and the pods the filter turned away are requeued
+only once the filter's cache shows the room - recorded by the filter itself, not taken from a pod watch that
+may lag - and no other pod is touched."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from extender import pods as pods_module
+from extender.app import create_app
 from extender.cache import LedgerCache, WatchedLedgerCache, more_room
+from extender.config import ExtenderConfig
 from extender.reconcile import Reconciler
 from extender.requeue import REQUEUE, Requeuer
 from rtdra import names
@@ -112,27 +115,87 @@ def requeuer(fake: Pods) -> Requeuer:
     return r
 
 
-def test_a_release_reaches_the_filters_cache_before_pending_pods_are_requeued() -> None:
+def rt_filter_args(name: str, uid: str, nodes: list[str]) -> dict[str, Any]:
+    """ExtenderArgs as kube-scheduler sends them (node-cache-capable: names only) for an RT pod."""
+    return {"Pod": pod(name, uid), "Nodes": None, "NodeNames": nodes}
+
+
+def test_a_release_reaches_the_filters_cache_before_the_turned_away_pod_is_requeued() -> None:
     """The touch comes after the filter can see the room, and reaches a pod no pod watch has seen yet.
 
     The race this pins (``test_chain`` left a pod pending beside free room): the
     scheduler filtered the new pod on the old ledger, and the release's requeue
     took its pods from the extender's pod watch, which had not yet seen that pod.
+    The filter records the pod it turns away before it answers.
     """
     held = held_ledger()
     fake = Pods()
-    fake.unscheduled = [pod("waiting", "uid-waiting")]  # created a moment ago: only the API knows it
+    r = requeuer(fake)
     seen_at_requeue: list[set[str]] = []
     cache = LedgerCache([held])
     fake.on_patch = lambda: seen_at_requeue.append(set(cache.get("n1").pods))  # type: ignore[union-attr]
-    cache.on_room = requeuer(fake).requeue_once  # synchronously, where production signals a thread
+    app = create_app(ExtenderConfig(), cache=cache, requeuer=r).test_client()
+    reply = app.post("/filter", json=rt_filter_args("waiting", "uid-waiting", ["n1"])).get_json()
+    assert reply["NodeNames"] == [] and "n1" in reply["FailedNodes"]  # 6 ms of 10 ms held: 6 ms more do not fit
+    assert r.waiting() == {"uid-waiting": ("ns", "waiting")}
+    cache.on_room = lambda: (r.signal(), r.requeue_once())  # synchronously, where production signals a thread
     reconciler = Reconciler(client.ApiClient(), OneNode(held), on_stored=cache.put)  # type: ignore[arg-type]
 
     reconciler._on_pod("DELETED", pod("big", "uid-big", node="n1", allocated_on="n1"))
 
     assert fake.patched == ["ns/waiting"]
     assert seen_at_requeue == [set()]  # the filter already saw the room the requeued pod is sent to
-    assert fake.list_kwargs["field_selector"] == "spec.nodeName="
+    assert r.waiting() == {}
+    assert fake.list_kwargs == {}  # nothing listed: the filter said which pods
+
+
+def test_a_filter_that_read_the_ledgers_before_a_room_signal_asks_for_another_round() -> None:
+    """Room signalled while the filter decided on the old ledgers: the round it started may have gone
+    without the pod, so recording the pod asks for one more."""
+    r = requeuer(Pods())
+    before = r.rooms
+    r.turned_away("uid-a", "ns", "a", rooms_before=before)
+    assert not r._wanted.is_set()  # no room came meanwhile: wait for the next one
+    r.signal()
+    r._wanted.clear()  # that round ran (without uid-b, recorded only now)
+    r.turned_away("uid-b", "ns", "b", rooms_before=before)
+    assert r._wanted.is_set()
+
+
+def test_only_the_turned_away_pods_are_touched_each_once_per_room_and_a_pod_that_fits_is_dropped() -> None:
+    fake = Pods()
+    r = requeuer(fake)
+    app = create_app(ExtenderConfig(), cache=LedgerCache([held_ledger()]), requeuer=r).test_client()
+    app.post("/filter", json=rt_filter_args("a", "uid-a", ["n1"]))
+    app.post("/filter", json=rt_filter_args("b", "uid-b", ["n1"]))
+    plain = {
+        "Pod": {"metadata": {"name": "p", "namespace": "ns", "uid": "uid-p"}, "spec": {"containers": [{"name": "c"}]}},
+        "NodeNames": ["n1"],
+    }
+    app.post("/filter", json=plain)  # no real-time request: nothing to requeue
+    assert r.waiting() == {"uid-a": ("ns", "a"), "uid-b": ("ns", "b")}
+    r.passed("uid-b")  # tried again meanwhile, and a node had room
+    assert r.requeue_once() == 1
+    assert fake.patched == ["ns/a"]
+    assert r.requeue_once() == 0  # touched: it is recorded again only if the filter turns it away again
+    app.post("/filter", json=rt_filter_args("a", "uid-a", ["n1"]))
+    assert r.requeue_once() == 1
+    assert len(set(fake.stamps)) == 2  # each round is a change the scheduler sees
+    assert all(stamp.endswith(r._origin) for stamp in fake.stamps)
+
+
+def test_at_start_the_requeuer_adopts_only_the_pods_kube_scheduler_marked_unschedulable() -> None:
+    fake = Pods()
+    unschedulable = pod("a", "uid-a")
+    unschedulable["status"] = {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}
+    queued = pod("b", "uid-b")  # not tried yet: in the scheduler's active queue
+    deleting = pod("c", "uid-c")
+    deleting["metadata"]["deletionTimestamp"] = "2026-11-30T12:00:00Z"
+    deleting["status"] = unschedulable["status"]
+    fake.unscheduled = [unschedulable, queued, deleting]
+    r = requeuer(fake)
+    assert r.adopt_unschedulable() == 1
+    assert r.waiting() == {"uid-a": ("ns", "a")}
 
 
 def test_a_process_that_learns_of_a_release_from_its_watch_requeues_too() -> None:
@@ -168,27 +231,13 @@ def test_room_is_a_release_a_ledger_turned_ready_more_capacity_or_a_new_ready_le
     assert not more_room(digest(NodeLedger("n1", {0: 943719})), digest(NodeLedger("n1", {0: 943719})))
 
 
-def test_requeue_touches_only_live_unbound_rt_pods_and_marks_each_touch_as_its_own() -> None:
-    fake = Pods()
-    deleting = pod("deleting", "uid-deleting")
-    deleting["metadata"]["deletionTimestamp"] = "2026-11-30T12:00:00Z"
-    plain = pod("plain", "uid-plain")
-    plain["metadata"]["annotations"] = {}
-    fake.unscheduled = [pod("a", "uid-a"), deleting, plain, pod("b", "uid-b")]
-    r = requeuer(fake)
-    assert r.requeue_once() == 2
-    assert fake.patched == ["ns/a", "ns/b"]
-    assert r.requeue_once() == 2
-    assert len(set(fake.stamps)) == 2  # each round is a change the scheduler sees
-    assert all(stamp.endswith(r._origin) for stamp in fake.stamps)
-
-
 def test_a_signal_makes_the_thread_requeue() -> None:
     fake = Pods()
-    fake.unscheduled = [pod("a", "uid-a")]
     touched = threading.Event()
     fake.on_patch = touched.set
-    r = requeuer(fake).start()
+    r = requeuer(fake)
+    r.turned_away("uid-a", "ns", "a", rooms_before=r.rooms)
+    r.start()
     try:
         assert not touched.wait(0.2)  # nothing before a signal
         r.signal()
