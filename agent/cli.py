@@ -39,6 +39,7 @@ from agent.discovery import NodeFacts, cpu_topology, discover, simulate
 from agent.dra.claims import ClaimState
 from agent.enforce import Enforcer
 from agent.events import EventSink, LogEvents
+from agent.latency import LatencyRequest
 from agent.reconcile import Loop, publish
 from agent.server import HookServer
 from agent.store import FileStore, LedgerStore
@@ -220,6 +221,24 @@ def _main(config: AgentConfig) -> int:
             )
             heartbeat = lease.renew
 
+    latency: LatencyRequest | None = None
+    if config.cpu_latency_us is not None:
+        latency = LatencyRequest(config.cpu_latency_us)
+        with starting(f"asking for a CPU wake-up latency of at most {config.cpu_latency_us} us"):
+            latency.hold()
+        log.info(
+            "holding a CPU wake-up latency bound of %d us (%s) while running", config.cpu_latency_us, latency.device
+        )
+    try:
+        return _main_partitioned(config, store, events, heartbeat)
+    finally:
+        if latency is not None:
+            latency.close()
+
+
+def _main_partitioned(
+    config: AgentConfig, store: LedgerStore, events: EventSink, heartbeat: Callable[[], None] | None
+) -> int:
     partitions: Partitions | None = None
     if config.partitioned and config.backend == "deadline":
         mount = host.cgroup_layout().v1_mount("cpuset")

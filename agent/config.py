@@ -21,7 +21,7 @@ from agent.kubelet import DEVICE_PLUGIN_DEVICES, DEVICE_PLUGIN_DIR, KUBELET_ROOT
 from rtdra import names
 from rtdra.bandwidth import BW_UNIT
 from rtdra.host import parse_cpulist
-from rtdra.settings import ArgumentParser, ConfigError, Env, fail, positive_int
+from rtdra.settings import ArgumentParser, ConfigError, Env, fail, non_negative_int, positive_int
 
 ENV_PREFIX = "RTDRA_AGENT_"
 #: One of ``agent.backends.registry.NAMES``.
@@ -68,6 +68,8 @@ class AgentConfig:
     lease_renew_interval_s: float = 10.0
     #: kubelet's ``--root-dir`` (DRA mode: ``plugins_registry/`` and ``plugins/<driver>/`` under it).
     kubelet_root: Path = KUBELET_ROOT
+    #: Hold a PM QoS CPU wake-up latency bound of this many µs while running (``agent.latency``); ``None``: none.
+    cpu_latency_us: int | None = None
 
     @property
     def dra_state_file(self) -> Path:
@@ -172,7 +174,17 @@ def _parse(argv: Sequence[str] | None, e: Env, env: Mapping[str, str]) -> AgentC
         help="renew the agent's Lease rtdra-agent-<node> this often, in seconds (default 10; "
         "the extender's --agent-lease-seconds must be well above it)",
     )
+    p.add_argument(
+        "--cpu-latency-us",
+        type=non_negative_int,
+        default=e.parsed("CPU_LATENCY_US", non_negative_int, None),
+        help="while running, ask the kernel to keep every CPU able to wake within this many microseconds "
+        "(/dev/cpu_dma_latency; 0: CPUs poll and never halt, the lowest timer latency, the most power); "
+        "default: no request",
+    )
     a = p.parse_args(argv)
+    if a.cpu_latency_us is not None and a.backend == "none":
+        p.error("--cpu-latency-us changes how this machine's CPUs idle: it needs a backend that enforces (not none)")
     if a.rt_cpus:
         try:
             rt_cpus = parse_cpulist(a.rt_cpus)
@@ -223,4 +235,5 @@ def _parse(argv: Sequence[str] | None, e: Env, env: Mapping[str, str]) -> AgentC
         device_plugin_devices=int(a.device_plugin_devices),
         lease_renew_interval_s=a.lease_renew_interval,
         kubelet_root=Path(a.kubelet_root_dir),
+        cpu_latency_us=a.cpu_latency_us,
     )

@@ -71,6 +71,7 @@ from kubernetes import client
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import sched_trace  # noqa: E402
 from hack.bench_image import build_bench_image  # noqa: E402
 from hack.runtime import CRI_NAMESPACE  # noqa: E402
 from hack.stack import NodeSpec, Stack, running_stack, wait_for  # noqa: E402
@@ -264,6 +265,8 @@ class Scenario:
     probe: str | None = None
     notes: list[str] = field(default_factory=list)
     jobs: dict[str, list[Job]] = field(default_factory=dict)
+    #: Pod -> the traced cause of each missed job (``bench/sched_trace.explain``).
+    causes: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def rt(self) -> bool:
@@ -524,10 +527,12 @@ class Bench:
         names_ = [w.name for w in sc.pods]
         try:
             self._watch(sc, watches, delay_us)
-            self.wait_terminated(names_, timeout=self.args.seconds + START_DELAY_S + 120, tick=lambda: _check(watches))
+            events, traced_note = self._traced(sc, watches, names_)
             stolen = steal_share(steal_before, steal())
             for w in sc.pods:
-                self._collect(sc, w, watches[w.name])
+                self._collect(sc, w, watches[w.name], events)
+            if traced_note:
+                sc.notes.append(traced_note)
             sc.notes.append(f"CPU time the hypervisor stole from this VM during the run: {stolen:.1%}")
         finally:
             delete_pods(self.core, names_)
@@ -547,8 +552,30 @@ class Bench:
                     w.tid = worker_tid(w.pid) or 0
                 w.check()
             time.sleep(0.05)
-        if sc.probe is not None:
-            self._probe(sc)
+
+    def _traced(
+        self, sc: Scenario, watches: dict[str, Watch], names_: Sequence[str]
+    ) -> tuple[list[sched_trace.Event] | None, str]:
+        """Probe (if the scenario has one) and wait for the workloads to end, tracing their workers
+        (``--no-trace``: not); the events, or ``None`` and why not."""
+        timeout = self.args.seconds + START_DELAY_S + 120
+
+        def run() -> None:
+            if sc.probe is not None:
+                self._probe(sc)
+            self.wait_terminated(names_, timeout=timeout, tick=lambda: _check(watches))
+
+        if not self.args.trace:
+            run()
+            return None, ""
+        try:
+            with sched_trace.traced(w.tid for w in watches.values()) as trace:
+                run()
+                text = trace.read_text(errors="replace")
+        except sched_trace.TraceUnavailable as err:  # raised while setting up, before run()
+            run()
+            return None, f"the workers were not traced: {err}"
+        return sched_trace.parse(text), ""
 
     def _probe(self, sc: Scenario) -> None:
         """One more small RT pod: the extender must leave it Pending (the node is full)."""
@@ -571,7 +598,7 @@ class Bench:
         finally:
             delete_pods(self.core, [name])
 
-    def _collect(self, sc: Scenario, w: Workload, watch: Watch) -> None:
+    def _collect(self, sc: Scenario, w: Workload, watch: Watch, events: list[sched_trace.Event] | None) -> None:
         hostdir = self.workdir / sc.key
         out = (hostdir / f"{w.name}.out").read_text(errors="replace")
         state = container_state(self.core, w.name)
@@ -607,6 +634,12 @@ class Bench:
             note += (
                 f"; {len(missed)} missed: median start delay {delay_ms:.3f} ms, median work wall time {wall_ms:.3f} ms"
             )
+            if events is not None:
+                explained = [
+                    sched_trace.explain(j, watch.tid, self.period_us, events, deadline_task=bool(w.rt)) for j in missed
+                ]
+                sc.causes.setdefault(w.name, []).extend(explained)
+                note += "; traced: " + ", ".join(explained[:8]) + (" ..." if len(explained) > 8 else "")
         sc.notes.append(note)
 
     def _deadline_us(self, w: Workload) -> int:
@@ -713,7 +746,7 @@ LEFTOVER_COMMS = ("rt-app", WORKER, "stress-ng")
 
 
 def leftovers() -> list[str]:
-    """Deadline tasks anywhere on the host, and rt-app / stress-ng processes."""
+    """Deadline tasks anywhere on the host, rt-app / stress-ng processes, and the bench's trace instance."""
     found = []
     for pid_dir in Path("/proc").iterdir():
         if not pid_dir.name.isdigit():
@@ -727,6 +760,9 @@ def leftovers() -> list[str]:
                     found.append(f"{pid_dir.name}/{task.name} {comm} policy {policy}")
         except (OSError, ValueError, IndexError):
             continue
+    instance = sched_trace.TRACEFS / "instances" / sched_trace.INSTANCE
+    if instance.exists():
+        found.append(f"the trace instance {instance}")
     return found
 
 
@@ -802,16 +838,29 @@ def main() -> int:
         "constrained)",
     )
     parser.add_argument("--out", type=Path, default=REPO / ".bench" / "rt", help="where tables, CSV and plot go")
+    parser.add_argument(
+        "--cpu-latency-us",
+        type=int,
+        default=0,
+        help="the agent's --cpu-latency-us (docs/agent.md; default 0: CPUs poll, never halt); -1: none",
+    )
+    parser.add_argument(
+        "--no-trace",
+        dest="trace",
+        action="store_false",
+        help="do not trace the workers' wake-ups and switches (no cause per missed job)",
+    )
     args = parser.parse_args()
 
     def progress(message: str) -> None:
         print(f"[bench-rt] {message}", flush=True)
 
+    agent_args = ["--cpu-latency-us", str(args.cpu_latency_us)] if args.cpu_latency_us >= 0 else []
     scenarios: list[Scenario] = []
     failure = ""
     with (
         tempfile.TemporaryDirectory(prefix="rtdra-bench-rt-") as tmp,
-        running_stack(Path(tmp) / "cp", [NODE], progress=progress) as stack,
+        running_stack(Path(tmp) / "cp", [NODE], progress=progress, agent_args=agent_args) as stack,
     ):
         bench = Bench(stack, Path(tmp) / "pods", args, progress)
         try:
@@ -847,7 +896,9 @@ def main() -> int:
         "",
         f"rt-app, one worker: {args.work_us}us of work every {args.period_ms}ms "
         f"({bench.ns_per_loop} ns/loop), {args.seconds:g}s per scenario; hogs: stress-ng --cpu 1 "
-        f"in {2 * (os.cpu_count() or 1)} plain pods; agent mode nri; response = completion - release; "
+        f"in {2 * (os.cpu_count() or 1)} plain pods; agent mode nri, "
+        f"{f'--cpu-latency-us {args.cpu_latency_us}' if agent_args else 'no CPU latency request'}; "
+        "response = completion - release; "
         f"pods at capacity / at the EDF limit get runtime >= {args.budget_over_work:g} x W.",
         "",
     ]
@@ -864,6 +915,12 @@ def main() -> int:
         lines.append(
             f"plain / RT-DRA worst-case response under the same hogs: {plain.max_us / 1000:.3f} ms / "
             f"{rt.max_us / 1000:.3f} ms = {ratio:.1f}x (plain misses: {plain.misses}/{plain.jobs})"
+        )
+    rt_causes = sched_trace.causes(c for sc in done if sc.rt for cs in sc.causes.values() for c in cs)
+    if misses:
+        lines.append(
+            "RT-DRA misses by traced cause: "
+            + (", ".join(f"{cause} {n}" for cause, n in rt_causes.most_common()) or "not traced")
         )
     png = plot(done, args.out / "rt-guarantee-cdf.png")
     write_jobs(done, args.out / "rt-guarantee-jobs.csv")

@@ -113,6 +113,11 @@ def positive_int(text: str) -> int:
     return _integer(text, 1)
 
 
+def non_negative_int(text: str) -> int:
+    """An ``argparse`` type and :meth:`Env.parsed` parser: a whole number of at least 0."""
+    return _integer(text, 0)
+
+
 def dataclass_from_env(cls: type[T], env: Env, overrides: Mapping[str, Any] | None = None) -> T:
     """``cls`` (a dataclass) from ``env`` - a variable per field, ``FIELD_NAME`` upper-cased (or the field's
     ``metadata["env"]``) - then ``overrides``.

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from agent.cpuset import Partitions
+from agent.latency import effective_latency_us
 from agent.store import FileStore
 from rtdra import host, sched, tasks
 from rtdra.ledger import NodeLedger, PodAllocation, Slot
@@ -187,6 +188,20 @@ def agent(containers: Containers, tmp_path: Path) -> Iterator[Agent]:
         yield a
     finally:
         a.stop()
+
+
+def test_the_agent_holds_its_cpu_latency_bound_while_it_runs_and_drops_it_when_it_stops(
+    containers: Containers, tmp_path: Path
+) -> None:
+    before = effective_latency_us()
+    assert before > 0, "another process holds a bound of 0 already: nothing to see"
+    agent = start_agent(tmp_path, "--cpu-latency-us", "0")
+    try:
+        assert effective_latency_us() == 0
+        assert "holding a CPU wake-up latency bound of 0 us" in agent.log.read_text()
+    finally:
+        agent.stop()
+    assert effective_latency_us() == before
 
 
 def dl_params(tid: int) -> tuple[int, int, int, int]:

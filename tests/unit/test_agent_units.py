@@ -383,6 +383,26 @@ def test_simulation_flags_are_refused_where_they_make_no_sense(argv: list[str]) 
         parse_args(["--node-name", "x", *argv], env={})
 
 
+def test_the_cpu_latency_request_is_off_by_default_and_read_from_the_flag_or_the_environment() -> None:
+    assert parse_args(["--node-name", "n"], env={}).cpu_latency_us is None
+    assert parse_args(["--node-name", "n", "--cpu-latency-us", "0"], env={}).cpu_latency_us == 0
+    assert parse_args(["--node-name", "n"], env={"RTDRA_AGENT_CPU_LATENCY_US": "50"}).cpu_latency_us == 50
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--cpu-latency-us", "-1"],
+        ["--cpu-latency-us", "soon"],
+        ["--backend", "none", "--cpu-latency-us", "0"],  # a simulated node must not change how this host idles
+    ],
+)
+def test_a_cpu_latency_request_that_makes_no_sense_is_refused(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--node-name", "x", *argv], env={})
+    assert exit_.value.code == 2
+
+
 # -- the hook's own decisions ---------------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ import importlib.util
 import io
 import sys
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -167,3 +168,119 @@ def test_ldd_lines_name_every_library_and_the_loader() -> None:
         "/lib/x86_64-linux-gnu/libjson-c.so.5",
         "/lib64/ld-linux-x86-64.so.2",
     ]
+
+
+# --------------------------------------------------------------------------- why a job missed (bench/sched_trace.py)
+from bench import sched_trace  # noqa: E402
+
+TID = 4242
+#: Lines as tracefs writes them (the instance's ``trace`` file, trace clock mono), around a release at 100.000000 s.
+TRACE_HEAD = """# tracer: nop
+#
+# entries-in-buffer/entries-written: 9/9   #P:2
+#           TASK-PID     CPU#  |||||  TIMESTAMP  FUNCTION
+"""
+
+
+def wakeup(ts: str, cpu: int = 0, current: str = "<idle>-0") -> str:
+    return (
+        f"          {current}    [00{cpu}] dN.5. {ts}: sched_wakeup: comm=rt-app pid={TID} prio=-1 target_cpu=00{cpu}"
+    )
+
+
+def switch(ts: str, prev: tuple[str, int, int, str], nxt: tuple[str, int, int], cpu: int = 0) -> str:
+    (pc, pp, pprio, state), (nc, np_, nprio) = prev, nxt
+    return (
+        f"          {pc}-{pp}    [00{cpu}] d..2. {ts}: sched_switch: prev_comm={pc} prev_pid={pp} "
+        f"prev_prio={pprio} prev_state={state} ==> next_comm={nc} next_pid={np_} next_prio={nprio}"
+    )
+
+
+IDLE = ("swapper/0", 0, 120)
+WORKER = ("rt-app", TID, -1)
+
+
+@dataclass(frozen=True)
+class MissedJob:
+    release_us: int
+    completion_us: int
+
+
+JOB = MissedJob(100_000_000, 100_012_000)  # released at 100 s, done 12 ms later: missed D = P = 10 ms
+
+
+def explained(*lines: str, job: MissedJob = JOB) -> str:
+    return sched_trace.explain(job, TID, 10_000, sched_trace.parse(TRACE_HEAD + "\n".join(lines)))
+
+
+def test_tracefs_lines_are_read_on_the_microsecond() -> None:
+    [wake, run] = sched_trace.parse(
+        TRACE_HEAD + wakeup("100.000010") + "\n" + switch("100.000020", ("swapper/0", 0, 120, "R"), WORKER)
+    )
+    assert (wake.kind, wake.ts_us, wake.pid) == ("wakeup", 100_000_010, TID)
+    assert (run.kind, run.ts_us, run.prev_comm, run.prev_state, run.next_pid, run.next_prio) == (
+        "switch",
+        100_000_020,
+        "swapper/0",
+        "R",
+        TID,
+        -1,
+    )
+
+
+def test_a_timer_that_fired_late_is_the_cause_before_anything_the_scheduler_did() -> None:
+    assert explained(
+        wakeup("100.010300"), switch("100.010310", (*IDLE, "R"), WORKER), switch("100.011900", (*WORKER, "S"), IDLE)
+    ) == ("late timer (10.3 ms)")
+
+
+def test_woken_on_time_but_run_late_names_the_task_it_waited_behind() -> None:
+    assert explained(
+        wakeup("100.000005"),
+        switch("100.009500", ("kube-apiserver", 77, 120, "R"), WORKER),
+        switch("100.011900", (*WORKER, "S"), IDLE),
+    ) == ("waited for a CPU (9.5 ms, behind kube-apiserver)")
+
+
+def test_run_again_only_at_the_next_period_is_a_throttle() -> None:
+    assert explained(
+        wakeup("100.000005"),
+        switch("100.000010", (*IDLE, "R"), WORKER),
+        switch("100.002010", (*WORKER, "R"), ("stress-ng", 99, 120)),  # runnable, yet a CFS task runs
+        switch("100.010000", ("stress-ng", 99, 120, "R"), WORKER),  # back at the next period
+        switch("100.011900", (*WORKER, "S"), IDLE),
+    ) == ("throttled (8.0 ms off the CPU)")
+
+
+def test_a_plain_worker_switched_out_runnable_was_preempted_not_throttled() -> None:
+    lines = (
+        wakeup("100.000005"),
+        switch("100.000010", (*IDLE, "R"), ("rt-app", TID, 120)),
+        switch("100.002010", ("rt-app", TID, 120, "R"), ("stress-ng", 99, 120)),
+        switch("100.010000", ("stress-ng", 99, 120, "R"), ("rt-app", TID, 120)),
+        switch("100.011900", ("rt-app", TID, 120, "S"), IDLE),
+    )
+    job_events = sched_trace.parse(TRACE_HEAD + "\n".join(lines))
+    assert sched_trace.explain(JOB, TID, 10_000, job_events, deadline_task=False) == "preempted (stress-ng, 8.0 ms)"
+
+
+def test_switched_out_runnable_for_another_deadline_task_is_named_so() -> None:
+    assert explained(
+        wakeup("100.000005"),
+        switch("100.000010", (*IDLE, "R"), WORKER),
+        switch("100.001000", (*WORKER, "R"), ("other-rt", 55, -1)),
+        switch("100.009000", ("other-rt", 55, -1, "S"), WORKER),
+        switch("100.011900", (*WORKER, "S"), IDLE),
+    ) == ("deadline tasks first (other-rt, 8.0 ms)")
+
+
+def test_a_job_whose_thread_never_slept_is_backlog_and_one_without_events_is_not_traced() -> None:
+    # running since before the release: no wake-up in the window
+    assert explained(switch("99.995000", (*IDLE, "R"), WORKER), switch("100.011900", (*WORKER, "S"), IDLE)) == (
+        "backlog"
+    )
+    assert explained(wakeup("99.000000")) == "not traced"
+    assert sched_trace.causes(["late timer (10.3 ms)", "late timer (7.0 ms)", "backlog"]) == {
+        "late timer": 2,
+        "backlog": 1,
+    }
