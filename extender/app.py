@@ -230,12 +230,17 @@ def create_app(
             ext.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
         return response
 
-    def filter_() -> Response:
-        candidates = wire.parse_args(_body())
+    def require_synced() -> None:
+        """Filter and prioritize decide on this process's cache: not before it holds every ledger (each
+        gunicorn worker syncs its own, and ``/readyz`` answers from whichever worker takes the probe)."""
         if not ext.cache.synced:
             raise NotSynced("the extender's ledger cache has not synced yet; try again")
         if ext.heartbeats is not None and not ext.heartbeats.synced:
             raise NotSynced("the extender has not listed the agents' Leases yet; try again")
+
+    def filter_() -> Response:
+        candidates = wire.parse_args(_body())
+        require_synced()
         rooms = ext.requeuer.rooms if ext.requeuer is not None else 0  # before any ledger is read
         view = ext.view(candidates.pod)
         verdicts = filter_nodes(view, candidates.names, ext.cache, ext.memo, ext.heartbeats)
@@ -254,6 +259,12 @@ def create_app(
 
     def prioritize() -> Response:
         candidates = wire.parse_args(_body())
+        try:
+            require_synced()
+        except NotSynced as err:
+            # Unsynced, every node would score 0 as if the pod fitted nowhere. kube-scheduler ignores a
+            # prioritize that fails (prioritizeNodes: "No score given by this extender") and scores without it.
+            return _json({"Error": str(err)}, 503)
         return _json(prioritize_nodes(ext.view(candidates.pod), candidates.names, ext.cache, ext.memo, ext.heartbeats))
 
     def bind() -> Response:

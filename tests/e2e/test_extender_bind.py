@@ -258,6 +258,23 @@ def expired_client(ca: Any, directory: Path) -> tuple[str, str]:
     return str(directory / "expired.pem"), str(directory / "expired.key")
 
 
+def decide(url: str, verb: str, body: dict[str, Any]) -> requests.Response:
+    """POST a filter or prioritize, again while the worker that took it has not synced its cache yet.
+
+    Each gunicorn worker lists the ledgers itself, and ``/readyz`` answers from whichever worker takes the
+    probe, so a call right after readiness can reach one still listing (a filter then answers an Error, a
+    prioritize a 503; once it answered every node 0 and failed this module's restart test)."""
+    deadline = time.monotonic() + 30
+    while True:
+        reply = requests.post(f"{url}/{verb}", json=body, timeout=10)
+        unsynced = reply.status_code == 503 or (
+            isinstance(reply.json(), dict) and "not synced" in str(reply.json().get("Error"))
+        )
+        if not unsynced or time.monotonic() > deadline:
+            return reply
+        time.sleep(0.1)
+
+
 def bind(url: str, namespace: str, name: str, uid: str, node: str) -> str:
     body = {"PodName": name, "PodNamespace": namespace, "PodUID": uid, "Node": node}
     response = requests.post(f"{url}/bind", json=body, timeout=30)
@@ -505,10 +522,8 @@ def test_a_restarted_extender_rebuilds_its_view_from_the_api(
         "spec": {"containers": [{"name": "ctr0"}]},
     }
     with running_extender(extender_kubeconfig, tmp_path) as url:
-        reply = requests.post(f"{url}/filter", json={"Pod": pod, "Nodes": None, "NodeNames": [full, empty]}, timeout=10)
-        scores = requests.post(
-            f"{url}/prioritize", json={"Pod": pod, "Nodes": None, "NodeNames": [full, empty]}, timeout=10
-        )
+        reply = decide(url, "filter", {"Pod": pod, "Nodes": None, "NodeNames": [full, empty]})
+        scores = decide(url, "prioritize", {"Pod": pod, "Nodes": None, "NodeNames": [full, empty]})
     assert reply.status_code == 200
     assert reply.json()["NodeNames"] == [empty]
     assert reply.json()["FailedNodes"][full].startswith("insufficient deadline bandwidth")
@@ -540,10 +555,8 @@ def test_a_pod_naming_rt_claim_parameters_without_the_webhook_is_filtered_and_bo
     missing = copy.deepcopy(as_sent)
     missing["metadata"]["annotations"][names.CLAIM_PARAMETERS_PREFIX + "ctr0"] = "absent"
     with running_extender(extender_kubeconfig, tmp_path, workers=1) as url:
-        reply = requests.post(
-            f"{url}/filter", json={"Pod": as_sent, "Nodes": None, "NodeNames": [small, big]}, timeout=10
-        )
-        refused = requests.post(f"{url}/filter", json={"Pod": missing, "Nodes": None, "NodeNames": [big]}, timeout=10)
+        reply = decide(url, "filter", {"Pod": as_sent, "Nodes": None, "NodeNames": [small, big]})
+        refused = decide(url, "filter", {"Pod": missing, "Nodes": None, "NodeNames": [big]})
         error = bind(url, namespace, "legacy", created.metadata.uid, big)
     assert reply.json()["NodeNames"] == [big]
     assert "needs 2 CPUs" in reply.json()["FailedNodes"][small]

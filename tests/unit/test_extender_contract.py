@@ -324,6 +324,17 @@ def test_readyz_waits_for_the_cache_to_sync() -> None:
     assert post(client, "filter", args_names(rt_pod(), ["roomy"]))["NodeNames"] == ["roomy"]
 
 
+def test_an_unsynced_prioritize_fails_instead_of_scoring_every_node_zero() -> None:
+    """Each gunicorn worker syncs its own cache; one not synced yet scored every node 0, as if the pod fit
+    nowhere (seen in test_extender_bind). kube-scheduler scores without an extender whose prioritize fails."""
+    cache = LedgerCache(synced=False)
+    client = create_app(ExtenderConfig(), cache=cache).test_client()
+    reply = client.post("/prioritize", json=args_names(rt_pod(), ["roomy"]))
+    assert reply.status_code == 503 and "not synced" in reply.get_json()["Error"]
+    cache.replace_all([ledger("roomy")])
+    assert post(client, "prioritize", args_names(rt_pod(), ["roomy"])) == [{"Host": "roomy", "Score": 10}]
+
+
 def test_metrics_count_requests_and_rejections_by_reason(client: FlaskClient) -> None:
     post(client, "filter", args_names(rt_pod(), ["roomy", "full", "single", "down", "ghost"]))
     post(client, "prioritize", args_names(rt_pod(), ["roomy"]))
