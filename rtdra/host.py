@@ -239,7 +239,13 @@ def deadline_tasks(proc: Path = Path("/proc")) -> list[DeadlineTask]:
         for tid in tids:
             try:
                 attr = sched.sched_getattr(tid)
-                if attr.is_deadline:
+                if attr.is_deadline and not attr.period_ns:
+                    # Caught entering SCHED_DEADLINE: the kernel sets the policy, then the parameters
+                    # (__setscheduler_params), and sched_getattr reads them without the task's lock.
+                    # Seen as an agent's discovery failing on another agent's probe task
+                    # ("period must be positive, got 0"). Read again; a task still half set is skipped.
+                    attr = sched.sched_getattr(tid)
+                if attr.is_deadline and attr.period_ns:
                     found.append(DeadlineTask(tid, attr, sched.get_affinity(tid)))
             except sched.SchedError:
                 continue

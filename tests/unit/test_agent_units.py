@@ -675,3 +675,31 @@ def test_capacity_is_never_more_than_the_rt_limit_when_the_measurement_overstate
     assert measured.per_cpu == {0: limit, 1: limit}
     assert measured.root_domain_capacity == 2 * limit
     assert any("taken as not counting them" in note for note in measured.notes)
+
+
+def test_a_task_caught_entering_sched_deadline_is_read_again_not_counted_with_a_zero_period(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel sets a task's policy before its deadline parameters and sched_getattr takes no lock: a
+    discovery running beside another agent's probe read policy 6 with period 0 and died dividing by it."""
+    for tid in (10, 11, 12):
+        (tmp_path / str(tid) / "task" / str(tid)).mkdir(parents=True)
+    reads: dict[int, int] = {}
+    half_set = sched.SchedAttr(policy=sched.SCHED_DEADLINE)  # policy written, parameters not yet
+    done = sched.SchedAttr(
+        policy=sched.SCHED_DEADLINE, runtime_ns=1_000_000, deadline_ns=10_000_000, period_ns=10_000_000
+    )
+
+    def getattr_(tid: int) -> sched.SchedAttr:
+        reads[tid] = reads.get(tid, 0) + 1
+        if tid == 10:  # set by the second read
+            return half_set if reads[tid] == 1 else done
+        if tid == 11:  # still half set: skipped
+            return half_set
+        return sched.SchedAttr()  # a SCHED_OTHER task
+
+    monkeypatch.setattr(host.sched, "sched_getattr", getattr_)
+    monkeypatch.setattr(host.sched, "get_affinity", lambda tid: frozenset({0}))
+    found = host.deadline_tasks(tmp_path)
+    assert [(t.tid, t.bandwidth) for t in found] == [(10, host.bandwidth(1_000_000, 10_000_000))]
+    assert reads == {10: 2, 11: 2, 12: 1}
