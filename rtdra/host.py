@@ -53,10 +53,12 @@ killed rather than reset.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import signal
 import subprocess
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +72,8 @@ from rtdra.tasks import TaskError, settle_on, wait_blocked
 PROC_SYS_KERNEL: Final = Path("/proc/sys/kernel")
 CPU_ONLINE: Final = Path("/sys/devices/system/cpu/online")
 DEBUGFS_SCHED: Final = Path("/sys/kernel/debug/sched")
+#: Taken (``flock``) while this host's deadline capacity is measured: see :func:`measuring`.
+MEASURE_LOCK: Final = Path("/run/lock/rtdra-capacity.lock")
 
 CapacitySource = Literal["debugfs", "probe", "unlimited"]
 CgroupVersion = Literal["v1", "v2", "hybrid", "none"]
@@ -358,6 +362,50 @@ def rebuild_root_domains(cpuset_dir: Path | None = None) -> bool:
 # ---------------------------------------------------------------------------
 
 
+class _Measuring:
+    """The in-process half of :func:`measuring`: threads take turns, and a holder may enter again."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.depth = 0
+
+
+_MEASURING = _Measuring()
+
+
+@contextlib.contextmanager
+def measuring(lock_file: Path = MEASURE_LOCK) -> Iterator[None]:
+    """One measurement of the host's deadline bandwidth at a time, across processes (re-entrant).
+
+    The root domain is host-wide: a probe's helpers hold bandwidth while it
+    measures, and a second probe running meanwhile counts them as taken. Seen
+    when three agents of the test stack (a real node and two simulated ones)
+    started together: three probes at once measured 943719, 786431 and 419431
+    per CPU where each alone measures 943719, so the simulated nodes published
+    a fraction of the machine and RT pods that fit stayed pending. An agent per
+    node never meets another one's probe, but several agents on one machine
+    (simulated nodes, tests, a restart beside a probe) do. Without a writable
+    ``/run/lock`` the measurement runs unserialised.
+    """
+    state = _MEASURING
+    with state.lock:
+        handle = None
+        if state.depth == 0:
+            try:
+                handle = open(lock_file, "a+")  # noqa: SIM115 - closed below, which releases the lock
+            except OSError:
+                handle = None
+            else:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        state.depth += 1
+        try:
+            yield
+        finally:
+            state.depth -= 1
+            if handle is not None:
+                handle.close()
+
+
 @contextlib.contextmanager
 def helper_tasks(
     cpus: Iterable[int], *, cpuset_tasks: Path | None = None, count_max: int = 256
@@ -447,7 +495,7 @@ def probe_free_bandwidth(
     sysctls = sysctls or RtSysctls.read()
     period, shift = probe_period_ns(sysctls.period_max_us)
     free = 0
-    with helper_tasks(span, cpuset_tasks=cpuset_tasks, count_max=len(span) + 2) as pool:
+    with measuring(), helper_tasks(span, cpuset_tasks=cpuset_tasks, count_max=len(span) + 2) as pool:
         for _ in range(len(span) + 2):
             pid = pool.spawn()
             if _admits(pid, BW_UNIT, period, shift):
@@ -517,7 +565,19 @@ def discover_capacity(
     """Read (debugfs) or measure (probe) the deadline capacity of the root domain ``cpus``.
 
     ``cpus`` defaults to every online CPU (one root domain: no cpuset partitions).
+    The tasks alive and the measurement are taken under :func:`measuring`.
     """
+    with measuring():
+        return _capacity(cpus, method, sysctls, cpuset_tasks, debugfs_root)
+
+
+def _capacity(
+    cpus: Iterable[int] | None,
+    method: Literal["auto", "debugfs", "probe"],
+    sysctls: RtSysctls | None,
+    cpuset_tasks: Path | None,
+    debugfs_root: Path,
+) -> DeadlineCapacity:
     span = tuple(sorted(cpus)) if cpus is not None else online_cpus()
     if not span:
         raise HostError("no CPUs to measure")

@@ -11,7 +11,13 @@ refereed too.
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -97,3 +103,50 @@ def test_model_and_kernel_agree_at_the_exact_edge_of_the_root_domain(sleepers: A
     edge = sleepers.spawn(cpus)
     assert not kernel_admits(edge, (rest + 1) << 10, period, period), "one unit over the capacity was admitted"
     assert kernel_admits(edge, rest << 10, period, period), "the last unit of capacity was refused"
+
+
+#: Each child imports, says it is ready, waits for the word, then measures - so the measurements overlap.
+MEASURE_WHEN_TOLD = (
+    "import json, sys\n"
+    "from rtdra import host\n"
+    "print('ready', flush=True)\n"
+    "sys.stdin.readline()\n"
+    "c = host.discover_capacity()\n"
+    "print(json.dumps([c.free_bw, c.root_domain_capacity, min(c.per_cpu.values())]), flush=True)\n"
+)
+
+
+def test_processes_measuring_at_once_each_measure_what_one_alone_does(dl_clean: int | None) -> None:
+    """Agents starting together on one machine (the test stack's real and simulated nodes) probe in turn.
+
+    Unserialised, each probe counted the others' helpers as taken: 943719, 786431 and 419431 per CPU
+    where one alone measures 943719 (``rtdra.host.measuring``).
+    """
+    alone = host.discover_capacity()
+    assert alone.tasks_bw == 0, f"other deadline tasks are alive: {alone.notes}"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", MEASURE_WHEN_TOLD],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        for _ in range(3)
+    ]
+    try:
+        for child in children:
+            assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        measured = [json.loads(child.communicate(timeout=120)[0]) for child in children]
+    finally:
+        for child in children:  # the group too: a child killed mid-probe must not leave its helpers reserved
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    assert measured == [[alone.free_bw, alone.root_domain_capacity, min(alone.per_cpu.values())]] * 3
