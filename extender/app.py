@@ -10,6 +10,8 @@ no request gets a traceback back.
 Routes (the verbs under the configured URL prefix)::
 
     POST <prefix>/filter      ExtenderArgs -> ExtenderFilterResult
+    POST <prefix>/pick        the same, passing only the node the pod's placement ranks first
+                              (``filterVerb: pick``: kube-scheduler then skips scoring and prioritize)
     POST <prefix>/prioritize  ExtenderArgs -> HostPriorityList
     POST <prefix>/bind        ExtenderBindingArgs -> ExtenderBindingResult
     POST <prefix>/dra/prioritize  ExtenderArgs -> HostPriorityList (DRA mode, ``dra_scoring``:
@@ -238,12 +240,12 @@ def create_app(
         if ext.heartbeats is not None and not ext.heartbeats.synced:
             raise NotSynced("the extender has not listed the agents' Leases yet; try again")
 
-    def filter_() -> Response:
+    def filter_(pick: bool = False) -> Response:
         candidates = wire.parse_args(_body())
         require_synced()
         rooms = ext.requeuer.rooms if ext.requeuer is not None else 0  # before any ledger is read
         view = ext.view(candidates.pod)
-        verdicts = filter_nodes(view, candidates.names, ext.cache, ext.memo, ext.heartbeats)
+        verdicts = filter_nodes(view, candidates.names, ext.cache, ext.memo, ext.heartbeats, pick=pick)
         if ext.requeuer is not None and view.request is not None:
             metadata = candidates.pod.get("metadata") or {}
             uid = str(metadata.get("uid") or "")
@@ -281,6 +283,8 @@ def create_app(
         return _json({"Error": ""})
 
     verb("filter", filter_)
+    # filterVerb: pick - the filter, keeping only the node the pod's placement ranks first (see filter_nodes)
+    verb("pick", lambda: filter_(pick=True))
     verb("prioritize", prioritize)
     verb("bind", bind)
 

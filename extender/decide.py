@@ -172,8 +172,15 @@ def filter_nodes(
     cache: LedgerCache,
     memo: FitMemo | None = None,
     heartbeats: AgentHeartbeats | None = None,
+    *,
+    pick: bool = False,
 ) -> Verdicts:
-    """Which of ``nodes`` have room for the pod, and why the others do not (``heartbeats``: whose agent is alive)."""
+    """Which of ``nodes`` have room for the pod, and why the others do not (``heartbeats``: whose agent is alive).
+
+    ``pick`` (the ``pick`` verb): of the nodes with room, only the one the pod's placement ranks first
+    passes - counting this process's binds in flight as load - so kube-scheduler, left with one node,
+    neither scores nor calls prioritize. The others are neither passed nor failed.
+    """
     verdicts = Verdicts()
     if view.invalid is not None:
         verdicts.unresolvable = dict.fromkeys(nodes, view.invalid)
@@ -239,7 +246,8 @@ def filter_nodes(
             decide(node, digest)
     if quick_failures:
         verdicts.reasons[too_few_kind] += quick_failures
-    for node, in_flight in cache.assumed().items():  # this process's binds not yet written: a few nodes
+    assumed = cache.assumed()
+    for node, in_flight in assumed.items():  # this process's binds not yet written: a few nodes
         digest = get(node)
         if (
             node in passed
@@ -250,6 +258,11 @@ def filter_nodes(
             failed[node] = reason_text(in_flight_reason(node, in_flight, left, demand.bandwidth))
             verdicts.reasons["in_flight"] += 1
             cache.turned_away(node)
+    if pick and len(passed) > 1:
+        nodes_ = list(passed)
+        loads = [(used + assumed.get(node, 0), capacity) for node, (used, capacity) in passed.items()]
+        best = nodes_[placement_policy(view.request.placement).best(loads, demand.bandwidth)]
+        passed = {best: passed[best]}
     verdicts.passed = list(passed)
     if memo is not None:
         memo.keep_passed(view.key, generation, passed)

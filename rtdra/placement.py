@@ -65,11 +65,7 @@ class PlacementPolicy:
         An absolute fill 0..10 would put every node between 60 % and 70 % full
         on one score, and kube-scheduler would pick among them at random.
         """
-        unit = BW_UNIT
-        shares = [
-            None if load is None else max(load[1] - load[0] - added, 0) * unit // load[1] if load[1] > 0 else 0
-            for load in nodes
-        ]  # _share_left, inlined: thousands of nodes per call
+        shares = _shares(nodes, added)
         present = [s for s in shares if s is not None]
         if not present:
             return [0] * len(shares)
@@ -80,10 +76,24 @@ class PlacementPolicy:
             0 if s is None else MAX_SCORE if s == best else (MAX_SCORE - 1) * abs(s - worst) // span for s in shares
         ]
 
+    def best(self, nodes: Sequence[NodeLoad], added: int) -> int:
+        """The index of the first node :meth:`scores` ranks highest (``nodes`` must not be empty)."""
+        shares = [s or 0 for s in _shares(nodes, added)]
+        return shares.index(min(shares) if self.placement == "pack" else max(shares))
+
     def better(self, load: NodeLoad, than: NodeLoad, added: int) -> bool:
         """Whether ``load`` ranks strictly above ``than`` (:meth:`scores`' order, for one-by-one choices)."""
         share, other = _share_left(*load, added), _share_left(*than, added)
         return share < other if self.placement == "pack" else share > other
+
+
+def _shares(nodes: Sequence[NodeLoad | None], added: int) -> list[int | None]:
+    """:func:`_share_left` of every node (``None`` stays ``None``), inlined: thousands of nodes per call."""
+    unit = BW_UNIT
+    return [
+        None if load is None else max(load[1] - load[0] - added, 0) * unit // load[1] if load[1] > 0 else 0
+        for load in nodes
+    ]
 
 
 def _share_left(used: int, capacity: int, added: int) -> int:

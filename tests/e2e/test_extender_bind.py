@@ -115,9 +115,14 @@ def namespace(kube_api: client.ApiClient, unique_name: Any) -> Iterator[str]:
     core.delete_collection_namespaced_pod(name, grace_period_seconds=0)
 
 
-def rt_pod(api: client.ApiClient, namespace: str, name: str, request: str | None, *, opt_in: bool = True) -> str:
+def rt_pod(
+    api: client.ApiClient, namespace: str, name: str, request: str | None, *, opt_in: bool = True,
+    placement: str | None = None,
+) -> str:  # fmt: skip
     """Create a pod (as the webhook would leave it: annotation + opt-in resource); returns its UID."""
     annotations = {names.CONTAINER_PREFIX + "ctr0": request} if request else {}
+    if placement is not None:
+        annotations[names.PLACEMENT] = placement
     resources = {"requests": {names.DL_RESOURCE: "1"}, "limits": {names.DL_RESOURCE: "1"}} if opt_in else {}
     body = {
         "metadata": {"name": name, "annotations": annotations},
@@ -638,6 +643,37 @@ def test_kube_scheduler_places_rt_pods_only_where_they_fit_through_the_extender(
             for name in ("two-cpus", "too-big", "plain"):
                 with suppress(ApiException):
                     core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+
+
+def test_with_filter_verb_pick_kube_scheduler_takes_the_node_the_placement_ranks_first_without_scoring(
+    control_plane: Any, kube_api: client.ApiClient, nas: NasStore, namespace: str, extender_kubeconfig: Path,
+    make_node: Any, unique_name: Any, tmp_path: Path,
+) -> None:  # fmt: skip
+    one, three = unique_name("one"), unique_name("three")
+    for node in (one, three):
+        make_node(node)
+    nas.create(NodeLedger(one, {0: CAP}))  # the same pod leaves 1 CPU fuller than 3
+    nas.create(NodeLedger(three, {0: CAP, 1: CAP, 2: CAP}))
+    config = scheduler_config("")
+    with running_extender(extender_kubeconfig, tmp_path) as url:
+        config["extenders"][0].update(urlPrefix=url, filterVerb="pick")
+        control_plane.configure_scheduler(config)
+        try:
+            before = requests.get(f"{url}/metrics", timeout=5).text
+            rt_pod(kube_api, namespace, "packed", "runtime=10ms,period=100ms", placement="pack")
+            rt_pod(kube_api, namespace, "spread", "runtime=10ms,period=100ms", placement="spread")
+            for name, node in (("packed", one), ("spread", three)):
+                placed = wait_for(lambda name=name: read_pod(kube_api, namespace, name).spec.node_name)
+                assert placed == node, (control_plane.logs / "kube-scheduler.log").read_text()[-4000:]
+            after = requests.get(f"{url}/metrics", timeout=5).text
+            assert _count(after, "pick") - _count(before, "pick") == 2
+            assert _count(after, "prioritize") == _count(before, "prioritize")  # one node left: no scoring at all
+            assert _count(after, "bind") - _count(before, "bind") == 2
+        finally:
+            control_plane.configure_scheduler(None)
+            for name in ("packed", "spread"):
+                with suppress(ApiException):
+                    client.CoreV1Api(kube_api).delete_namespaced_pod(name, namespace, grace_period_seconds=0)
 
 
 def _count(metrics: str, verb: str) -> float:

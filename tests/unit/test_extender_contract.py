@@ -180,6 +180,24 @@ def test_filter_with_a_node_list_returns_the_passing_node_objects(client: FlaskC
 
 
 @pytest.mark.parametrize("make", [args_names, args_list])
+@pytest.mark.parametrize(("placement", "chosen"), [("pack", "half"), ("spread", "roomy")])
+def test_pick_passes_only_the_node_the_placement_ranks_first(make: Any, placement: str, chosen: str) -> None:
+    cache = LedgerCache([ledger("roomy"), ledger("half", used=0.5), ledger("full", used=0.85)])
+    app = create_app(ExtenderConfig(), cache=cache).test_client()
+    body = make(rt_pod(**{names.PLACEMENT: placement}), ["roomy", "half", "full", "ghost"])
+    reply = post(app, "pick", body)
+    filtered = post(app, "filter", body)
+    if make is args_names:
+        assert filtered["NodeNames"] == ["roomy", "half"]
+        assert reply["NodeNames"] == [chosen]
+    else:
+        assert reply["Nodes"]["items"] == [n for n in body["Nodes"]["items"] if n["metadata"]["name"] == chosen]
+    # the nodes it did not pick are neither passed nor failed: they fit, kube-scheduler just need not score
+    assert reply["FailedNodes"] == filtered["FailedNodes"] and set(reply["FailedNodes"]) == {"full"}
+    assert reply["FailedAndUnresolvableNodes"] == filtered["FailedAndUnresolvableNodes"]
+
+
+@pytest.mark.parametrize("make", [args_names, args_list])
 def test_filter_passes_a_pod_without_rt_request_through_unchanged(client: FlaskClient, make: Any) -> None:
     body = make(k8s_pod(), ["roomy", "full", "down", "ghost"])
     reply = post(client, "filter", body)

@@ -242,3 +242,37 @@ def test_a_bind_in_flight_that_was_written_sends_nobody_back() -> None:
     cache.forget("busy", "other", stored=False)  # twice: nothing left to forget
     assert signals == []
     assert cache.assumed() == {}
+
+
+@st.composite
+def named_ledgers(draw: st.DrawFn) -> list[NodeLedger]:
+    drawn = draw(st.lists(ledgers(), min_size=1, max_size=5))
+    return [NodeLedger(f"n{i}", ledger.capacities, ledger.pods, ready=ledger.ready) for i, ledger in enumerate(drawn)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(nodes=named_ledgers(), request=requests_, placement=st.sampled_from(["pack", "spread"]))
+def test_pick_passes_the_first_node_prioritize_scores_highest(
+    nodes: list[NodeLedger], request: PodRequest, placement: str
+) -> None:
+    request = PodRequest(request.containers, placement)  # type: ignore[arg-type]
+    view, names_ = PodView(request, key="u/x"), [n.node for n in nodes]
+    filtered = filter_nodes(view, names_, LedgerCache(nodes), FitMemo())
+    picked = filter_nodes(view, names_, LedgerCache(nodes), FitMemo(), pick=True)
+    assert picked.failed == filtered.failed
+    assert picked.unresolvable == filtered.unresolvable
+    assert picked.reasons == filtered.reasons
+    if not filtered.passed:
+        assert picked.passed == []
+        return
+    scored = prioritize_nodes(view, filtered.passed, LedgerCache(nodes), FitMemo())
+    assert picked.passed == [next(s["Host"] for s in scored if s["Score"] == 10)]
+
+
+def test_pick_counts_binds_in_flight_as_load_pack_joins_them_and_spread_avoids_them() -> None:
+    cache = LedgerCache([NodeLedger("a", {0: CAP}), NodeLedger("b", {0: CAP}), NodeLedger("c", {0: CAP})])
+    cache.assume("b", "earlier", 10 * MS * CAP // (100 * MS))  # 10 %: the pod (50 %) still fits beside it
+    nodes = ["a", "b", "c"]
+    assert filter_nodes(PodView.of(pod(), "pack"), nodes, cache, FitMemo(), pick=True).passed == ["b"]
+    assert filter_nodes(PodView.of(pod(), "spread"), nodes, cache, FitMemo(), pick=True).passed == ["a"]
+    assert filter_nodes(PodView.of(pod(), "spread"), nodes, cache, FitMemo()).passed == nodes  # the filter keeps all
