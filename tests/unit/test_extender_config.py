@@ -13,8 +13,8 @@ import pytest
 from agent.backends import Applied
 from extender.cli import parser
 from extender.config import ConfigError, ExtenderConfig
-from extender.pods import is_pending_rt_pod, pending_view
-from extender.reconcile import PodState, stale_reason
+from extender.pods import PodState, is_pending_rt_pod, pending_view
+from extender.reconcile import stale_reason
 from rtdra.ledger import NodeLedger, PodAllocation, Slot, allocation_annotation
 from rtdra.serve import gunicorn_options
 

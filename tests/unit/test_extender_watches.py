@@ -253,3 +253,71 @@ def test_the_cache_never_goes_back_to_an_older_version_of_a_ledger() -> None:
     assert cache.get("n1") == NodeLedger("n1", {0: 1}, resource_version="11")
     cache.put(NodeLedger("n1", {0: 3}, resource_version="12"))
     assert cache.get("n1") == NodeLedger("n1", {0: 3}, resource_version="12")
+
+
+class AllPods:
+    """``CoreV1Api`` for the reconciler's periodic pass: a list of every pod and direct reads, counted."""
+
+    def __init__(self, pods: list[dict[str, Any]]) -> None:
+        self.pods = {p["metadata"]["name"]: p for p in pods}
+        self.lists = 0
+        self.reads: list[str] = []
+
+    def list_pod_for_all_namespaces(self, **_: Any) -> Any:
+        self.lists += 1
+        body = {"metadata": {"resourceVersion": "5"}, "items": list(self.pods.values())}
+        return type("Reply", (), {"data": json.dumps(body)})()
+
+    def read_namespaced_pod(self, name: str, namespace: str, **_: Any) -> Any:
+        self.reads.append(name)
+        if name not in self.pods:
+            raise ApiException(status=404, reason="Not Found")
+        return type("Reply", (), {"data": json.dumps(self.pods[name])})()
+
+
+class Ledgers(OneNode):
+    def list(self) -> tuple[list[NodeLedger], str]:
+        return [self.ledger], "12"
+
+
+def finished(p: dict[str, Any]) -> dict[str, Any]:
+    return {**p, "status": {"phase": "Succeeded"}}
+
+
+def test_between_full_passes_the_reconciler_lists_no_pod_and_releases_only_what_a_read_confirms(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slot = (Slot(0, 1 * MS, 10 * MS, 10 * MS),)
+    ledger = NodeLedger("n1", {0: 943719}, resource_version="10")
+    for name in ("a", "b", "c"):
+        ledger = ledger.reserve(PodAllocation(f"uid-{name}", "ns", name, {"app": slot}))
+    bound = {n: pod(n, f"uid-{n}", node="n1", allocated_on="n1") for n in ("a", "b", "c")}
+    api = AllPods(list(bound.values()))
+    monkeypatch.setattr(pods_module.client, "CoreV1Api", lambda _api: api)
+    watch = pods_module.PodWatch(client.ApiClient())
+    store = Ledgers(ledger)
+    reconciler = Reconciler(client.ApiClient(), store, pods=watch, full_every=3)  # type: ignore[arg-type]
+    reconciler.core = api  # type: ignore[assignment]
+    assert not watch.complete()
+
+    assert reconciler.reconcile_once() == {}  # the first pass lists every pod, and fills the watch's index
+    assert (api.lists, api.reads, watch.complete()) == (1, [], True)
+    assert reconciler.reconcile_once() == {}  # nothing looks stale: no list, no read
+    assert (api.lists, api.reads) == (1, [])
+
+    # The watch saw b and c finish; the API says b still runs (the index is behind) and c finished.
+    watch.track(finished(bound["b"]))
+    watch.track(finished(bound["c"]))
+    api.pods["c"] = finished(bound["c"])
+    assert reconciler.reconcile_once() == {"n1": ["uid-c"]}
+    assert (api.lists, sorted(api.reads)) == (1, ["b", "c"])
+    assert set(store.ledger.pods) == {"uid-a", "uid-b"}
+
+    # Every third pass lists again, and a list of the watch's own (unbound pods only) makes the next one full.
+    api.reads.clear()
+    assert reconciler.reconcile_once() == {}
+    assert api.lists == 2
+    watch._replace_all([])
+    assert not watch.complete()
+    reconciler.reconcile_once()
+    assert api.lists == 3 and watch.complete()
