@@ -201,10 +201,9 @@ class Reconciler:
 
     def _pod_states(self) -> tuple[dict[str, PodState], bool]:
         """The pods to check reservations against, and whether they come from the watch's index (to confirm)."""
-        index = self.pods
-        full = index is None or not index.complete() or self._passes % self.full_every == 0
+        index, passes = self.pods, self._passes
         self._passes += 1
-        if full or index is None:
+        if index is None or not index.complete() or passes % self.full_every == 0:
             return self._pods(), False
         return index.states(), True
 

@@ -58,7 +58,6 @@ import os
 import re
 import signal
 import subprocess
-import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -362,20 +361,9 @@ def rebuild_root_domains(cpuset_dir: Path | None = None) -> bool:
 # ---------------------------------------------------------------------------
 
 
-class _Measuring:
-    """The in-process half of :func:`measuring`: threads take turns, and a holder may enter again."""
-
-    def __init__(self) -> None:
-        self.lock = threading.RLock()
-        self.depth = 0
-
-
-_MEASURING = _Measuring()
-
-
 @contextlib.contextmanager
 def measuring(lock_file: Path = MEASURE_LOCK) -> Iterator[None]:
-    """One measurement of the host's deadline bandwidth at a time, across processes (re-entrant).
+    """One measurement of the host's deadline bandwidth at a time (``flock`` on ``lock_file``).
 
     The root domain is host-wide: a probe's helpers hold bandwidth while it
     measures, and a second probe running meanwhile counts them as taken. Seen
@@ -384,26 +372,19 @@ def measuring(lock_file: Path = MEASURE_LOCK) -> Iterator[None]:
     per CPU where each alone measures 943719, so the simulated nodes published
     a fraction of the machine and RT pods that fit stayed pending. An agent per
     node never meets another one's probe, but several agents on one machine
-    (simulated nodes, tests, a restart beside a probe) do. Without a writable
+    (simulated nodes, tests, a restart beside a probe) do. Each call opens the
+    file anew, so threads of one process take turns too (``flock`` locks
+    belong to the open file). Not re-entrant. Without a writable
     ``/run/lock`` the measurement runs unserialised.
     """
-    state = _MEASURING
-    with state.lock:
-        handle = None
-        if state.depth == 0:
-            try:
-                handle = open(lock_file, "a+")  # noqa: SIM115 - closed below, which releases the lock
-            except OSError:
-                handle = None
-            else:
-                fcntl.flock(handle, fcntl.LOCK_EX)
-        state.depth += 1
-        try:
-            yield
-        finally:
-            state.depth -= 1
-            if handle is not None:
-                handle.close()
+    try:
+        handle = open(lock_file, "a+")  # noqa: SIM115 - closed below, which releases the lock
+    except OSError:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 @contextlib.contextmanager
@@ -491,11 +472,15 @@ def probe_free_bandwidth(
     (its tasks need that affinity); ``cpuset_tasks`` places the helpers in an
     exclusive cpuset partition instead.
     """
-    span = frozenset(cpus)
-    sysctls = sysctls or RtSysctls.read()
+    with measuring():
+        return _probe(frozenset(cpus), sysctls or RtSysctls.read(), cpuset_tasks)
+
+
+def _probe(span: frozenset[int], sysctls: RtSysctls, cpuset_tasks: Path | None) -> int:
+    """:func:`probe_free_bandwidth`, its caller holding :func:`measuring`."""
     period, shift = probe_period_ns(sysctls.period_max_us)
     free = 0
-    with measuring(), helper_tasks(span, cpuset_tasks=cpuset_tasks, count_max=len(span) + 2) as pool:
+    with helper_tasks(span, cpuset_tasks=cpuset_tasks, count_max=len(span) + 2) as pool:
         for _ in range(len(span) + 2):
             pid = pool.spawn()
             if _admits(pid, BW_UNIT, period, shift):
@@ -607,7 +592,7 @@ def _capacity(
             reserved = _split_evenly(reserved_total, span)
     else:
         source = "probe"
-        free = probe_free_bandwidth(span, sysctls=sysctls, cpuset_tasks=cpuset_tasks)
+        free = _probe(frozenset(span), sysctls, cpuset_tasks)
         reserved = _split_evenly(len(span) * limit - free - tasks_bw, span)
     if tasks:
         notes.append(f"{len(tasks)} deadline task(s) alive holding {tasks_bw}")

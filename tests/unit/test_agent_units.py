@@ -669,7 +669,7 @@ def test_capacity_is_never_more_than_the_rt_limit_when_the_measurement_overstate
     alive = host.DeadlineTask(4242, sched.deadline(4_000_000, 10_000_000, 10_000_000), frozenset({0, 1}))
     monkeypatch.setattr(host, "read_debugfs", lambda *_a, **_k: None)
     monkeypatch.setattr(host, "deadline_tasks", lambda: [alive])
-    monkeypatch.setattr(host, "probe_free_bandwidth", lambda *_a, **_k: 2 * limit)  # the task not counted
+    monkeypatch.setattr(host, "_probe", lambda *_a, **_k: 2 * limit)  # the task not counted
     sysctls = host.RtSysctls(rt_runtime_us=950000, rt_period_us=1000000, period_min_us=100, period_max_us=4194304)
     measured = host.discover_capacity((0, 1), sysctls=sysctls)
     assert measured.per_cpu == {0: limit, 1: limit}
