@@ -44,7 +44,7 @@ from extender.bind import Binder, BindError
 from extender.cache import LedgerCache, WatchedLedgerCache
 from extender.claims import ClaimParametersCache, ClaimParametersUnavailable
 from extender.config import ExtenderConfig
-from extender.decide import FitMemo, PodView, filter_nodes, prioritize_nodes
+from extender.decide import PodView, filter_nodes, prioritize_nodes
 from extender.dra import DraUsage, DraWatch, prioritize_dra
 from extender.heartbeats import AgentHeartbeats, WatchedAgentHeartbeats
 from extender.metrics import CONTENT_TYPE, Metrics
@@ -104,7 +104,6 @@ class Extender:
         self.metrics = metrics
         self.reconciler = reconciler
         self.claim_parameters = claim_parameters
-        self.memo = FitMemo()
 
     def view(self, pod: Any) -> PodView:
         return PodView.of(pod, self.config.default_placement, self.claim_parameters)
@@ -245,7 +244,7 @@ def create_app(
         require_synced()
         rooms = ext.requeuer.rooms if ext.requeuer is not None else 0  # before any ledger is read
         view = ext.view(candidates.pod)
-        verdicts = filter_nodes(view, candidates.names, ext.cache, ext.memo, ext.heartbeats, pick=pick)
+        verdicts = filter_nodes(view, candidates.names, ext.cache, ext.heartbeats, pick=pick)
         if ext.requeuer is not None and view.request is not None:
             metadata = candidates.pod.get("metadata") or {}
             uid = str(metadata.get("uid") or "")
@@ -267,7 +266,7 @@ def create_app(
             # Unsynced, every node would score 0 as if the pod fitted nowhere. kube-scheduler ignores a
             # prioritize that fails (prioritizeNodes: "No score given by this extender") and scores without it.
             return _json({"Error": str(err)}, 503)
-        return _json(prioritize_nodes(ext.view(candidates.pod), candidates.names, ext.cache, ext.memo, ext.heartbeats))
+        return _json(prioritize_nodes(ext.view(candidates.pod), candidates.names, ext.cache))
 
     def bind() -> Response:
         args = wire.parse_binding_args(_body())

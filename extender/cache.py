@@ -23,12 +23,26 @@ from __future__ import annotations
 import gc
 import itertools
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol, TypeVar
 
 from rtdra.ledger import NodeLedger
 from rtdra.listwatch import ListWatch
 from rtdra.placement import NodeDigest
 from rtdra.store import NasEvent, NasStore
+
+
+class NodeIndex(Protocol):
+    """Something derived from every node's ledger and told of each node whose ledger changed."""
+
+    def changed(self, node: str) -> None: ...
+
+
+IndexT = TypeVar("IndexT", bound=NodeIndex)
+
+#: How many indexes (the filter keeps one per pod demand) the cache keeps current; the least used goes.
+MAX_INDEXES = 32
 
 
 class LedgerCache:
@@ -51,6 +65,8 @@ class LedgerCache:
         self._turned_away: set[str] = set()
         #: Called after a ledger with more room than before is in the cache (see :func:`more_room`).
         self.on_room = on_room
+        self._index_lock = threading.Lock()
+        self._indexes: OrderedDict[str, NodeIndex] = OrderedDict()
         self._synced = threading.Event()
         if synced:
             self._synced.set()
@@ -77,8 +93,32 @@ class LedgerCache:
         """A number that grows whenever the cache changes: equal numbers, the same ledgers."""
         return self._generation
 
-    def _changed(self) -> None:
+    def _changed(self, node: str | None = None) -> None:
+        """After a change: ``node``'s ledger (or, for ``None``, every ledger: the indexes start over)."""
         self._generation = next(self._changes)
+        with self._index_lock:
+            if node is None:
+                self._indexes = OrderedDict()
+            else:
+                for index in self._indexes.values():
+                    index.changed(node)
+
+    def index(self, key: str, make: Callable[[], IndexT]) -> IndexT:
+        """The index kept under ``key`` (``make`` builds it the first time), told of every change from now on.
+
+        An index must read a ledger only after it was told of its change; it may
+        be told of changes it then reads anyway. A re-list drops every index
+        (they start over); at most :data:`MAX_INDEXES` are kept, the least used dropped.
+        """
+        with self._index_lock:
+            index = self._indexes.get(key)
+            if index is None:
+                index = self._indexes[key] = make()
+                while len(self._indexes) > MAX_INDEXES:
+                    self._indexes.popitem(last=False)
+            else:
+                self._indexes.move_to_end(key)
+            return index  # type: ignore[return-value]
 
     # -- binds in flight ("assume", as kube-scheduler's own cache does) --------------------------------
 
@@ -133,13 +173,13 @@ class LedgerCache:
             return
         digest = NodeDigest.of(ledger)
         self._digests[ledger.node] = digest
-        self._changed()
+        self._changed(ledger.node)
         if self.on_room is not None and more_room(held, digest):
             self.on_room()
 
     def remove(self, node: str) -> None:
         self._digests.pop(node, None)
-        self._changed()
+        self._changed(node)
 
     def replace_all(self, ledgers: Iterable[NodeLedger]) -> None:
         """Install a complete list (the cache is then synced).

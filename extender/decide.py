@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
 from bisect import bisect_left
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, cast
 
 from extender.cache import LedgerCache
 from extender.heartbeats import AgentHeartbeats
 from extender.wire import MIN_PRIORITY, FailedNodesMap, HostPriority, reason_text
 from rtdra.bandwidth import percent
-from rtdra.placement import NodeDigest, NodeLoad, PodDemand, check_demand, placement_policy, too_few_cpus
+from rtdra.placement import NodeDigest, PodDemand, check_demand, placement_policy, share_left, too_few_cpus
 from rtdra.request import ClaimParametersLookup, InvalidRequest, Placement, PodRequest, read_pod_request
 
 
@@ -62,7 +61,8 @@ class PodView:
 
     request: PodRequest | None
     invalid: str | None = None
-    #: Identifies the pod and its request, for :class:`FitMemo` (empty: do not memoise).
+    #: Identifies the request (placement and reservations, not the pod): pods with equal keys
+    #: share one :class:`FitIndex`.
     key: str = ""
 
     @classmethod
@@ -74,71 +74,103 @@ class PodView:
             request = read_pod_request(pod, claim_parameters, default_placement=default_placement)
         except InvalidRequest as err:
             return cls(None, invalid_reason(err))
-        uid = str((pod.get("metadata") or {}).get("uid") or "")
-        key = f"{uid}/{request.placement}/{request.spec_json()}" if request is not None and uid else ""
-        return cls(request, key=key)
+        return cls(request, key=demand_key(request) if request is not None else "")
 
 
-#: How long prioritize may reuse the filter's list of nodes that fit (an agent falling silent meanwhile is
-#: scored as the filter saw it; kube-scheduler calls prioritize right after filter, with the nodes that passed).
-PASSED_FRESH_S: Final = 1.0
+def demand_key(request: PodRequest) -> str:
+    """The :class:`FitIndex` key of a request: equal for requests every node judges alike."""
+    return f"{request.placement}/{request.spec_json()}"
 
 
-@dataclass(slots=True)
-class _PodMemo:
-    close: dict[str, tuple[NodeDigest, bool]] = field(default_factory=dict)
-    #: ``(cache generation, when, node -> load)`` of the nodes the filter passed.
-    passed: tuple[int, float, dict[str, NodeLoad]] | None = None
+class FitIndex:
+    """One pod demand's verdict on every node in the ledger cache, kept current as ledgers change.
 
+    This is the filter's per-node summary: built in one pass over the cache the
+    first time a demand is seen, and from then on only the nodes whose ledger
+    changed (the cache tells it, :meth:`LedgerCache.index`) are decided again,
+    by the same :func:`check_demand`. A filter or prioritize call over
+    thousands of nodes is then a lookup per node. Pods of one Deployment, or
+    of one burst, share a demand.
 
-class FitMemo:
-    """What the filter decided per pod, so that the prioritize call which follows need not decide again.
+    - :attr:`shares`: the nodes the pod fits, with the share of the node left
+      once it is there (what scoring ranks, :func:`share_left`);
+    - :attr:`failed`: the nodes it does not fit, with the reason as sent;
+    - :attr:`not_ready`: the nodes whose ledger is not Ready, with the reason.
 
-    - The nodes that passed, with their loads, while the ledger cache is at the
-      same generation (nothing changed since) and for :data:`PASSED_FRESH_S`:
-      prioritize then looks each node up and scores, deciding nothing.
-    - Close calls (nodes the quick comparison did not decide), each reused only
-      while the node's cached ledger is the very value it was decided on.
-
-    A bounded number of pods is remembered (oldest dropped).
+    A node the cache does not hold is in none of them.
     """
 
-    def __init__(self, pods: int = 64, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.pods = pods
-        self.clock = clock
+    def __init__(self, demand: PodDemand, cache: LedgerCache) -> None:
+        self.demand = demand
+        self.shares: dict[str, int] = {}
+        self.failed: dict[str, str] = {}
+        self.not_ready: dict[str, str] = {}
+        self._cache = cache
+        self._dirty: set[str] = set()
+        self._built = False
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, _PodMemo] = OrderedDict()
+        self._too_few: list[str] = []
+        if demand.order:
+            name, first = demand.order[0]
+            self._too_few = [_wire_reason(too_few_cpus(name, first, have).reason)[0] for have in range(first.cpus)]
 
-    def _entry(self, key: str, create: bool) -> _PodMemo | None:
-        if not key:
-            return None
+    def changed(self, node: str) -> None:
+        self._dirty.add(node)  # one set operation: atomic under the GIL, taken in by current()
+
+    def current(self) -> FitIndex:
+        """Decide again every node changed since the last call (the first call decides every node).
+
+        Under a lock, so a call that returns has taken in every change the cache
+        made before the call began - also those another thread was deciding
+        (a room signal is sent only after the cache told its indexes).
+        """
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
-            elif create:
-                entry = self._entries[key] = _PodMemo()
-                while len(self._entries) > self.pods:
-                    self._entries.popitem(last=False)
-            return entry
+            if not self._built:
+                self._dirty.clear()  # changes from now on are decided again below
+                for node, digest in tuple(self._cache.digests.items()):
+                    self._decide(node, digest)
+                self._built = True
+            dirty, digests = self._dirty, self._cache.digests
+            while dirty:
+                try:
+                    node = dirty.pop()
+                except KeyError:  # pragma: no cover - emptied between the test and the pop
+                    break
+                self.shares.pop(node, None)
+                self.failed.pop(node, None)
+                self.not_ready.pop(node, None)
+                now = digests.get(node)
+                if now is not None:
+                    self._decide(node, now)
+        return self
 
-    def verdicts(self, key: str, *, create: bool) -> dict[str, tuple[NodeDigest, bool]] | None:
-        """The close calls remembered for pod ``key`` (``create``: an empty record if none)."""
-        entry = self._entry(key, create)
-        return entry.close if entry is not None else None
+    def _decide(self, node: str, digest: NodeDigest) -> None:
+        demand = self.demand
+        if not digest.ready:
+            self.not_ready[node] = not_ready_reason(node, digest.ledger.reason)
+            return
+        # check_demand's two quick cases first (as it decides them), then the rest through it
+        if digest.room >= demand.quick_bandwidth:
+            residuals = digest.residuals
+            if len(residuals) >= demand.need and residuals[-demand.need] >= demand.largest:
+                self.shares[node] = share_left(digest.load, demand.bandwidth)
+                return
+            have = len(residuals) - bisect_left(residuals, demand.order[0][1].bandwidth)
+            if have < len(self._too_few):
+                self.failed[node] = self._too_few[have]
+                return
+        verdict = check_demand(digest, demand)
+        if verdict is None:
+            self.shares[node] = share_left(digest.load, demand.bandwidth)
+        else:
+            self.failed[node] = _wire_reason(verdict.reason)[0]
 
-    def keep_passed(self, key: str, generation: int, loads: dict[str, NodeLoad]) -> None:
-        entry = self._entry(key, create=True)
-        if entry is not None:
-            entry.passed = (generation, self.clock(), loads)
 
-    def passed(self, key: str, generation: int) -> dict[str, NodeLoad] | None:
-        """The nodes the filter passed for pod ``key``, if nothing changed since and it is fresh."""
-        entry = self._entry(key, create=False)
-        if entry is None or entry.passed is None:
-            return None
-        kept_at, when, loads = entry.passed
-        return loads if kept_at == generation and self.clock() - when <= PASSED_FRESH_S else None
+def fit_index(cache: LedgerCache, view: PodView) -> FitIndex:
+    """The current :class:`FitIndex` of ``view``'s request (which must be real-time and valid)."""
+    assert view.request is not None
+    request = view.request
+    return cache.index(view.key or demand_key(request), lambda: FitIndex(PodDemand.of(request), cache)).current()
 
 
 @dataclass(slots=True)
@@ -170,12 +202,14 @@ def filter_nodes(
     view: PodView,
     nodes: Sequence[str],
     cache: LedgerCache,
-    memo: FitMemo | None = None,
     heartbeats: AgentHeartbeats | None = None,
     *,
     pick: bool = False,
 ) -> Verdicts:
     """Which of ``nodes`` have room for the pod, and why the others do not (``heartbeats``: whose agent is alive).
+
+    Looks the nodes up in the request's :class:`FitIndex` (and the set of live
+    agents); only nodes that do not pass are looked at one by one.
 
     ``pick`` (the ``pick`` verb): of the nodes with room, only the one the pod's placement ranks first
     passes - counting this process's binds in flight as load - so kube-scheduler, left with one node,
@@ -189,127 +223,92 @@ def filter_nodes(
     if view.request is None:
         verdicts.passed = list(nodes)
         return verdicts
-    demand = PodDemand.of(view.request)
-    generation = cache.generation  # before reading any ledger: a change from now on makes the memo stale
-    digests = cache.digests
-    passed: dict[str, NodeLoad] = {}  # node -> load, in the order sent
-    remembered = memo.verdicts(view.key, create=True) if memo is not None else None
-    remember = remembered.__setitem__ if remembered is not None else None
-    get, check = digests.get, check_demand  # hot loop: up to thousands of nodes
-    silence = heartbeats.silence if heartbeats is not None else None
+    index = fit_index(cache, view)
+    demand = index.demand
     now = heartbeats.clock() if heartbeats is not None else 0.0
-    alive = heartbeats.alive_at(now) if heartbeats is not None else None
-    # check_demand's two quick cases, inlined (a call per node would double the loop's cost): with room
-    # in the root domain and implicit deadlines, the pod fits iff `need` CPUs have room for the largest
-    # container, and fails as check_demand says if fewer CPUs than the first container asks have room for it.
-    bandwidth, need, largest = demand.quick_bandwidth, demand.need, demand.largest
-    first_bw, too_few, too_few_kind = 0, [], ""
-    if demand.order:
-        first_name, first = demand.order[0]
-        first_bw = first.bandwidth
-        too_few = [_wire_reason(too_few_cpus(first_name, first, have).reason)[0] for have in range(first.cpus)]
-        too_few_kind = reason_class(too_few_cpus(first_name, first, 0).reason)
-    failed, quick_failures = verdicts.failed, 0
+    alive = heartbeats.alive_nodes(now) if heartbeats is not None else None
+    fits = index.shares
+    # the common case, a lookup per node (and one more, in C, while every agent is alive)
+    passed = [n for n in nodes if n in fits]
+    if alive is not None and not alive.issuperset(passed):
+        passed = [n for n in passed if n in alive]
+    failed, unresolvable, reasons = verdicts.failed, verdicts.unresolvable, verdicts.reasons
 
-    def decide(node: str, digest: NodeDigest) -> None:
-        verdict = check(digest, demand)
-        if remember is not None:
-            remember(node, (digest, verdict is None))
-        if verdict is None:
-            passed[node] = digest.load
+    def one_by_one(node: str) -> None:
+        """A node the lookups did not pass or fail: no ledger, not Ready, its agent silent (as the loop in
+        check_demand's order would find), or changed by another thread's :meth:`FitIndex.current` meanwhile."""
+        digest = cache.digests.get(node)
+        if digest is None:
+            unresolvable[node] = no_ledger_reason(node)
+            reasons["no_ledger"] += 1
+        elif not digest.ready:
+            unresolvable[node] = not_ready_reason(node, digest.ledger.reason)
+            reasons["not_ready"] += 1
+        elif heartbeats is not None and (reason := heartbeats.silence(node, now)) is not None:
+            unresolvable[node] = reason
+            reasons["agent_silent"] += 1
+        elif (verdict := check_demand(digest, demand)) is None:
+            passed.append(node)  # after the others: its agent renewed its Lease since alive_nodes looked
         else:
             text, kind = _wire_reason(verdict.reason)
             failed[node] = text
-            verdicts.reasons[kind] += 1
+            reasons[kind] += 1
 
-    for node in nodes:
-        digest = get(node)
-        if digest is not None and digest.room >= bandwidth and (alive is None or alive(node)):
-            residuals = digest.residuals
-            if len(residuals) >= need and residuals[-need] >= largest:
-                passed[node] = digest.load
-            elif (have := len(residuals) - bisect_left(residuals, first_bw)) < len(too_few):
-                failed[node] = too_few[have]
-                quick_failures += 1
-            else:
-                decide(node, digest)  # a close call between containers
-        elif digest is None:
-            verdicts.unresolvable[node] = no_ledger_reason(node)
-            verdicts.reasons["no_ledger"] += 1
-        elif not digest.ready:
-            verdicts.unresolvable[node] = not_ready_reason(node, digest.ledger.reason)
-            verdicts.reasons["not_ready"] += 1
-        elif silence is not None and (silent := silence(node, now)) is not None:
-            verdicts.unresolvable[node] = silent
-            verdicts.reasons["agent_silent"] += 1
-        else:
-            decide(node, digest)
-    if quick_failures:
-        verdicts.reasons[too_few_kind] += quick_failures
+    if len(passed) < len(nodes):
+        known = index.failed.get
+        failed.update({n: reason for n in nodes if (reason := known(n)) is not None})
+        for reason, count in Counter(failed.values()).items():
+            reasons[reason_class(reason)] += count
+        silent = [] if alive is None else [n for n in failed if n not in alive]
+        decided = len(passed) + len(failed)
+        if decided < len(nodes):  # no ledger, not Ready, or a live node's agent silent: one by one
+            taken = set(passed).union(failed)
+            silent += [n for n in nodes if n not in taken]
+        for node in silent:
+            if (text := failed.pop(node, None)) is not None:
+                reasons[reason_class(text)] -= 1
+            one_by_one(node)
+        reasons += Counter()  # drops the classes brought back to 0
     assumed = cache.assumed()
+    digests = cache.digests
     for node, in_flight in assumed.items():  # this process's binds not yet written: a few nodes
-        digest = get(node)
+        digest = digests.get(node)
         if (
-            node in passed
+            node in fits
             and digest is not None
             and ((left := digest.root_capacity - digest.total_used - in_flight) < demand.bandwidth)
+            and node in passed
         ):
-            del passed[node]
+            passed.remove(node)
             failed[node] = reason_text(in_flight_reason(node, in_flight, left, demand.bandwidth))
-            verdicts.reasons["in_flight"] += 1
+            reasons["in_flight"] += 1
             cache.turned_away(node)
     if pick and len(passed) > 1:
-        nodes_ = list(passed)
-        loads = [(used + assumed.get(node, 0), capacity) for node, (used, capacity) in passed.items()]
-        best = nodes_[placement_policy(view.request.placement).best(loads, demand.bandwidth)]
-        passed = {best: passed[best]}
-    verdicts.passed = list(passed)
-    if memo is not None:
-        memo.keep_passed(view.key, generation, passed)
+        shares: list[int | None] = list(map(fits.get, passed))
+        # binds in flight count as load (a few nodes); a node another thread's index update took out meanwhile
+        # is ranked from its digest
+        again = {passed.index(node) for node in assumed if node in fits and node in passed}
+        if None in shares:
+            again.update(i for i, share in enumerate(shares) if share is None)
+        for i in again:
+            digest = digests.get(passed[i])
+            load = (digest.total_used + assumed.get(passed[i], 0), digest.total_capacity) if digest else (0, 0)
+            shares[i] = share_left(load, demand.bandwidth)
+        best = placement_policy(view.request.placement).best_share(cast("list[int]", shares))  # no None left
+        passed = [passed[best]]
+    verdicts.passed = passed
     return verdicts
 
 
-def prioritize_nodes(
-    view: PodView,
-    nodes: Sequence[str],
-    cache: LedgerCache,
-    memo: FitMemo | None = None,
-    heartbeats: AgentHeartbeats | None = None,
-) -> list[HostPriority]:
-    """0..10 per node by the pod's placement, normalised over the nodes it fits; the others get 0."""
+def prioritize_nodes(view: PodView, nodes: Sequence[str], cache: LedgerCache) -> list[HostPriority]:
+    """0..10 per node by the pod's placement, normalised over the nodes it fits; the others get 0.
+
+    A lookup per node in the request's :class:`FitIndex`, which holds each fitting node's share left.
+    Whether a node's agent is alive is the filter's question: kube-scheduler sends prioritize the nodes
+    that passed it moments ago, and scores only choose among those.
+    """
     if view.request is None:
         return [{"Host": node, "Score": MIN_PRIORITY} for node in nodes]
-    demand = PodDemand.of(view.request)
-    policy = placement_policy(view.request.placement)
-    passed = memo.passed(view.key, cache.generation) if memo is not None else None
-    if passed is not None:  # the filter's nodes, nothing changed since: look up, decide nothing
-        scores = policy.scores(list(map(passed.get, nodes)), demand.bandwidth)
-        return [{"Host": node, "Score": score} for node, score in zip(nodes, scores, strict=True)]
-    digests = cache.digests
-    remembered = (memo.verdicts(view.key, create=False) if memo is not None else None) or {}
-    loads: list[NodeLoad | None] = []
-    add, get, recall = loads.append, digests.get, remembered.get  # hot loop
-    alive = heartbeats.alive_at(heartbeats.clock()) if heartbeats is not None else None
-    bandwidth, need, largest = demand.quick_bandwidth, demand.need, demand.largest
-    first_bw, first_cpus = (demand.order[0][1].bandwidth, demand.order[0][1].cpus) if demand.order else (0, 0)
-
-    def fits(node: str, digest: NodeDigest) -> bool:
-        seen = recall(node)
-        return seen[1] if seen is not None and seen[0] is digest else check_demand(digest, demand) is None
-
-    for node in nodes:
-        digest = get(node)
-        if digest is None or not digest.ready or (alive is not None and not alive(node)):
-            add(None)
-        elif digest.room >= bandwidth:  # filter_nodes' quick cases
-            residuals = digest.residuals
-            if len(residuals) >= need and residuals[-need] >= largest:
-                add(digest.load)
-            elif len(residuals) - bisect_left(residuals, first_bw) < first_cpus:
-                add(None)
-            else:
-                add(digest.load if fits(node, digest) else None)
-        else:
-            add(digest.load if fits(node, digest) else None)
-    scores = policy.scores(loads, demand.bandwidth)
+    shares = list(map(fit_index(cache, view).shares.get, nodes))
+    scores = placement_policy(view.request.placement).rank(shares)
     return [{"Host": node, "Score": score} for node, score in zip(nodes, scores, strict=True)]

@@ -17,6 +17,7 @@ Leases of the driver namespace; Leases that are not an agent's are ignored.
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -46,6 +47,12 @@ class AgentHeartbeats:
         self.on_room = on_room
         #: node -> (the renewTime seen, when it was first seen by :attr:`clock`)
         self._seen: dict[str, tuple[str, float]] = {}
+        #: The nodes whose agent was alive when :meth:`alive_nodes` last looked, kept as renewals come in ...
+        self._alive: set[str] = set()
+        #: ... and ``(when silence starts, node)`` for each renewal, so that looking again only drops the
+        #: nodes whose time ran out since (a node renewed meanwhile has a later entry and stays).
+        self._expiries: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
         self._synced = threading.Event()
 
     @property
@@ -67,19 +74,26 @@ class AgentHeartbeats:
             )
         return None
 
-    def alive_at(self, now: float) -> Callable[[str], bool]:
-        """``alive(node)``: whether :meth:`silence` is ``None`` at ``now``, without building a reason.
+    def alive_nodes(self, now: float) -> set[str]:
+        """The nodes whose :meth:`silence` is ``None`` at ``now``, for the filter's lookups.
 
-        The filter's hot loop asks it for thousands of nodes; a closure over the
-        current map costs one call and one comparison per node.
+        Kept current as Leases come and go: looking costs nothing unless some
+        node's bound ran out since, and then only that node is looked at. The
+        set is this view's own (read it, do not keep it): a renewal may add to
+        it while a filter reads.
         """
-        seen, bound = self._seen, self.bound_s
+        with self._lock:
+            self._expire(now)
+            return self._alive
 
-        def alive(node: str) -> bool:
+    def _expire(self, now: float) -> None:
+        """Drop the nodes whose bound ran out by ``now`` from the alive set (under the lock)."""
+        expiries, seen, bound, alive = self._expiries, self._seen, self.bound_s, self._alive
+        while expiries and expiries[0][0] < now:
+            _, node = heapq.heappop(expiries)
             heard = seen.get(node)
-            return heard is not None and now - heard[1] <= bound
-
-        return alive
+            if heard is None or now - heard[1] > bound:
+                alive.discard(node)
 
     # -- what the feed brings --------------------------------------------------------------
 
@@ -90,7 +104,12 @@ class AgentHeartbeats:
             node = lease_node(lease)
             if node is not None:
                 seen[node] = _observed(held.get(node), renew_time(lease), now)
-        self._seen = seen
+        expiries = [(heard + self.bound_s, node) for node, (_, heard) in seen.items()]
+        heapq.heapify(expiries)
+        with self._lock:
+            self._seen = seen
+            self._alive = set(seen)  # alive_nodes drops those whose bound has run out
+            self._expiries = expiries
         self._synced.set()
 
     def apply(self, kind: str, lease: Mapping[str, Any]) -> None:
@@ -98,11 +117,19 @@ class AgentHeartbeats:
         if node is None:
             return
         if kind == "DELETED":
-            self._seen.pop(node, None)
+            with self._lock:
+                self._seen.pop(node, None)
+                self._alive.discard(node)
             return
         now = self.clock()
         silent = self.silence(node, now) is not None
-        self._seen[node] = _observed(self._seen.get(node), renew_time(lease), now)
+        with self._lock:
+            held = self._seen.get(node)
+            observed = self._seen[node] = _observed(held, renew_time(lease), now)
+            if observed is not held:
+                self._alive.add(node)
+                heapq.heappush(self._expiries, (observed[1] + self.bound_s, node))
+            self._expire(now)  # keeps the heap as short as the renewals within one bound
         if silent and self.on_room is not None and self.silence(node, now) is None:
             self.on_room()
 

@@ -65,30 +65,35 @@ class PlacementPolicy:
         An absolute fill 0..10 would put every node between 60 % and 70 % full
         on one score, and kube-scheduler would pick among them at random.
         """
-        shares = _shares(nodes, added)
+        return self.rank(_shares(nodes, added))
+
+    def rank(self, shares: Sequence[int | None]) -> list[int]:
+        """:meth:`scores` from the nodes' :func:`share_left` already computed (the extender keeps them)."""
         present = [s for s in shares if s is not None]
         if not present:
             return [0] * len(shares)
         low, high = min(present), max(present)
-        best, worst = (low, high) if self.placement == "pack" else (high, low)
-        span = abs(best - worst)
-        return [
-            0 if s is None else MAX_SCORE if s == best else (MAX_SCORE - 1) * abs(s - worst) // span for s in shares
-        ]
+        span, steps = high - low, MAX_SCORE - 1
+        if self.placement == "pack":  # the least share left is best; two comprehensions spare an abs() per node
+            return [0 if s is None else MAX_SCORE if s == low else steps * (high - s) // span for s in shares]
+        return [0 if s is None else MAX_SCORE if s == high else steps * (s - low) // span for s in shares]
 
     def best(self, nodes: Sequence[NodeLoad], added: int) -> int:
         """The index of the first node :meth:`scores` ranks highest (``nodes`` must not be empty)."""
-        shares = [s or 0 for s in _shares(nodes, added)]
+        return self.best_share([s or 0 for s in _shares(nodes, added)])
+
+    def best_share(self, shares: Sequence[int]) -> int:
+        """:meth:`best` from the nodes' :func:`share_left` (``shares`` must not be empty)."""
         return shares.index(min(shares) if self.placement == "pack" else max(shares))
 
     def better(self, load: NodeLoad, than: NodeLoad, added: int) -> bool:
         """Whether ``load`` ranks strictly above ``than`` (:meth:`scores`' order, for one-by-one choices)."""
-        share, other = _share_left(*load, added), _share_left(*than, added)
+        share, other = share_left(load, added), share_left(than, added)
         return share < other if self.placement == "pack" else share > other
 
 
 def _shares(nodes: Sequence[NodeLoad | None], added: int) -> list[int | None]:
-    """:func:`_share_left` of every node (``None`` stays ``None``), inlined: thousands of nodes per call."""
+    """:func:`share_left` of every node (``None`` stays ``None``), inlined: thousands of nodes per call."""
     unit = BW_UNIT
     return [
         None if load is None else max(load[1] - load[0] - added, 0) * unit // load[1] if load[1] > 0 else 0
@@ -96,8 +101,9 @@ def _shares(nodes: Sequence[NodeLoad | None], added: int) -> list[int | None]:
     ]
 
 
-def _share_left(used: int, capacity: int, added: int) -> int:
-    """The share of ``capacity`` left after adding ``added``, in units of ``BW_UNIT`` (0 for no capacity)."""
+def share_left(load: NodeLoad, added: int) -> int:
+    """The share of a node's capacity left after adding ``added``, in units of ``BW_UNIT`` (0 for no capacity)."""
+    used, capacity = load
     if capacity <= 0:
         return 0
     return max(capacity - used - added, 0) * BW_UNIT // capacity

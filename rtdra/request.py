@@ -19,10 +19,12 @@ caller's job, passed in as a lookup function.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final, Literal, cast
 
 import marshmallow
@@ -156,29 +158,35 @@ class PodRequest:
         limits: KernelLimits = DEFAULT_LIMITS,
     ) -> PodRequest:
         """Read a spec annotation back, re-checking every rule (it may be forged)."""
-        try:
-            raw = json.loads(text)
-        except (ValueError, RecursionError) as err:
-            raise InvalidRequest([Problem(None, names.SPEC, f"is not valid JSON ({err})")]) from None
-        try:
-            loaded = cast(dict[str, dict[str, int]], _SpecSchema().load({"containers": raw})["containers"])
-        except marshmallow.ValidationError as err:
-            raise InvalidRequest(_schema_problems(err.messages, names.SPEC)) from None
-        containers: dict[str, Reservation] = {}
-        problems: list[Problem] = []
-        for name, values in loaded.items():
-            problems += _check_container_name(name)
-            reservation = Reservation(
-                runtime_ns=values["runtime"],
-                deadline_ns=values["deadline"],
-                period_ns=values["period"],
-                cpus=values["cpus"],
-            )
-            problems += validate_reservation(name, reservation, limits)
-            containers[name] = reservation
-        if problems:
-            raise InvalidRequest(problems)
-        return cls(containers=containers, placement=placement)
+        return cls(containers=_spec_containers(text, limits), placement=placement)
+
+
+@functools.lru_cache(maxsize=256)  # the extender reads the same few annotations pod after pod, twice each
+def _spec_containers(text: str, limits: KernelLimits) -> Mapping[str, Reservation]:
+    """:meth:`PodRequest.from_spec_json`'s reservations (read-only: one value may serve many calls)."""
+    try:
+        raw = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise InvalidRequest([Problem(None, names.SPEC, f"is not valid JSON ({err})")]) from None
+    try:
+        loaded = cast(dict[str, dict[str, int]], _SpecSchema().load({"containers": raw})["containers"])
+    except marshmallow.ValidationError as err:
+        raise InvalidRequest(_schema_problems(err.messages, names.SPEC)) from None
+    containers: dict[str, Reservation] = {}
+    problems: list[Problem] = []
+    for name, values in loaded.items():
+        problems += _check_container_name(name)
+        reservation = Reservation(
+            runtime_ns=values["runtime"],
+            deadline_ns=values["deadline"],
+            period_ns=values["period"],
+            cpus=values["cpus"],
+        )
+        problems += validate_reservation(name, reservation, limits)
+        containers[name] = reservation
+    if problems:
+        raise InvalidRequest(problems)
+    return MappingProxyType(containers)
 
 
 # ---------------------------------------------------------------------------

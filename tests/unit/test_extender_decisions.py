@@ -1,4 +1,4 @@
-"""The extender's fast filter decides exactly as the core's placement, and its memo never serves a stale verdict."""
+"""The extender's fast filter decides exactly as the core's placement, and its index never serves a stale verdict."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import contextlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extender.cache import LedgerCache
-from extender.decide import FitMemo, PodView, filter_nodes, prioritize_nodes, reason_class
+from extender.cache import MAX_INDEXES, LedgerCache
+from extender.decide import FitIndex, PodView, demand_key, filter_nodes, prioritize_nodes, reason_class
 from extender.heartbeats import AgentHeartbeats
 from extender.wire import reason_text
 from rtdra.ledger import LedgerError, NodeLedger, PodAllocation, Slot
@@ -76,7 +76,7 @@ def test_the_filters_quick_pass_agrees_with_check_pod(ledger: NodeLedger, reques
     view = PodView(request, key="u/pack/x")
     heartbeats = AgentHeartbeats("rt-dra", 10.0, clock=lambda: 100.0)
     heartbeats.replace_all([] if silent else [lease(ledger.node)])
-    verdicts = filter_nodes(view, [ledger.node], LedgerCache([ledger]), FitMemo(), heartbeats)
+    verdicts = filter_nodes(view, [ledger.node], LedgerCache([ledger]), heartbeats)
     slow = check_pod(ledger, request)
     assert (verdicts.passed == [ledger.node]) == (not silent and slow is None)
     if verdicts.passed:
@@ -86,8 +86,8 @@ def test_the_filters_quick_pass_agrees_with_check_pod(ledger: NodeLedger, reques
     if not silent and ledger.ready and slow is not None:
         assert verdicts.failed == {ledger.node: reason_text(slow.reason)}
         assert verdicts.reasons == {reason_class(slow.reason): 1}
-    scored = prioritize_nodes(view, [ledger.node], LedgerCache([ledger]), FitMemo(), heartbeats)
-    assert (scored[0]["Score"] == 10) == (verdicts.passed == [ledger.node])
+    scored = prioritize_nodes(view, [ledger.node], LedgerCache([ledger]))  # the nodes the filter passed, or any
+    assert (scored[0]["Score"] == 10) == (ledger.ready and slow is None)
 
 
 @settings(max_examples=200, deadline=None)
@@ -108,25 +108,37 @@ def pod(uid: str = "u-1", value: str = "runtime=50ms,period=100ms") -> dict[str,
     }
 
 
-def test_prioritize_reuses_the_filters_verdict_only_while_the_ledger_is_unchanged() -> None:
+def test_prioritize_sees_a_ledger_change_at_once() -> None:
     empty = NodeLedger("n1", {0: CAP})
     cache = LedgerCache([empty])
-    memo = FitMemo()
     view = PodView.of(pod(), "pack")
-    assert filter_nodes(view, ["n1"], cache, memo).passed == ["n1"]
-    assert prioritize_nodes(view, ["n1"], cache, memo)[0]["Score"] > 0
+    assert filter_nodes(view, ["n1"], cache).passed == ["n1"]
+    assert prioritize_nodes(view, ["n1"], cache)[0]["Score"] > 0
     slot = (Slot(0, 80 * MS, 100 * MS, 100 * MS),)
     cache.put(empty.reserve(PodAllocation("other", "ns", "other", {"c": slot})))  # the node filled up meanwhile
-    assert prioritize_nodes(view, ["n1"], cache, memo) == [{"Host": "n1", "Score": 0}]
+    assert prioritize_nodes(view, ["n1"], cache) == [{"Host": "n1", "Score": 0}]
+    assert filter_nodes(view, ["n1"], cache).passed == []
+    cache.put(empty)  # and emptied again
+    assert filter_nodes(view, ["n1"], cache).passed == ["n1"]
 
 
-def test_the_memo_keeps_a_bounded_number_of_pods() -> None:
-    memo = FitMemo(pods=2)
+def test_the_cache_keeps_a_bounded_number_of_indexes_and_drops_them_on_a_relist() -> None:
     cache = LedgerCache([NodeLedger("n1", {0: CAP})])
-    for uid in ("a", "b", "c"):
-        filter_nodes(PodView.of(pod(uid), "pack"), ["n1"], cache, memo)
-    assert memo.verdicts(PodView.of(pod("a"), "pack").key, create=False) is None
-    assert memo.verdicts(PodView.of(pod("c"), "pack").key, create=False) is not None
+    views = [PodView.of(pod(value=f"runtime={k + 1}ms,period=100ms"), "pack") for k in range(MAX_INDEXES + 1)]
+    for view in views:
+        filter_nodes(view, ["n1"], cache)
+    made: list[str] = []
+
+    def make(key: str) -> FitIndex:
+        made.append(key)
+        return FitIndex(PodDemand.of(PodRequest({"c": Reservation(MS, 10 * MS, 10 * MS)})), cache)
+
+    cache.index(views[-1].key, lambda: make("last"))  # still kept
+    cache.index(views[0].key, lambda: make("first"))  # the least used, dropped
+    assert made == ["first"]
+    cache.replace_all([NodeLedger("n1", {0: CAP})])
+    cache.index(views[-1].key, lambda: make("after re-list"))
+    assert made == ["first", "after re-list"]
 
 
 def test_a_pod_whose_request_changed_is_decided_afresh() -> None:
@@ -175,15 +187,15 @@ def test_the_quick_pass_holds_at_the_exact_residual_and_not_one_unit_below() -> 
     cache = LedgerCache([exact, short])
     assert NodeDigest.of(exact).surely_fits(PodDemand.of(request))
     assert not NodeDigest.of(short).surely_fits(PodDemand.of(request))
-    assert filter_nodes(view, ["exact", "short"], cache, FitMemo()).passed == ["exact"]
-    assert [e["Score"] for e in prioritize_nodes(view, ["exact", "short"], cache, FitMemo())] == [10, 0]
+    assert filter_nodes(view, ["exact", "short"], cache).passed == ["exact"]
+    assert [e["Score"] for e in prioritize_nodes(view, ["exact", "short"], cache)] == [10, 0]
 
 
 def test_the_quick_refusal_counts_the_cpus_that_have_room() -> None:
     request = PodRequest({"c": Reservation(10 * MS, 100 * MS, 100 * MS, 3)})
     bw = request.containers["c"].bandwidth  # per CPU; every node's root domain has room for the pod
     cache = LedgerCache([NodeLedger(f"has{k}", {cpu: bw if cpu < k else bw - 1 for cpu in range(4)}) for k in range(4)])
-    verdicts = filter_nodes(PodView(request, key="u/pack/x"), ["has0", "has1", "has2", "has3"], cache, FitMemo())
+    verdicts = filter_nodes(PodView(request, key="u/pack/x"), ["has0", "has1", "has2", "has3"], cache)
     assert verdicts.passed == ["has3"]
     assert verdicts.failed == {
         f"has{k}": reason_text(
@@ -194,27 +206,110 @@ def test_the_quick_refusal_counts_the_cpus_that_have_room() -> None:
     assert verdicts.reasons == {"insufficient_bandwidth": 3}
 
 
-def test_prioritize_reuses_the_filters_nodes_only_while_fresh_and_the_cache_unchanged() -> None:
+def test_the_filter_sees_an_agent_fall_silent_and_come_back_at_once() -> None:
     now = [100.0]
     heartbeats = AgentHeartbeats("rt-dra", 10.0, clock=lambda: now[0])
     heartbeats.replace_all([lease("n1")])
     cache = LedgerCache([NodeLedger("n1", {0: CAP}), NodeLedger("n2", {0: CAP})])
-    memo = FitMemo(clock=lambda: now[0])
     view = PodView.of(pod(), "pack")
-    assert filter_nodes(view, ["n1", "n2"], cache, memo, heartbeats).passed == ["n1"]  # n2 has no agent
-    heartbeats.replace_all([lease("n2")])  # n1's agent gone, n2's back: the filter's list still stands...
-    assert prioritize_nodes(view, ["n1", "n2"], cache, memo, heartbeats) == [
-        {"Host": "n1", "Score": 10},
-        {"Host": "n2", "Score": 0},
-    ]
-    now[0] += 1.5  # ...for a second
-    assert prioritize_nodes(view, ["n1", "n2"], cache, memo, heartbeats) == [
-        {"Host": "n1", "Score": 0},
-        {"Host": "n2", "Score": 10},
-    ]
-    now[0] -= 1.5
-    cache.put(NodeLedger("n3", {0: CAP}))  # any change to the cache: decided afresh
-    assert prioritize_nodes(view, ["n1", "n2"], cache, memo, heartbeats)[1] == {"Host": "n2", "Score": 10}
+    verdicts = filter_nodes(view, ["n1", "n2"], cache, heartbeats)
+    assert verdicts.passed == ["n1"]
+    assert "has no Lease" in verdicts.unresolvable["n2"]
+    assert verdicts.reasons == {"agent_silent": 1}
+    heartbeats.apply("ADDED", lease("n2"))
+    assert filter_nodes(view, ["n1", "n2"], cache, heartbeats).passed == ["n1", "n2"]
+    now[0] += 10.5  # n1 renewed at 100, n2 at 100 too: both past the bound ...
+    renewed = lease("n2")
+    renewed["spec"] = {**renewed["spec"], "renewTime": "2026-11-30T11:45:10.000000Z"}  # type: ignore[dict-item]
+    heartbeats.apply("MODIFIED", renewed)  # ... but n2 renewed
+    verdicts = filter_nodes(view, ["n1", "n2"], cache, heartbeats)
+    assert verdicts.passed == ["n2"]
+    assert "has not renewed its Lease" in verdicts.unresolvable["n1"]
+    assert verdicts.reasons == {"agent_silent": 1}
+
+
+def test_a_silent_node_without_room_is_refused_as_silent() -> None:
+    heavy = PodAllocation("x", "n", "x", {"c": (Slot(0, 90 * MS, 100 * MS, 100 * MS),)})
+    cache = LedgerCache([NodeLedger("full", {0: CAP}, {"x": heavy}), NodeLedger("n2", {0: CAP})])
+    heartbeats = AgentHeartbeats("rt-dra", 10.0, clock=lambda: 100.0)
+    heartbeats.replace_all([lease("n2")])
+    verdicts = filter_nodes(PodView.of(pod(), "pack"), ["full", "n2"], cache, heartbeats)
+    assert verdicts.passed == ["n2"]
+    assert verdicts.failed == {}
+    assert "has no Lease" in verdicts.unresolvable["full"]
+    assert verdicts.reasons == {"agent_silent": 1}
+
+
+@st.composite
+def named_ledgers(draw: st.DrawFn) -> list[NodeLedger]:
+    drawn = draw(st.lists(ledgers(), min_size=1, max_size=5))
+    return [NodeLedger(f"n{i}", ledger.capacities, ledger.pods, ready=ledger.ready) for i, ledger in enumerate(drawn)]
+
+
+nodes_ = st.sampled_from([f"n{i}" for i in range(4)])
+changes = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), nodes_, ledgers()),
+        st.tuples(st.just("remove"), nodes_, st.none()),
+        st.tuples(st.just("filter"), st.none(), st.none()),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(start=named_ledgers(), steps=changes, request=requests_, placement=st.sampled_from(["pack", "spread"]))
+def test_the_index_kept_current_decides_as_a_fresh_look_at_every_node(
+    start: list[NodeLedger], steps: list[tuple[str, str | None, NodeLedger | None]], request: PodRequest, placement: str
+) -> None:
+    """Whatever ledgers come and go between filter calls, the filter decides each node as check_pod does."""
+    request = PodRequest(request.containers, placement)  # type: ignore[arg-type]
+    view, cache = PodView(request, key=demand_key(request)), LedgerCache(start)
+    names_ = ["n0", "n1", "n2", "n3", "ghost"]
+    for step, node, ledger in [*steps, ("filter", None, None)]:
+        if step == "put" and node is not None and ledger is not None:
+            cache.put(NodeLedger(node, ledger.capacities, ledger.pods, ready=ledger.ready))
+        elif step == "remove" and node is not None:
+            cache.remove(node)
+        else:
+            verdicts = filter_nodes(view, names_, cache)
+            fresh = filter_nodes(view, names_, LedgerCache([d.ledger for d in cache.digests.values()]))
+            assert verdicts == fresh
+            for name in names_:
+                held = cache.get(name)
+                expected = None if held is None or not held.ready else check_pod(held, request)
+                assert (name in verdicts.passed) == (held is not None and held.ready and expected is None)
+                if expected is not None:
+                    assert verdicts.failed[name] == reason_text(expected.reason)
+            scored = prioritize_nodes(view, names_, cache)
+            assert scored == prioritize_nodes(view, names_, LedgerCache([d.ledger for d in cache.digests.values()]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(["renew", "delete", "wait", "relist"]), nodes_, st.floats(0, 8)), max_size=20
+    )
+)
+def test_the_live_agents_set_agrees_with_silence_at_every_moment(steps: list[tuple[str, str, float]]) -> None:
+    now = [100.0]
+    heartbeats = AgentHeartbeats("rt-dra", 10.0, clock=lambda: now[0])
+    heartbeats.replace_all([lease("n0"), lease("n1")])
+    renewals = 0
+    for step, node, wait in steps:
+        if step == "renew":
+            renewals += 1
+            renewed = lease(node)
+            renewed["spec"] = {**renewed["spec"], "renewTime": f"2026-11-30T11:46:{renewals:02d}.000000Z"}  # type: ignore[dict-item]
+            heartbeats.apply("MODIFIED", renewed)
+        elif step == "delete":
+            heartbeats.apply("DELETED", lease(node))
+        elif step == "relist":
+            heartbeats.replace_all([lease(n) for n in ("n0", "n1", "n2", "n3") if n != node])
+        else:
+            now[0] += wait
+        alive = set(heartbeats.alive_nodes(now[0]))
+        assert alive == {n for n in ("n0", "n1", "n2", "n3") if heartbeats.silence(n, now[0]) is None}
 
 
 def test_the_filter_counts_this_processs_binds_in_flight_and_requeues_if_one_writes_nothing() -> None:
@@ -224,30 +319,24 @@ def test_the_filter_counts_this_processs_binds_in_flight_and_requeues_if_one_wri
     )
     view = PodView.of(pod(), "pack")  # 50 ms every 100 ms
     cache.assume("busy", "other", CAP - 10 * MS * CAP // (100 * MS))  # leaves 10 % of the CPU's capacity
-    verdicts = filter_nodes(view, ["busy", "idle"], cache, FitMemo())
+    verdicts = filter_nodes(view, ["busy", "idle"], cache)
     assert verdicts.passed == ["idle"]
     assert "binds in flight to node busy" in verdicts.failed["busy"]
     assert verdicts.reasons == {"in_flight": 1}
     cache.forget("busy", "other", stored=False)  # its write never happened: the room was there all along
     assert signals == ["room"]
-    assert filter_nodes(view, ["busy", "idle"], cache, FitMemo()).passed == ["busy", "idle"]
+    assert filter_nodes(view, ["busy", "idle"], cache).passed == ["busy", "idle"]
 
 
 def test_a_bind_in_flight_that_was_written_sends_nobody_back() -> None:
     signals: list[str] = []
     cache = LedgerCache([NodeLedger("busy", {0: CAP})], on_room=lambda: signals.append("room"))
     cache.assume("busy", "other", CAP)
-    assert filter_nodes(PodView.of(pod(), "pack"), ["busy"], cache, FitMemo()).passed == []
+    assert filter_nodes(PodView.of(pod(), "pack"), ["busy"], cache).passed == []
     cache.forget("busy", "other", stored=True)
     cache.forget("busy", "other", stored=False)  # twice: nothing left to forget
     assert signals == []
     assert cache.assumed() == {}
-
-
-@st.composite
-def named_ledgers(draw: st.DrawFn) -> list[NodeLedger]:
-    drawn = draw(st.lists(ledgers(), min_size=1, max_size=5))
-    return [NodeLedger(f"n{i}", ledger.capacities, ledger.pods, ready=ledger.ready) for i, ledger in enumerate(drawn)]
 
 
 @settings(max_examples=300, deadline=None)
@@ -257,15 +346,15 @@ def test_pick_passes_the_first_node_prioritize_scores_highest(
 ) -> None:
     request = PodRequest(request.containers, placement)  # type: ignore[arg-type]
     view, names_ = PodView(request, key="u/x"), [n.node for n in nodes]
-    filtered = filter_nodes(view, names_, LedgerCache(nodes), FitMemo())
-    picked = filter_nodes(view, names_, LedgerCache(nodes), FitMemo(), pick=True)
+    filtered = filter_nodes(view, names_, LedgerCache(nodes))
+    picked = filter_nodes(view, names_, LedgerCache(nodes), pick=True)
     assert picked.failed == filtered.failed
     assert picked.unresolvable == filtered.unresolvable
     assert picked.reasons == filtered.reasons
     if not filtered.passed:
         assert picked.passed == []
         return
-    scored = prioritize_nodes(view, filtered.passed, LedgerCache(nodes), FitMemo())
+    scored = prioritize_nodes(view, filtered.passed, LedgerCache(nodes))
     assert picked.passed == [next(s["Host"] for s in scored if s["Score"] == 10)]
 
 
@@ -273,6 +362,6 @@ def test_pick_counts_binds_in_flight_as_load_pack_joins_them_and_spread_avoids_t
     cache = LedgerCache([NodeLedger("a", {0: CAP}), NodeLedger("b", {0: CAP}), NodeLedger("c", {0: CAP})])
     cache.assume("b", "earlier", 10 * MS * CAP // (100 * MS))  # 10 %: the pod (50 %) still fits beside it
     nodes = ["a", "b", "c"]
-    assert filter_nodes(PodView.of(pod(), "pack"), nodes, cache, FitMemo(), pick=True).passed == ["b"]
-    assert filter_nodes(PodView.of(pod(), "spread"), nodes, cache, FitMemo(), pick=True).passed == ["a"]
-    assert filter_nodes(PodView.of(pod(), "spread"), nodes, cache, FitMemo()).passed == nodes  # the filter keeps all
+    assert filter_nodes(PodView.of(pod(), "pack"), nodes, cache, pick=True).passed == ["b"]
+    assert filter_nodes(PodView.of(pod(), "spread"), nodes, cache, pick=True).passed == ["a"]
+    assert filter_nodes(PodView.of(pod(), "spread"), nodes, cache).passed == nodes  # the filter keeps all
