@@ -40,6 +40,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from kubernetes import client
@@ -49,7 +50,14 @@ from extender.metrics import Metrics
 from extender.writes import NodeWrites
 from rtdra import names
 from rtdra.kube import API_FAILURES, failure_text, read_pod
-from rtdra.ledger import LedgerError, NodeLedger, PodAllocation, allocation_annotation
+from rtdra.ledger import (
+    LedgerError,
+    NodeLedger,
+    PodAllocation,
+    allocation_annotation,
+    release_if_held,
+    released_reservation,
+)
 from rtdra.placement import NoFit, place_pod, pod_bandwidth
 from rtdra.request import ClaimParametersLookup, InvalidRequest, Placement, PodRequest, read_pod_request
 from rtdra.store import NasStore, NotFound, StoreError
@@ -68,6 +76,11 @@ class BindOutcome:
     reserved: PodAllocation | None
     #: The pod was bound to the node before this call (a retry).
     already_bound: bool = False
+
+
+def _was_released(pod: Mapping[str, Any], node: str, allocation: PodAllocation) -> bool:
+    """Whether the pod's ``released`` annotation names ``allocation`` on ``node`` (see ``extender.reconcile``)."""
+    return released_reservation(pod) == (node, allocation.reserved_at)
 
 
 def now_rfc3339() -> str:
@@ -124,6 +137,12 @@ class Binder:
         allocation = None
         if request is not None:
             allocation = self._reserve(node, request, uid, namespace, name)
+            if _was_released(pod, node, allocation):  # kept from a stalled bind the reconciler is releasing
+                self.rollback(node, uid, allocation)
+                raise BindError(
+                    f"pod {namespace}/{name}: its reservation on {node} from {allocation.reserved_at} is being "
+                    "released (its bind stalled past the grace period); try again"
+                )
         version = str((pod.get("metadata") or {}).get("resourceVersion") or "")
         annotation = allocation_annotation(allocation, node) if allocation is not None else None
         try:
@@ -263,12 +282,17 @@ class Binder:
                 break
             if attempt or (pod.get("metadata") or {}).get("deletionTimestamp"):
                 break
+            if allocation is not None and _was_released(pod, node, allocation):
+                # The reconciler fenced the pod and released this reservation: binding again would bind
+                # the pod to CPUs the ledger no longer holds for it.
+                what = f"its reservation on {node} from {allocation.reserved_at} was released meanwhile"
+                break
             retried = self._bind_again(pod, namespace, name, uid, node, request, annotation)
             if retried is None:
                 return BindOutcome(allocation)
             what = retried
         if allocation is not None:
-            self.rollback(node, uid)
+            self.rollback(node, uid, allocation)
         raise BindError(f"binding pod {namespace}/{name} to {node} failed: {what}")
 
     def _bind_again(
@@ -298,10 +322,11 @@ class Binder:
             return failure_text(err)
         return None
 
-    def rollback(self, node: str, uid: str) -> None:
-        """Release ``uid``'s reservation on ``node`` (best effort: the reconciler retries later)."""
+    def rollback(self, node: str, uid: str, allocation: PodAllocation) -> None:
+        """Release ``uid``'s reservation on ``node`` if it is still ``allocation`` (best effort: the reconciler
+        retries later) - never a reservation another bind of the same pod made since."""
         try:
-            self.writes.apply(node, lambda ledger: ledger.release(uid))
+            self.writes.apply(node, partial(release_if_held, allocations={uid: allocation.reserved_at}))
         except StoreError as err:
             log.warning("rollback of pod %s on %s failed (the reconciler will release it): %s", uid, node, err)
         else:

@@ -9,7 +9,13 @@ is bound to that node or still within the bind grace period after
 - has finished (phase ``Succeeded`` or ``Failed``),
 - is bound to another node, or
 - is still unbound ``grace_seconds`` after the reservation (a bind that
-  crashed between reserving and creating the Binding).
+  crashed between reserving and creating the Binding). The pod is first
+  marked (``rt.resource.example.com/released``, conditional on the version
+  read showing it unbound), so a bind that merely stalled there cannot
+  complete later on CPUs the ledger gave away (see :meth:`Reconciler._fence`).
+
+Every release is conditional on the reservation being the one decided on
+(its ``reservedAt``): a reservation the same pod got since stays.
 
 "Gone" is confirmed with a direct read of the pod after the reservation was
 seen, so a pod created after the pod list was taken is never mistaken for a
@@ -48,8 +54,8 @@ from kubernetes import client
 from extender.metrics import Metrics
 from extender.pods import FINISHED_PHASES, PodState, PodWatch
 from rtdra import names
-from rtdra.kube import read_pod
-from rtdra.ledger import NodeLedger, PodAllocation
+from rtdra.kube import API_FAILURES, NotFound, api_error, read_pod
+from rtdra.ledger import NodeLedger, PodAllocation, release_if_held, released_annotation
 from rtdra.listwatch import list_objects
 from rtdra.store import NasStore, StoreError
 
@@ -176,7 +182,7 @@ class Reconciler:
             before = self.store.get(node)
             if before is None or state.uid not in before.pods:
                 return None
-            self._stored(self.store.update(node, partial(_release, uids=(state.uid,))))
+            self._stored(self.store.update(node, lambda ledger: ledger.release(state.uid)))
         except StoreError as err:
             log.warning("reconcile: releasing pod %s on %s failed: %s", state.uid, node, err)
             return None
@@ -219,11 +225,16 @@ class Reconciler:
         released: dict[str, list[str]] = {}
         for ledger in ledgers:
             stale = self._stale(ledger, pods, now, confirm=indexed)
+            stale = {
+                uid: reason
+                for uid, reason in stale.items()
+                if reason != "never_bound" or self._fence(ledger.node, ledger.pods[uid], now)
+            }
             if not stale:
                 continue
-            uids = tuple(stale)
+            held = {uid: ledger.pods[uid].reserved_at for uid in stale}
             try:
-                self._stored(self.store.update(ledger.node, partial(_release, uids=uids)))
+                self._stored(self.store.update(ledger.node, partial(release_if_held, allocations=held)))
             except StoreError as err:
                 log.warning("reconcile: releasing %s on %s failed: %s", sorted(stale), ledger.node, err)
                 continue
@@ -233,6 +244,46 @@ class Reconciler:
                 if self.metrics is not None:
                     self.metrics.reconcile_releases.labels(reason).inc()
         return released
+
+    def _fence(self, node: str, allocation: PodAllocation, now: dt.datetime) -> bool:
+        """Before a never-bound pod's reservation goes: mark the pod, so that no stalled bind completes on it.
+
+        A bind that reserved and then stalled (a paused or frozen process, longer than the grace period)
+        still holds the pod's resourceVersion, and its Binding is conditional on it. Writing the
+        ``released`` annotation, conditional on the version just read showing the pod unbound, makes
+        that Binding fail; a bind that reads the pod again sees its reservation named there and gives
+        up (``extender.bind``). Whether the release may go ahead: not if the pod was bound, or changed,
+        in between (the next pass decides again).
+        """
+        namespace, name = allocation.namespace, allocation.name
+        try:
+            pod = read_pod(self.core, namespace, name, self.request_timeout)
+        except StoreError as err:
+            log.warning(
+                "reconcile: reading pod %s/%s before releasing its reservation failed: %s", namespace, name, err
+            )
+            return False
+        if pod is None:
+            return True  # gone: nothing can bind it
+        reason = stale_reason(allocation, node, PodState.of(pod), now, self.grace_seconds)
+        if reason != "never_bound":
+            return reason is not None  # bound elsewhere or finished meanwhile (no bind can complete): release
+        version = (pod.get("metadata") or {}).get("resourceVersion")
+        body = {
+            "metadata": {
+                "resourceVersion": version,  # a precondition: unbound, as just read
+                "annotations": {names.RELEASED: released_annotation(node, allocation.reserved_at)},
+            }
+        }
+        try:
+            self.core.patch_namespaced_pod(name, namespace, body, _request_timeout=self.request_timeout)
+        except API_FAILURES as err:
+            error = api_error(err, f"marking pod {namespace}/{name}'s reservation on {node} released")
+            if isinstance(error, NotFound):
+                return True
+            log.info("reconcile: %s; deciding again next pass", error)
+            return False
+        return True
 
     def _stale(
         self, ledger: NodeLedger, pods: Mapping[str, PodState], now: dt.datetime, *, confirm: bool = False
@@ -264,9 +315,3 @@ def _allocated_node(pod: Mapping[str, Any]) -> str:
     except (ValueError, AttributeError):
         return ""
     return node if isinstance(node, str) else ""
-
-
-def _release(ledger: NodeLedger, uids: tuple[str, ...]) -> NodeLedger:
-    for uid in uids:
-        ledger = ledger.release(uid)
-    return ledger

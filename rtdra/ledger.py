@@ -323,3 +323,36 @@ def allocation_annotation(allocation: PodAllocation, node: str) -> str:
         if slots
     }
     return json.dumps({"node": node, "containers": containers}, sort_keys=True, separators=(",", ":"))
+
+
+def released_annotation(node: str, reserved_at: str) -> str:
+    """The ``rt.resource.example.com/released`` value naming the reservation released on ``node``."""
+    return json.dumps({"node": node, "reservedAt": reserved_at}, sort_keys=True, separators=(",", ":"))
+
+
+def released_reservation(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(node, reservedAt)`` of the reservation the pod's ``released`` annotation names, if any."""
+    value = ((pod.get("metadata") or {}).get("annotations") or {}).get(names.RELEASED)
+    if not value:
+        return None
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    node, reserved_at = parsed.get("node"), parsed.get("reservedAt")
+    return (node, reserved_at) if isinstance(node, str) and isinstance(reserved_at, str) else None
+
+
+def release_if_held(ledger: NodeLedger, allocations: Mapping[str, str]) -> NodeLedger:
+    """Release each pod UID of ``allocations`` whose reservation is still the one reserved at the time given.
+
+    Releases are decided on a ledger read earlier; a reservation of the same pod made since (a later bind,
+    after this one was released) has another ``reservedAt`` and stays.
+    """
+    for uid, reserved_at in allocations.items():
+        held = ledger.pods.get(uid)
+        if held is not None and held.reserved_at == reserved_at:
+            ledger = ledger.release(uid)
+    return ledger

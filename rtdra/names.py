@@ -21,6 +21,11 @@ ALLOCATION: Final = f"{PREFIX}allocation"
 #: Touched on pending RT pods after bandwidth is released, so kube-scheduler
 #: tries them again (it never sees a ledger change by itself).
 REQUEUE: Final = f"{PREFIX}requeue"
+#: Set by the extender's reconciler on a pod that is still unbound after the bind grace period, before
+#: it releases the pod's reservation: ``{"node": N, "reservedAt": T}`` names the released reservation,
+#: and the write changes the pod's resourceVersion, so a bind that stalled holding it (its Binding is
+#: conditional on that version) cannot complete, and one that reads the pod again sees it released.
+RELEASED: Final = f"{PREFIX}released"
 
 # CDI: our device (the agent's device plugin hands it to every container that requests DL_RESOURCE).
 CDI_KIND: Final = f"{DOMAIN}/cpu"

@@ -342,6 +342,21 @@ def test_requeue_is_set_by_the_extender_and_left_free_for_everyone(guarded: Guar
     assert names.REQUEUE not in guarded.annotations(name)
 
 
+def test_released_is_set_only_by_the_extender_and_removed_by_nobody(guarded: Guarded) -> None:
+    name = guarded.create(rt_pod("rt"))
+    mark = json.dumps({"node": "node-a", "reservedAt": "2026-12-01T06:00:00Z"})
+    assert "only the RT-DRA scheduler extender" in denied(
+        lambda: annotate(guarded.user, guarded.namespace, name, {names.RELEASED: mark})
+    )
+    annotate(guarded.extender, guarded.namespace, name, {names.RELEASED: mark})
+    for who in (guarded.user, guarded.extender):
+        assert "cannot be removed" in denied(lambda w=who: annotate(w, guarded.namespace, name, {names.RELEASED: None}))
+    assert "only the RT-DRA scheduler extender" in denied(
+        lambda: annotate(guarded.user, guarded.namespace, name, {names.RELEASED: mark.replace("06:00", "07:00")})
+    )
+    assert guarded.annotations(name)[names.RELEASED] == mark
+
+
 # -- what stays as it was ----------------------------------------------------------------------------------
 
 

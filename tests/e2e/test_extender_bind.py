@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 import os
 import signal
@@ -31,8 +32,9 @@ import yaml
 from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 
-from extender.bind import Binder, BindError
+from extender.bind import Binder, BindError, now_rfc3339
 from extender.pods import pending_view
+from extender.reconcile import Reconciler
 from rtdra import names
 from rtdra.certs import CertificateAuthority
 from rtdra.ledger import NodeLedger
@@ -428,6 +430,124 @@ def test_a_bind_from_an_outdated_view_of_the_pod_binds_it_at_its_current_version
     assert json.loads(pod.metadata.annotations[names.ALLOCATION])["containers"]["ctr0"]["runtimeNs"] == 20 * MS
     ledger = nas.get(node)
     assert ledger is not None and set(ledger.pods) == {uid}
+
+
+class StalledBinder(Binder):
+    """A replica that pauses (SIGSTOP, a frozen VM, a long GC) between its reservation and its Binding:
+    its first Binding waits until :attr:`resume` is set, then goes out as it would have."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reserved, self.resume = threading.Event(), threading.Event()
+        self.outcome: BaseException | str | None = None
+
+    def _create_binding(self, *args: Any, **kwargs: Any) -> None:
+        if not self.reserved.is_set():
+            self.reserved.set()
+            assert self.resume.wait(60)
+        super()._create_binding(*args, **kwargs)
+
+    def bind_in_background(self, namespace: str, name: str, uid: str, node: str) -> threading.Thread:
+        def run() -> None:
+            try:
+                self.bind(namespace, name, uid, node)
+                self.outcome = "bound"
+            except BaseException as err:
+                self.outcome = err
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        assert self.reserved.wait(30), "the stalled bind never reserved"
+        return thread
+
+
+def reconcile_past_the_grace_period(api: client.ApiClient) -> tuple[Reconciler, dict[str, list[str]]]:
+    """One reconcile pass, as if the stall had outlasted the bind grace period."""
+    reconciler = Reconciler(api, NasStore(api, NAMESPACE), grace_seconds=60, interval_seconds=3600)
+    return reconciler, reconciler.reconcile_once(now=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=120))
+
+
+def test_a_bind_stalled_past_the_grace_period_cannot_complete_on_cpus_given_away(
+    control_plane: Any, kube_api: client.ApiClient, nas: NasStore, namespace: str, extender_kubeconfig: Path,
+    unique_name: Any,
+) -> None:  # fmt: skip
+    """The failover case of active replicas: a bind that reserved and stalled, its reservation released by
+    another replica's reconciler and the CPU bound to another pod, must not bind when it resumes."""
+    node = unique_name("n")
+    nas.create(NodeLedger(node, {0: CAP}))  # one CPU: room for one of the two 60 % pods
+    stalled = rt_pod(kube_api, namespace, "stalled", "runtime=60ms,period=100ms")
+    other = rt_pod(kube_api, namespace, "other", "runtime=60ms,period=100ms")
+    with control_plane.api_client(str(extender_kubeconfig)) as api:  # the extender's own RBAC
+        replica_a = StalledBinder(api, NasStore(api, NAMESPACE))
+        thread = replica_a.bind_in_background(namespace, "stalled", stalled, node)
+        try:
+            held = nas.get(node)
+            assert held is not None and set(held.pods) == {stalled}
+            reserved_at = held.pods[stalled].reserved_at
+            _, released = reconcile_past_the_grace_period(api)  # replica B's reconciler
+            assert released.get(node) == [stalled]
+            fence = read_pod(kube_api, namespace, "stalled").metadata.annotations[names.RELEASED]
+            assert json.loads(fence) == {"node": node, "reservedAt": reserved_at}
+            Binder(api, NasStore(api, NAMESPACE)).bind(namespace, "other", other, node)  # replica B binds the CPU
+        finally:
+            replica_a.resume.set()
+            thread.join(60)
+        assert isinstance(replica_a.outcome, BindError), replica_a.outcome
+        assert "was released meanwhile" in str(replica_a.outcome)
+        assert read_pod(kube_api, namespace, "stalled").spec.node_name is None
+        assert read_pod(kube_api, namespace, "other").spec.node_name == node
+        after = nas.get(node)
+        assert after is not None and set(after.pods) == {other}  # the CPU is the other pod's alone
+        with pytest.raises(BindError, match="insufficient deadline bandwidth"):  # kube-scheduler's retry
+            Binder(api, NasStore(api, NAMESPACE)).bind(namespace, "stalled", stalled, node)
+
+
+def test_a_retry_that_finds_the_stalled_binds_reservation_being_released_does_not_keep_it(
+    control_plane: Any, kube_api: client.ApiClient, nas: NasStore, namespace: str, extender_kubeconfig: Path,
+    unique_name: Any,
+) -> None:  # fmt: skip
+    """kube-scheduler's retry reaches another replica after the reconciler marked the pod and before it
+    released the reservation: keeping that reservation would bind the pod to CPUs about to be freed."""
+    node = unique_name("n")
+    nas.create(NodeLedger(node, {0: CAP}))
+    uid = rt_pod(kube_api, namespace, "stalled", "runtime=60ms,period=100ms")
+    with control_plane.api_client(str(extender_kubeconfig)) as api:
+        replica_a = StalledBinder(api, NasStore(api, NAMESPACE))
+        thread = replica_a.bind_in_background(namespace, "stalled", uid, node)
+        retried: list[BaseException | str] = []
+
+        class Reconciling(Reconciler):
+            def _fence(self, node_: str, allocation: Any, now: dt.datetime) -> bool:
+                fenced = super()._fence(node_, allocation, now)
+                try:  # the retry, between the mark and the release
+                    Binder(api, NasStore(api, NAMESPACE)).bind(namespace, "stalled", uid, node)
+                    retried.append("bound")
+                except BindError as err:
+                    retried.append(err)
+                return fenced
+
+        try:
+            Reconciling(api, NasStore(api, NAMESPACE), grace_seconds=60, interval_seconds=3600).reconcile_once(
+                now=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=120)
+            )
+        finally:
+            replica_a.resume.set()
+            thread.join(60)
+        assert len(retried) == 1 and isinstance(retried[0], BindError), retried
+        assert "is being released" in str(retried[0])
+        assert isinstance(replica_a.outcome, BindError), replica_a.outcome
+        assert read_pod(kube_api, namespace, "stalled").spec.node_name is None
+        after = nas.get(node)
+        assert after is not None and after.pods == {}
+        fenced = json.loads(read_pod(kube_api, namespace, "stalled").metadata.annotations[names.RELEASED])
+        while now_rfc3339() == fenced["reservedAt"]:  # reservedAt counts seconds: a new one must differ
+            time.sleep(0.05)
+        Binder(api, NasStore(api, NAMESPACE)).bind(namespace, "stalled", uid, node)  # the next retry binds afresh
+        pod = read_pod(kube_api, namespace, "stalled")
+        after = nas.get(node)
+        assert pod.spec.node_name == node and after is not None and set(after.pods) == {uid}
+        annotation = json.loads(pod.metadata.annotations[names.ALLOCATION])
+        assert annotation["containers"]["ctr0"]["cpus"] == [0]
 
 
 def test_binds_one_after_another_reuse_one_api_connection(

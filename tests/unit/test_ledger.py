@@ -8,9 +8,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rtdra import names
 from rtdra.bandwidth import BW_UNIT
 from rtdra.edf import edf_schedulable
-from rtdra.ledger import Conflict, LedgerError, NodeLedger, Overcommit, PodAllocation, Slot
+from rtdra.ledger import (
+    Conflict,
+    LedgerError,
+    NodeLedger,
+    Overcommit,
+    PodAllocation,
+    Slot,
+    release_if_held,
+    released_annotation,
+    released_reservation,
+)
 
 MS = 1_000_000
 CAP = 943719  # 95% RT limit less a 50ms/1s fair server, as measured on a 6.12+ kernel
@@ -32,6 +43,29 @@ def test_reserve_is_idempotent_and_release_restores() -> None:
     assert once.used(0) == once.used(1) == (2 * MS << 20) // (10 * MS)
     assert once.release("u1").pods == {}
     assert once.release("u1").release("u1").pods == {}
+
+
+def test_a_conditional_release_frees_only_the_reservation_decided_on() -> None:
+    slot = Slot(0, 2 * MS, 10 * MS, 10 * MS)
+    old = PodAllocation("u1", "ns", "p1", {"c": (slot,)}, reserved_at="2026-12-01T06:00:00Z")
+    newer = PodAllocation("u1", "ns", "p1", {"c": (slot,)}, reserved_at="2026-12-01T06:01:00Z")
+    other = PodAllocation("u2", "ns", "p2", {"c": (Slot(1, 2 * MS, 10 * MS, 10 * MS),)}, reserved_at=old.reserved_at)
+    held = ledger().reserve(newer).reserve(other)
+    assert release_if_held(held, {"u1": old.reserved_at}) is held  # the pod was reserved again since: kept
+    assert set(release_if_held(held, {"u1": newer.reserved_at, "gone": "x"}).pods) == {"u2"}
+
+
+def test_the_released_mark_names_a_node_and_a_reservation_time_or_nothing() -> None:
+    def pod(value: str) -> dict[str, object]:
+        return {"metadata": {"annotations": {names.RELEASED: value}}}
+
+    assert released_reservation(pod(released_annotation("n1", "2026-12-01T06:00:00Z"))) == (
+        "n1",
+        "2026-12-01T06:00:00Z",
+    )
+    for forged in ("", "not json", "[]", '{"node": 1, "reservedAt": "x"}', '{"node": "n1"}'):
+        assert released_reservation(pod(forged)) is None
+    assert released_reservation({"metadata": {}}) is None
 
 
 def test_a_different_reservation_for_the_same_pod_is_a_conflict() -> None:
