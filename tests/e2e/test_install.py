@@ -97,6 +97,23 @@ def pods(inst: Install) -> list[client.V1Pod]:
         return list(client.CoreV1Api(api).list_namespaced_pod(NAMESPACE).items)
 
 
+def not_ready_detail(inst: Install, pod: client.V1Pod, status: client.V1ContainerStatus) -> str:
+    """Why a container may not be ready: its restarts, last state, conditions and the namespace's events.
+
+    Seen once (2026-12-01, one CI run of many; not reproduced in three runs since): the webhook was
+    not ready right after its rollout had completed. This says why if it happens again.
+    """
+    assert inst.cp is not None
+    with inst.cp.api_client() as api:
+        events = client.CoreV1Api(api).list_namespaced_event(NAMESPACE).items
+    lines = [f"{e.last_timestamp} {e.involved_object.name} {e.reason}: {e.message}" for e in events]
+    conditions = [(c.type, c.status, c.reason) for c in pod.status.conditions or []]
+    return (
+        f"restarts {status.restart_count}, state {status.state}, last state {status.last_state}, "
+        f"conditions {conditions}; events:\n" + "\n".join(lines)
+    )
+
+
 def test_the_components_run_ready_in_pods_from_the_dockerfile_image(installed: Install) -> None:
     assert installed.image is not None
     running = {
@@ -107,7 +124,7 @@ def test_the_components_run_ready_in_pods_from_the_dockerfile_image(installed: I
         assert pod.spec.node_name == NODE, name
         assert pod.status.phase == "Running", name
         [status] = pod.status.container_statuses
-        assert status.ready, f"{name} not ready"
+        assert status.ready, f"{name} not ready: {not_ready_detail(installed, pod, status)}"
         assert status.image == installed.image.name or status.image.endswith(installed.image.name), status.image
         assert status.image_id == config_digest(installed.image.tar_path), status.image_id
 
