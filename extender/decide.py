@@ -94,17 +94,16 @@ class FitIndex:
 
     - :attr:`shares`: the nodes the pod fits, with the share of the node left
       once it is there (what scoring ranks, :func:`share_left`);
-    - :attr:`failed`: the nodes it does not fit, with the reason as sent;
-    - :attr:`not_ready`: the nodes whose ledger is not Ready, with the reason.
+    - :attr:`failed`: the nodes it does not fit, with the reason as sent.
 
-    A node the cache does not hold is in none of them.
+    A node whose ledger is not Ready, or that the cache does not hold, is in neither (the filter
+    looks at those one by one, from the digest).
     """
 
     def __init__(self, demand: PodDemand, cache: LedgerCache) -> None:
         self.demand = demand
         self.shares: dict[str, int] = {}
         self.failed: dict[str, str] = {}
-        self.not_ready: dict[str, str] = {}
         self._cache = cache
         self._dirty: set[str] = set()
         self._built = False
@@ -138,7 +137,6 @@ class FitIndex:
                     break
                 self.shares.pop(node, None)
                 self.failed.pop(node, None)
-                self.not_ready.pop(node, None)
                 now = digests.get(node)
                 if now is not None:
                     self._decide(node, now)
@@ -147,7 +145,6 @@ class FitIndex:
     def _decide(self, node: str, digest: NodeDigest) -> None:
         demand = self.demand
         if not digest.ready:
-            self.not_ready[node] = not_ready_reason(node, digest.ledger.reason)
             return
         # check_demand's two quick cases first (as it decides them), then the rest through it
         if digest.room >= demand.quick_bandwidth:
